@@ -1,0 +1,190 @@
+//! Bearer JWT validation against each issuer's JSON Web Key Set.
+//!
+//! [`Validator::validate`] runs a fixed sequence of cheap structural checks
+//! (size cap, compact JWS shape, base64url, JSON without duplicate keys,
+//! algorithm allow-list, issuer lookup) before any cryptography, then verifies
+//! the signature with `jsonwebtoken` on the aws-lc-rs backend and checks the
+//! registered claims. Key sets are fetched over HTTP(S) or read from a file,
+//! vetted as a whole ([`parse_jwks`]), cached with a TTL and refreshed in the
+//! background ([`Validator::run_refresher`]); an unknown `kid` triggers at most
+//! one shared refetch per cooldown.
+#![forbid(unsafe_code)]
+
+mod jwks;
+mod strict_json;
+mod validator;
+
+#[cfg(test)]
+mod test_keys;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use jsonwebtoken::Algorithm;
+pub use jwks::{parse_jwks, JwksError, Key, KeyKind, KeySet, MAX_JWKS_BYTES};
+pub use validator::Validator;
+
+/// Largest token accepted, checked before any decoding (bytes).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// Fetched over HTTP(S) and refreshed.
+    JwksUri(String),
+    /// Read from a local JWKS file (re-read on refresh).
+    JwksFile(PathBuf),
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::JwksUri(u) => f.write_str(u),
+            KeySource::JwksFile(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values (the token must name at least one).
+    pub audiences: Vec<String>,
+    pub key_source: KeySource,
+    /// Allowed signature algorithms (never `none` or HS*).
+    pub algorithms: Vec<Algorithm>,
+    /// Clock-skew allowance for `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// Key cache lifetime when the JWKS response carries no `Cache-Control: max-age`.
+    pub jwks_ttl: Duration,
+    /// Minimum time between refetches caused by unknown `kid`s.
+    pub unknown_kid_cooldown: Duration,
+    /// Total timeout for one key fetch.
+    pub fetch_timeout: Duration,
+    /// How long last-known-good keys keep serving after they should have been
+    /// refreshed but could not be; afterwards requests fail closed (503).
+    pub max_stale: Duration,
+    /// Claim holding scopes; `None` reads `scope` (space-delimited) then `scp`.
+    pub scope_claim: Option<String>,
+    /// Accepted `typ` header values (case-insensitive, `application/` prefix
+    /// ignored); a missing `typ` is accepted unless `require_typ` is set.
+    pub allowed_typ: Vec<String>,
+    pub require_typ: bool,
+    /// Size cap applied before any decoding.
+    pub max_token_bytes: usize,
+}
+
+impl IssuerConfig {
+    /// An issuer with the documented defaults: RS256 + ES256, 30 s leeway,
+    /// 10 min key TTL, 30 s unknown-kid cooldown, 5 s fetch timeout, 1 h
+    /// last-known-good bound, `typ` in {`at+jwt`, `JWT`}.
+    pub fn new(issuer: impl Into<String>, audiences: Vec<String>, key_source: KeySource) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audiences,
+            key_source,
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+            leeway: Duration::from_secs(30),
+            jwks_ttl: Duration::from_secs(600),
+            unknown_kid_cooldown: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(5),
+            max_stale: Duration::from_secs(3600),
+            scope_claim: None,
+            allowed_typ: vec!["at+jwt".into(), "JWT".into()],
+            require_typ: false,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+/// A token whose signature and registered claims checked out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedToken {
+    pub issuer: String,
+    pub subject: Option<String>,
+    /// `client_id` (RFC 9068), else `azp`.
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// `exp` as seconds since the epoch.
+    pub expires_at: u64,
+    pub kid: Option<String>,
+    /// The whole payload, for claim conditions.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why a token was refused. Each variant maps to one audit `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token algorithm is not allowed")]
+    UnsupportedAlgorithm,
+    #[error("token issuer is not trusted")]
+    UnknownIssuer,
+    #[error("token key id is not in the issuer's key set")]
+    UnknownKey,
+    #[error("token signature is invalid")]
+    InvalidSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token audience does not match")]
+    WrongAudience,
+    #[error("token lacks required claim `{0}`")]
+    MissingClaim(&'static str),
+    #[error("issuer keys are unavailable")]
+    KeysUnavailable,
+}
+
+/// Result of one key-set fetch, for metrics (`result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// Fetched and accepted.
+    Ok,
+    /// Network error, timeout or non-200 status.
+    Error,
+    /// Fetched but refused by [`parse_jwks`]; the previous set was kept.
+    Invalid,
+}
+
+impl FetchOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchOutcome::Ok => "ok",
+            FetchOutcome::Error => "error",
+            FetchOutcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// Told about every key fetch (metrics hook).
+pub trait FetchObserver: Send + Sync {
+    fn jwks_fetched(&self, issuer: &str, outcome: FetchOutcome, key_count: usize);
+}
+
+/// An observer that ignores everything.
+pub struct NoopObserver;
+
+impl FetchObserver for NoopObserver {
+    fn jwks_fetched(&self, _: &str, _: FetchOutcome, _: usize) {}
+}
+
+/// Invalid validator configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no issuers configured")]
+    NoIssuers,
+    #[error("issuer `{0}` is configured twice")]
+    DuplicateIssuer(String),
+    #[error("issuer `{0}` has no audiences")]
+    NoAudience(String),
+    #[error("issuer `{0}` has no algorithms")]
+    NoAlgorithms(String),
+    #[error("issuer `{issuer}`: algorithm {alg:?} is never allowed")]
+    ForbiddenAlgorithm { issuer: String, alg: Algorithm },
+    #[error("cannot build HTTP client: {0}")]
+    Http(String),
+}

@@ -1,0 +1,516 @@
+//! The validator: per-issuer key caches and the validation sequence.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
+use serde_json::{Map, Value};
+use tokio::sync::{watch, Mutex};
+
+use crate::jwks::{parse_jwks, KeySet, MAX_JWKS_BYTES};
+use crate::{
+    ConfigError, FetchObserver, FetchOutcome, IssuerConfig, KeySource, TokenError, VerifiedToken,
+};
+
+/// Bounds applied to a `Cache-Control: max-age` from the key server.
+const MIN_TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Retry interval while an issuer has no keys yet.
+const RETRY_WITHOUT_KEYS: Duration = Duration::from_secs(1);
+/// Refresh this fraction of the TTL after a fetch (ahead of expiry).
+const REFRESH_AT: f64 = 0.8;
+
+/// Keys currently served for one issuer.
+struct Snapshot {
+    set: KeySet,
+    fetched_at: Instant,
+    ttl: Duration,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    /// Consecutive failures since the last good fetch (for retry backoff).
+    failures: u32,
+}
+
+struct Issuer {
+    config: IssuerConfig,
+    keys: ArcSwapOption<Snapshot>,
+    fetch: Mutex<FetchState>,
+}
+
+/// Validates bearer tokens for a fixed set of issuers. Cheap to share (`Arc`).
+pub struct Validator {
+    issuers: HashMap<String, Arc<Issuer>>,
+    order: Vec<Arc<Issuer>>,
+    http: reqwest::Client,
+    observer: Arc<dyn FetchObserver>,
+}
+
+impl Validator {
+    /// Check the configuration and build a validator. No keys are fetched
+    /// yet: call [`Validator::refresh_all`] or run [`Validator::run_refresher`].
+    pub fn new(issuers: Vec<IssuerConfig>, observer: Arc<dyn FetchObserver>) -> Result<Self, ConfigError> {
+        if issuers.is_empty() {
+            return Err(ConfigError::NoIssuers);
+        }
+        let mut map = HashMap::new();
+        let mut order = Vec::new();
+        for c in issuers {
+            if c.audiences.is_empty() {
+                return Err(ConfigError::NoAudience(c.issuer));
+            }
+            if c.algorithms.is_empty() {
+                return Err(ConfigError::NoAlgorithms(c.issuer));
+            }
+            if let Some(alg) = c.algorithms.iter().find(|a| a.family() == AlgorithmFamily::Hmac) {
+                return Err(ConfigError::ForbiddenAlgorithm { issuer: c.issuer.clone(), alg: *alg });
+            }
+            let issuer =
+                Arc::new(Issuer { config: c, keys: ArcSwapOption::empty(), fetch: Mutex::new(FetchState::default()) });
+            if map.insert(issuer.config.issuer.clone(), issuer.clone()).is_some() {
+                return Err(ConfigError::DuplicateIssuer(issuer.config.issuer.clone()));
+            }
+            order.push(issuer);
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(0)
+            .user_agent(concat!("phigate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError::Http(e.to_string()))?;
+        Ok(Self { issuers: map, order, http, observer })
+    }
+
+    /// Configured issuers, in configuration order.
+    pub fn issuers(&self) -> impl Iterator<Item = &IssuerConfig> {
+        self.order.iter().map(|i| &i.config)
+    }
+
+    /// True once every issuer has usable (not too stale) keys.
+    pub fn is_ready(&self) -> bool {
+        let now = Instant::now();
+        self.order.iter().all(|i| i.usable_keys(now).is_some())
+    }
+
+    /// Per issuer: number of keys and seconds since the last good fetch.
+    pub fn key_status(&self) -> Vec<(String, usize, Option<Duration>)> {
+        self.order
+            .iter()
+            .map(|i| {
+                let snap = i.keys.load();
+                let (n, age) = match snap.as_ref() {
+                    Some(s) => (s.set.len(), Some(s.fetched_at.elapsed())),
+                    None => (0, None),
+                };
+                (i.config.issuer.clone(), n, age)
+            })
+            .collect()
+    }
+
+    /// Fetch every issuer's keys once (ignores cooldowns). Returns whether all succeeded.
+    pub async fn refresh_all(&self) -> bool {
+        let mut ok = true;
+        for i in &self.order {
+            let mut st = i.fetch.lock().await;
+            ok &= self.fetch_locked(i, &mut st).await;
+        }
+        ok
+    }
+
+    /// Keep every issuer's keys fresh until `shutdown` flips to true: retry
+    /// every second while an issuer has no keys (with backoff to 30 s after
+    /// repeated failures), otherwise refresh at 80 % of the TTL.
+    pub async fn run_refresher(&self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let now = Instant::now();
+            let mut next = Duration::from_secs(300);
+            for i in &self.order {
+                let due = i.next_refresh(now);
+                if due <= now {
+                    let mut st = i.fetch.lock().await;
+                    // Another task may have refreshed while we waited.
+                    if i.next_refresh(Instant::now()) <= Instant::now() {
+                        self.fetch_locked(i, &mut st).await;
+                    }
+                }
+                let due = i.next_refresh(Instant::now());
+                next = next.min(due.saturating_duration_since(Instant::now()));
+            }
+            let wait = next.max(Duration::from_millis(200));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Validate a compact JWS bearer token.
+    pub async fn validate(&self, token: &str) -> Result<VerifiedToken, TokenError> {
+        let pre = self.precheck(token)?;
+        let issuer = pre.issuer;
+        let now = Instant::now();
+        let mut snap = issuer.usable_keys(now);
+        if snap.is_none() && issuer.keys.load().is_none() {
+            // Never had keys: try once (cooldown-limited) before failing closed.
+            self.refetch_if_cool(&issuer).await;
+            snap = issuer.usable_keys(Instant::now());
+        }
+        let Some(mut snap) = snap else {
+            return Err(TokenError::KeysUnavailable);
+        };
+        let kid = pre.kid.as_deref();
+        if snap.set.find(kid).is_none() {
+            if let Some(k) = kid {
+                if k.len() > 256 {
+                    return Err(TokenError::UnknownKey);
+                }
+            }
+            self.refetch_if_cool(&issuer).await;
+            match issuer.usable_keys(Instant::now()) {
+                Some(s) => snap = s,
+                None => return Err(TokenError::KeysUnavailable),
+            }
+        }
+        let key = snap.set.find(kid).ok_or(TokenError::UnknownKey)?;
+        if !key.accepts(pre.alg) {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        let c = &issuer.config;
+        let mut v = Validation::new(pre.alg);
+        v.leeway = c.leeway.as_secs();
+        v.set_audience(&c.audiences);
+        v.set_issuer(&[&c.issuer]);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.validate_nbf = true;
+        let data = jsonwebtoken::decode::<Value>(token, &key.decoding, &v).map_err(|e| map_jwt_error(e.kind()))?;
+        // jsonwebtoken verified signature, exp, nbf, iss and aud; the payload
+        // we parsed strictly is the one that was signed.
+        drop(data);
+        let claims = pre.payload;
+        let now_s = jsonwebtoken::get_current_timestamp();
+        if let Some(iat) = claims.get("iat") {
+            let iat = iat.as_f64().ok_or(TokenError::Malformed)?;
+            if iat > (now_s + c.leeway.as_secs()) as f64 {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(TokenError::Malformed)?;
+        let subject = claims.get("sub").and_then(Value::as_str).map(str::to_string);
+        let client_id = claims
+            .get("client_id")
+            .or_else(|| claims.get("azp"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let scopes = extract_scopes(&claims, c.scope_claim.as_deref());
+        Ok(VerifiedToken {
+            issuer: c.issuer.clone(),
+            subject,
+            client_id,
+            scopes,
+            expires_at,
+            kid: pre.kid,
+            claims,
+        })
+    }
+
+    /// Structural checks before any key lookup or cryptography.
+    fn precheck(&self, token: &str) -> Result<Pre, TokenError> {
+        // Size cap first (largest configured cap), then the alphabet: a compact
+        // JWS is base64url segments and dots, nothing else.
+        let cap = self.order.iter().map(|i| i.config.max_token_bytes).max().unwrap_or(crate::DEFAULT_MAX_TOKEN_BYTES);
+        if token.is_empty() || token.len() > cap {
+            return Err(TokenError::Malformed);
+        }
+        let mut dots = 0usize;
+        for b in token.bytes() {
+            match b {
+                b'.' => dots += 1,
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+                _ => return Err(TokenError::Malformed),
+            }
+        }
+        if dots != 2 {
+            // JWE (5 parts), nested garbage, or a dot flood: all malformed.
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (h, p, s) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(h), Some(p), Some(s)) if !h.is_empty() && !p.is_empty() && !s.is_empty() => (h, p, s),
+            _ => return Err(TokenError::Malformed),
+        };
+        let _ = s;
+        let header = decode_object(h)?;
+        let alg_name = header.get("alg").and_then(Value::as_str).ok_or(TokenError::Malformed)?;
+        if alg_name.eq_ignore_ascii_case("none") || alg_name.to_ascii_uppercase().starts_with("HS") {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        let alg = Algorithm::from_str(alg_name).map_err(|_| TokenError::UnsupportedAlgorithm)?;
+        if header.contains_key("crit") {
+            // We understand no extensions, so any critical one must fail (RFC 7515 §4.1.11).
+            return Err(TokenError::Malformed);
+        }
+        if let Some(cty) = header.get("cty") {
+            let cty = cty.as_str().ok_or(TokenError::Malformed)?;
+            if cty.eq_ignore_ascii_case("jwt") || cty.eq_ignore_ascii_case("application/jwt") {
+                return Err(TokenError::Malformed); // nested token
+            }
+        }
+        if header.contains_key("enc") || header.contains_key("zip") {
+            return Err(TokenError::Malformed);
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.clone()),
+            Some(_) => return Err(TokenError::Malformed),
+        };
+        // `jwk`, `jku`, `x5u`, `x5c` headers are ignored: keys come only from
+        // the issuer's configured key source.
+        let payload = decode_object(p)?;
+        let iss = payload.get("iss").and_then(Value::as_str).ok_or(TokenError::MissingClaim("iss"))?;
+        let issuer = self.issuers.get(iss).cloned().ok_or(TokenError::UnknownIssuer)?;
+        let c = &issuer.config;
+        if token.len() > c.max_token_bytes {
+            return Err(TokenError::Malformed);
+        }
+        match header.get("typ") {
+            None if c.require_typ => return Err(TokenError::Malformed),
+            None => {}
+            Some(Value::String(t)) => {
+                let t = t.strip_prefix("application/").unwrap_or(t);
+                if !c.allowed_typ.iter().any(|a| a.eq_ignore_ascii_case(t)) {
+                    return Err(TokenError::Malformed);
+                }
+            }
+            Some(_) => return Err(TokenError::Malformed),
+        }
+        if !c.algorithms.contains(&alg) {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        match payload.get("exp") {
+            None => return Err(TokenError::MissingClaim("exp")),
+            Some(v) if !v.is_number() => return Err(TokenError::Malformed),
+            Some(_) => {}
+        }
+        for claim in ["nbf", "iat"] {
+            if payload.get(claim).is_some_and(|v| !v.is_number()) {
+                return Err(TokenError::Malformed);
+            }
+        }
+        if !payload.contains_key("aud") {
+            return Err(TokenError::MissingClaim("aud"));
+        }
+        Ok(Pre { issuer, alg, kid, payload })
+    }
+
+    /// Refetch `issuer`'s keys unless a fetch happened within the cooldown.
+    /// Concurrent callers queue on the lock and share one fetch.
+    async fn refetch_if_cool(&self, issuer: &Arc<Issuer>) {
+        let mut st = issuer.fetch.lock().await;
+        let cooldown = issuer.config.unknown_kid_cooldown;
+        if st.last_attempt.is_some_and(|t| t.elapsed() < cooldown) {
+            return;
+        }
+        self.fetch_locked(issuer, &mut st).await;
+    }
+
+    /// Fetch and install keys; caller holds the issuer's fetch lock.
+    async fn fetch_locked(&self, issuer: &Issuer, st: &mut FetchState) -> bool {
+        st.last_attempt = Some(Instant::now());
+        let c = &issuer.config;
+        let fetched = match &c.key_source {
+            KeySource::JwksUri(uri) => self.fetch_http(uri, c.fetch_timeout).await,
+            KeySource::JwksFile(path) => read_file(path).await.map(|b| (b, None)),
+        };
+        let (outcome, count) = match fetched {
+            Err(msg) => {
+                tracing::warn!(issuer = %c.issuer, source = %c.key_source, error = %msg, "JWKS fetch failed; keeping previous keys");
+                (FetchOutcome::Error, 0)
+            }
+            Ok((body, max_age)) => match parse_jwks(&body) {
+                Err(e) => {
+                    tracing::warn!(issuer = %c.issuer, source = %c.key_source, error = %e, "JWKS refused; keeping previous keys");
+                    (FetchOutcome::Invalid, 0)
+                }
+                Ok(set) => {
+                    let ttl = max_age.map(|a| a.clamp(MIN_TTL, MAX_TTL)).unwrap_or(c.jwks_ttl);
+                    let n = set.len();
+                    tracing::info!(issuer = %c.issuer, keys = n, kids = ?set.kids(), ttl_s = ttl.as_secs(), "JWKS loaded");
+                    issuer.keys.store(Some(Arc::new(Snapshot { set, fetched_at: Instant::now(), ttl })));
+                    (FetchOutcome::Ok, n)
+                }
+            },
+        };
+        if outcome == FetchOutcome::Ok {
+            st.failures = 0;
+        } else {
+            st.failures = st.failures.saturating_add(1);
+        }
+        self.observer.jwks_fetched(&c.issuer, outcome, count);
+        outcome == FetchOutcome::Ok
+    }
+
+    async fn fetch_http(&self, uri: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>), String> {
+        let fut = async {
+            let mut resp = self.http.get(uri).send().await.map_err(|e| e.to_string())?;
+            if resp.status() != reqwest::StatusCode::OK {
+                return Err(format!("HTTP status {}", resp.status()));
+            }
+            if resp.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
+                return Err("response larger than the JWKS size cap".into());
+            }
+            let max_age = resp
+                .headers()
+                .get(reqwest::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_max_age);
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+                if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                    return Err("response larger than the JWKS size cap".into());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((body, max_age))
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {timeout:?}")),
+        }
+    }
+}
+
+struct Pre {
+    issuer: Arc<Issuer>,
+    alg: Algorithm,
+    kid: Option<String>,
+    payload: Map<String, Value>,
+}
+
+impl Issuer {
+    /// Keys that may still be used at `now`: fetched, and not older than
+    /// TTL + last-known-good bound.
+    fn usable_keys(&self, now: Instant) -> Option<Arc<Snapshot>> {
+        let snap = self.keys.load_full()?;
+        let limit = snap.ttl.saturating_add(self.config.max_stale);
+        (now.saturating_duration_since(snap.fetched_at) <= limit).then_some(snap)
+    }
+
+    /// When the refresher should next fetch this issuer's keys.
+    fn next_refresh(&self, now: Instant) -> Instant {
+        match self.keys.load().as_ref() {
+            None => {
+                // Not fetched yet: now; after failures, back off up to 30 s.
+                let st = self.fetch.try_lock();
+                match st {
+                    Ok(st) => match st.last_attempt {
+                        Some(t) => t + backoff(st.failures),
+                        None => now,
+                    },
+                    Err(_) => now + RETRY_WITHOUT_KEYS,
+                }
+            }
+            Some(s) => {
+                let planned = s.fetched_at + s.ttl.mul_f64(REFRESH_AT);
+                match self.fetch.try_lock() {
+                    // Failed refreshes retry with backoff, not in a tight loop.
+                    Ok(st) if st.failures > 0 => st.last_attempt.map_or(now, |t| t + backoff(st.failures)).max(planned),
+                    _ => planned,
+                }
+            }
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(5);
+    Duration::from_secs(secs.min(30)).max(RETRY_WITHOUT_KEYS)
+}
+
+fn decode_object(segment: &str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Malformed)?;
+    match crate::strict_json::parse(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(TokenError::Malformed),
+    }
+}
+
+async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let meta = tokio::fs::metadata(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > MAX_JWKS_BYTES as u64 {
+        return Err(format!("{}: larger than the JWKS size cap", path.display()));
+    }
+    tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `max-age=N` from a Cache-Control value (`no-store`/`no-cache` → minimum).
+fn parse_max_age(v: &str) -> Option<Duration> {
+    let mut out = None;
+    for d in v.split(',').map(str::trim) {
+        if d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache") {
+            return Some(Duration::ZERO);
+        }
+        if let Some(n) = d.strip_prefix("max-age=").or_else(|| d.strip_prefix("s-maxage=")) {
+            if let Ok(n) = n.trim_matches('"').parse::<u64>() {
+                out = Some(Duration::from_secs(n));
+            }
+        }
+    }
+    out
+}
+
+fn extract_scopes(claims: &Map<String, Value>, claim: Option<&str>) -> Vec<String> {
+    let names: &[&str] = match claim {
+        Some(c) => &[c][..],
+        None => &["scope", "scp"][..],
+    };
+    for name in names {
+        if let Some(v) = claims.get(*name) {
+            let mut seen = HashSet::new();
+            let list: Vec<String> = match v {
+                Value::String(s) => s.split_ascii_whitespace().map(str::to_string).collect(),
+                Value::Array(a) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                _ => Vec::new(),
+            };
+            return list.into_iter().filter(|s| seen.insert(s.clone())).collect();
+        }
+    }
+    Vec::new()
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::InvalidSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::UnsupportedAlgorithm,
+        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(match c.as_str() {
+            "exp" => "exp",
+            "aud" => "aud",
+            "iss" => "iss",
+            "nbf" => "nbf",
+            _ => "sub",
+        }),
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => {
+            TokenError::InvalidSignature
+        }
+        _ => TokenError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests;

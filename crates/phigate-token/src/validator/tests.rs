@@ -1,0 +1,248 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex as StdMutex;
+
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::test_keys::{forge_raw, jwks, TestKey};
+use crate::NoopObserver;
+
+const ISS: &str = "https://idp.test";
+const AUD: &str = "phigate-test";
+
+/// A real HTTP JWKS server on an ephemeral loopback port.
+struct JwksServer {
+    uri: String,
+    body: Arc<StdMutex<(u16, String)>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(body: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let state = Arc::new(StdMutex::new((200u16, body)));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (state.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let (s, f) = (s.clone(), f.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = s.lock().unwrap().clone();
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        JwksServer { uri, body: state, fetches }
+    }
+    fn set(&self, status: u16, body: String) {
+        *self.body.lock().unwrap() = (status, body);
+    }
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+fn config(uri: &str) -> IssuerConfig {
+    let mut c = IssuerConfig::new(ISS, vec![AUD.into()], KeySource::JwksUri(uri.into()));
+    c.unknown_kid_cooldown = Duration::from_secs(30);
+    c
+}
+
+fn claims() -> Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    json!({"iss": ISS, "aud": AUD, "sub": "u1", "client_id": "app", "scope": "a b a", "iat": now, "exp": now + 300})
+}
+
+async fn setup(keys: &[&TestKey]) -> (JwksServer, Validator) {
+    let server = JwksServer::start(jwks(keys)).await;
+    let v = Validator::new(vec![config(&server.uri)], Arc::new(NoopObserver)).unwrap();
+    assert!(v.refresh_all().await);
+    (server, v)
+}
+
+#[tokio::test]
+async fn valid_token_yields_identity_and_scopes() {
+    let k = TestKey::es256("k1");
+    let (_s, v) = setup(&[&k]).await;
+    let t = v.validate(&k.sign(&claims())).await.unwrap();
+    assert_eq!(t.issuer, ISS);
+    assert_eq!(t.subject.as_deref(), Some("u1"));
+    assert_eq!(t.client_id.as_deref(), Some("app"));
+    assert_eq!(t.scopes, vec!["a", "b"]);
+    assert_eq!(t.kid.as_deref(), Some("k1"));
+    let mut c = claims();
+    c["aud"] = json!(["other", AUD]);
+    c.as_object_mut().unwrap().remove("scope");
+    c["scp"] = json!(["x", "y"]);
+    let t = v.validate(&k.sign(&c)).await.unwrap();
+    assert_eq!(t.scopes, vec!["x", "y"]);
+}
+
+#[tokio::test]
+async fn every_rule_has_its_own_error() {
+    let k = TestKey::es256("k1");
+    let other = TestKey::es256("k1");
+    let (_s, v) = setup(&[&k]).await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims();
+        f(&mut c);
+        c
+    };
+    let hs = {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(k.jwk.to_string().as_bytes())).unwrap()
+    };
+    let sig = vec![1u8; 64];
+    let payload = claims().to_string();
+    let cases: Vec<(&str, String, TokenError)> = vec![
+        ("empty", String::new(), TokenError::Malformed),
+        ("garbage", "not a token".into(), TokenError::Malformed),
+        ("jwe", "a.b.c.d.e".into(), TokenError::Malformed),
+        ("dot flood", ".".repeat(8000), TokenError::Malformed),
+        ("oversize", "a".repeat(9000), TokenError::Malformed),
+        ("alg none", forge_raw(r#"{"alg":"none"}"#, &payload, b""), TokenError::Malformed),
+        ("alg nOnE", forge_raw(r#"{"alg":"nOnE","kid":"k1"}"#, &payload, &sig), TokenError::UnsupportedAlgorithm),
+        ("hs256 with public key", hs, TokenError::UnsupportedAlgorithm),
+        ("alg not allowed", forge_raw(r#"{"alg":"ES384","kid":"k1"}"#, &payload, &sig), TokenError::UnsupportedAlgorithm),
+        ("rsa alg on ec key", forge_raw(r#"{"alg":"RS256","kid":"k1"}"#, &payload, &sig), TokenError::UnsupportedAlgorithm),
+        ("crit", forge_raw(r#"{"alg":"ES256","kid":"k1","crit":["x"],"x":1}"#, &payload, &sig), TokenError::Malformed),
+        ("nested", forge_raw(r#"{"alg":"ES256","kid":"k1","cty":"JWT"}"#, &payload, &sig), TokenError::Malformed),
+        ("bad typ", forge_raw(r#"{"alg":"ES256","kid":"k1","typ":"dpop+jwt"}"#, &payload, &sig), TokenError::Malformed),
+        ("dup header key", forge_raw(r#"{"alg":"ES256","alg":"none","kid":"k1"}"#, &payload, &sig), TokenError::Malformed),
+        ("dup payload key", forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, &format!(r#"{{"iss":"{ISS}","iss":"x"}}"#), &sig), TokenError::Malformed),
+        ("non-object payload", forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, "[1]", &sig), TokenError::Malformed),
+        ("zero signature (psychic)", forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, &payload, &[0u8; 64]), TokenError::InvalidSignature),
+        ("other key same kid", other.sign(&claims()), TokenError::InvalidSignature),
+        ("unknown kid", TestKey::es256("nope").sign(&claims()), TokenError::UnknownKey),
+        ("unknown issuer", k.sign(&with(&|c| c["iss"] = json!("https://idp.test/evil"))), TokenError::UnknownIssuer),
+        ("issuer prefix", k.sign(&with(&|c| c["iss"] = json!("https://idp.tes"))), TokenError::UnknownIssuer),
+        ("missing iss", k.sign(&with(&|c| { c.as_object_mut().unwrap().remove("iss"); })), TokenError::MissingClaim("iss")),
+        ("missing exp", k.sign(&with(&|c| { c.as_object_mut().unwrap().remove("exp"); })), TokenError::MissingClaim("exp")),
+        ("string exp", k.sign(&with(&|c| c["exp"] = json!(format!("{}", now + 300)))), TokenError::Malformed),
+        ("expired", k.sign(&with(&|c| c["exp"] = json!(now - 120))), TokenError::Expired),
+        ("nbf future", k.sign(&with(&|c| c["nbf"] = json!(now + 120))), TokenError::NotYetValid),
+        ("iat future", k.sign(&with(&|c| c["iat"] = json!(now + 120))), TokenError::NotYetValid),
+        ("wrong aud", k.sign(&with(&|c| c["aud"] = json!("someone-else"))), TokenError::WrongAudience),
+        ("aud array without us", k.sign(&with(&|c| c["aud"] = json!(["a", "b"]))), TokenError::WrongAudience),
+        ("missing aud", k.sign(&with(&|c| { c.as_object_mut().unwrap().remove("aud"); })), TokenError::MissingClaim("aud")),
+    ];
+    for (name, token, want) in cases {
+        assert_eq!(v.validate(&token).await, Err(want), "case `{name}`");
+    }
+    // Within leeway is fine.
+    assert!(v.validate(&k.sign(&with(&|c| c["exp"] = json!(now - 5)))).await.is_ok());
+    assert!(v.validate(&k.sign(&with(&|c| c["nbf"] = json!(now + 5)))).await.is_ok());
+}
+
+#[tokio::test]
+async fn headers_naming_other_keys_are_ignored() {
+    let k = TestKey::es256("k1");
+    let attacker = TestKey::es256("k1");
+    let (_s, v) = setup(&[&k]).await;
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("k1".into());
+    h.jku = Some("http://evil.example/jwks".into());
+    h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap());
+    assert_eq!(v.validate(&attacker.sign_with_header(&h, &claims())).await, Err(TokenError::InvalidSignature));
+}
+
+#[tokio::test]
+async fn unknown_kid_refetches_once_per_cooldown_and_rotation_works() {
+    let k1 = TestKey::es256("k1");
+    let (s, v) = setup(&[&k1]).await;
+    assert_eq!(s.fetches(), 1);
+    let k2 = TestKey::es256("k2");
+    s.set(200, jwks(&[&k1, &k2]));
+    // First unknown kid after the initial fetch is inside the cooldown: no fetch.
+    // Force the cooldown to have elapsed by building a validator with zero cooldown.
+    let mut c = config(&s.uri);
+    c.unknown_kid_cooldown = Duration::ZERO;
+    let v0 = Validator::new(vec![c], Arc::new(NoopObserver)).unwrap();
+    assert!(v0.validate(&k2.sign(&claims())).await.is_ok(), "fetched on first use");
+    let before = s.fetches();
+    // With the 30 s cooldown a flood of unknown kids causes at most one fetch.
+    let v = Arc::new(v);
+    let bogus = TestKey::es256("bogus");
+    let token = bogus.sign(&claims());
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let (v, t) = (v.clone(), token.clone());
+        tasks.push(tokio::spawn(async move { v.validate(&t).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Err(TokenError::UnknownKey));
+    }
+    assert!(s.fetches() - before <= 1, "fetches during flood: {}", s.fetches() - before);
+}
+
+#[tokio::test]
+async fn garbage_update_keeps_previous_keys_and_outage_keeps_serving() {
+    let k = TestKey::es256("k1");
+    let (s, v) = setup(&[&k]).await;
+    for (status, body) in [(200, "<html>".to_string()), (200, r#"{"keys":[]}"#.into()), (500, jwks(&[&k]))] {
+        s.set(status, body);
+        assert!(!v.refresh_all().await);
+        assert!(v.validate(&k.sign(&claims())).await.is_ok());
+        assert!(v.is_ready());
+    }
+    // A key removed from the set stops being accepted after the next refresh.
+    let k2 = TestKey::es256("k2");
+    s.set(200, jwks(&[&k2]));
+    assert!(v.refresh_all().await);
+    assert_eq!(v.validate(&k.sign(&claims())).await, Err(TokenError::UnknownKey));
+}
+
+#[tokio::test]
+async fn no_keys_fails_closed_with_keys_unavailable() {
+    let k = TestKey::es256("k1");
+    let s = JwksServer::start("oops".into()).await;
+    let v = Validator::new(vec![config(&s.uri)], Arc::new(NoopObserver)).unwrap();
+    assert!(!v.refresh_all().await);
+    assert!(!v.is_ready());
+    assert_eq!(v.validate(&k.sign(&claims())).await, Err(TokenError::KeysUnavailable));
+}
+
+#[tokio::test]
+async fn jwks_file_source_and_config_errors() {
+    let k = TestKey::es256("k1");
+    let dir = std::env::temp_dir().join(format!("phigate-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks(&[&k])).unwrap();
+    let c = IssuerConfig::new(ISS, vec![AUD.into()], KeySource::JwksFile(path));
+    let v = Validator::new(vec![c.clone()], Arc::new(NoopObserver)).unwrap();
+    assert!(v.refresh_all().await);
+    assert!(v.validate(&k.sign(&claims())).await.is_ok());
+    let mut hs = c.clone();
+    hs.algorithms = vec![Algorithm::HS256];
+    assert!(matches!(Validator::new(vec![hs], Arc::new(NoopObserver)), Err(ConfigError::ForbiddenAlgorithm { .. })));
+    assert!(matches!(Validator::new(vec![c.clone(), c], Arc::new(NoopObserver)), Err(ConfigError::DuplicateIssuer(_))));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cache_control_parsing() {
+    assert_eq!(parse_max_age("public, max-age=120"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+    assert_eq!(parse_max_age("private"), None);
+}
