@@ -1,0 +1,94 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and — only in
+//! `phigate dev` — the dev issuer's `/dev/jwks.json` and `/dev/token`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+
+use crate::dev::DevIssuer;
+use crate::proxy::Shared;
+
+/// The admin HTTP app.
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    /// Present only in dev mode.
+    pub dev: Option<Arc<DevIssuer>>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = r.body().len();
+    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r.headers_mut()
+        .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    r
+}
+
+impl Admin {
+    /// Readiness: policy loaded (always true once serving: start-up fails
+    /// without one), every issuer's keys fetched at least once, audit writer
+    /// healthy.
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let keys = self.shared.validator.is_ready();
+        let audit = self.shared.audit.stats().is_healthy();
+        let ready = keys && audit;
+        (
+            ready,
+            serde_json::json!({
+                "ready": ready,
+                "policy_version": self.shared.policy.load().version(),
+                "keys": keys,
+                "audit": audit,
+            }),
+        )
+    }
+
+    fn route(&self, method: &http::Method, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        if method != http::Method::GET && method != http::Method::HEAD {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
+        }
+        match path {
+            "/metrics" => {
+                let body = self
+                    .shared
+                    .metrics
+                    .render(self.shared.audit.stats(), self.shared.audit.queue_depth());
+                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
+            }
+            "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" => {
+                let (ready, detail) = self.readiness();
+                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                reply(status, "application/json", detail.to_string())
+            }
+            "/dev/jwks.json" | "/dev/token" => match &self.dev {
+                Some(dev) if path == "/dev/jwks.json" => reply(StatusCode::OK, "application/json", dev.jwks_json()),
+                Some(dev) => match dev.token_from_query(query.unwrap_or("")) {
+                    Ok(t) => reply(StatusCode::OK, "text/plain", t),
+                    Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                },
+                None => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+            },
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        self.route(&method, &path, query.as_deref())
+    }
+}

@@ -1,0 +1,365 @@
+//! Gateway configuration: the file types (`*File`), kept apart from the
+//! runtime [`GatewayConfig`] they are validated into once, at load.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use phigate_token::{Algorithm, IssuerConfig, KeySource};
+use phigate_yaml::{Diagnostic, Locator, PathSeg};
+use serde::Deserialize;
+
+/// `gateway.yaml` as written by operators.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    /// Proxy listener, e.g. `0.0.0.0:8080`.
+    pub listen: String,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9090`.
+    pub admin_listen: String,
+    pub upstream: UpstreamFile,
+    pub issuers: Vec<IssuerFile>,
+    /// Directory of policy YAML files (relative paths are relative to the config file).
+    pub policies: PathBuf,
+    pub audit: AuditFile,
+    #[serde(default)]
+    pub log: LogFile,
+    /// Worker threads for the proxy service (default 2).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// How long a graceful shutdown waits for in-flight requests (default 5 s).
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// `host:port` of the FHIR server (plain HTTP/1.1).
+    pub address: String,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub read_timeout: Option<Duration>,
+    /// Forward the client's `Authorization` header upstream (default true).
+    #[serde(default)]
+    pub forward_authorization: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub unknown_kid_cooldown: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Append-only JSON-lines file.
+    pub file: PathBuf,
+    /// Bounded queue between requests and the writer (default 10000).
+    #[serde(default)]
+    pub queue_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    #[serde(default)]
+    pub format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: UpstreamConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub policies: PathBuf,
+    pub audit_file: PathBuf,
+    pub audit_queue_size: usize,
+    pub log_format: LogFormat,
+    pub threads: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub address: SocketAddr,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub forward_authorization: bool,
+}
+
+impl UpstreamConfig {
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            forward_authorization: true,
+        }
+    }
+}
+
+/// Default audit queue size.
+pub const DEFAULT_AUDIT_QUEUE: usize = 10_000;
+
+/// Read and validate a configuration file. Every problem is reported.
+pub fn load(path: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![Diagnostic::new(&name, None, format!("cannot read: {e}"))])?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&name, &text, base)
+}
+
+/// Validate configuration text; `base` resolves relative paths.
+pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
+    let file: GatewayFile = phigate_yaml::parse(name, text).map_err(|d| vec![d])?;
+    let loc = Locator::new(text);
+    let mut errors = Vec::new();
+    let mut err = |path: &[PathSeg<'_>], msg: String| errors.push(Diagnostic::new(name, loc.locate(path), msg));
+
+    let addr = |key: &'static str, value: &str, err: &mut dyn FnMut(&[PathSeg<'_>], String)| -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                err(&[PathSeg::Key(key)], format!("`{value}` is not an address like 127.0.0.1:8080"));
+                None
+            }
+        }
+    };
+    let listen = addr("listen", &file.listen, &mut err);
+    let admin_listen = addr("admin_listen", &file.admin_listen, &mut err);
+    if listen.is_some() && listen == admin_listen {
+        err(&[PathSeg::Key("admin_listen")], "admin listener must differ from the proxy listener".into());
+    }
+    let upstream_addr = match file.upstream.address.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            err(
+                &[PathSeg::Key("upstream"), PathSeg::Key("address")],
+                format!("`{}` is not an address like 127.0.0.1:8081", file.upstream.address),
+            );
+            None
+        }
+    };
+
+    if file.issuers.is_empty() {
+        err(&[PathSeg::Key("issuers")], "at least one issuer is required".into());
+    }
+    let mut issuers = Vec::new();
+    for (i, f) in file.issuers.iter().enumerate() {
+        let at = |k: &'static str| [PathSeg::Key("issuers"), PathSeg::Index(i), PathSeg::Key(k)];
+        if issuers.iter().any(|c: &IssuerConfig| c.issuer == f.issuer) {
+            err(&at("issuer"), format!("duplicate issuer `{}`", f.issuer));
+        }
+        if f.issuer.is_empty() {
+            err(&at("issuer"), "issuer must not be empty".into());
+        }
+        if f.audiences.is_empty() || f.audiences.iter().any(String::is_empty) {
+            err(&at("audiences"), "at least one non-empty audience is required".into());
+        }
+        let source = match (&f.jwks_uri, &f.jwks_file) {
+            (Some(u), None) => {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    err(&at("jwks_uri"), format!("`{u}` must be an http(s) URL"));
+                }
+                Some(KeySource::JwksUri(u.clone()))
+            }
+            (None, Some(p)) => Some(KeySource::JwksFile(base.join(p))),
+            _ => {
+                err(&at("issuer"), "exactly one of `jwks_uri` or `jwks_file` is required".into());
+                None
+            }
+        };
+        let mut algorithms = Vec::new();
+        for a in f.algorithms.clone().unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]) {
+            match parse_algorithm(&a) {
+                Ok(alg) => algorithms.push(alg),
+                Err(msg) => err(&at("algorithms"), msg),
+            }
+        }
+        if algorithms.is_empty() && f.algorithms.is_some() {
+            err(&at("algorithms"), "at least one algorithm is required".into());
+        }
+        if let Some(source) = source {
+            let mut c = IssuerConfig::new(f.issuer.clone(), f.audiences.clone(), source);
+            c.algorithms = algorithms;
+            if let Some(l) = f.leeway {
+                if l > Duration::from_secs(300) {
+                    err(&at("leeway"), "leeway above 5m defeats expiry; keep it small".into());
+                }
+                c.leeway = l;
+            }
+            if let Some(t) = f.jwks_ttl {
+                c.jwks_ttl = t;
+            }
+            if let Some(t) = f.unknown_kid_cooldown {
+                c.unknown_kid_cooldown = t;
+            }
+            issuers.push(c);
+        }
+    }
+
+    let queue = file.audit.queue_size.unwrap_or(DEFAULT_AUDIT_QUEUE);
+    if queue == 0 {
+        err(&[PathSeg::Key("audit"), PathSeg::Key("queue_size")], "queue_size must be at least 1".into());
+    }
+    let threads = file.threads.unwrap_or(2);
+    if threads == 0 {
+        err(&[PathSeg::Key("threads")], "threads must be at least 1".into());
+    }
+
+    match (listen, admin_listen, upstream_addr) {
+        (Some(listen), Some(admin_listen), Some(address)) if errors.is_empty() => Ok(GatewayConfig {
+            listen,
+            admin_listen,
+            upstream: UpstreamConfig {
+                address,
+                connect_timeout: file.upstream.connect_timeout.unwrap_or(Duration::from_secs(2)),
+                read_timeout: file.upstream.read_timeout.unwrap_or(Duration::from_secs(30)),
+                forward_authorization: file.upstream.forward_authorization.unwrap_or(true),
+            },
+            issuers,
+            policies: base.join(&file.policies),
+            audit_file: base.join(&file.audit.file),
+            audit_queue_size: queue,
+            log_format: file.log.format.unwrap_or_default(),
+            threads,
+            shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(5)),
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Parse an algorithm name from the allow-list. Symmetric and `none`
+/// algorithms are refused outright: a gateway verifying third-party tokens
+/// never shares a secret with the issuer.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    let alg = match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        n if n.to_ascii_uppercase().starts_with("HS") || n.eq_ignore_ascii_case("none") => {
+            return Err(format!("algorithm `{n}` is never allowed (symmetric or unsigned)"))
+        }
+        n => return Err(format!("unknown algorithm `{n}`")),
+    };
+    Ok(alg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+upstream:
+  address: 127.0.0.1:8081
+issuers:
+  - issuer: https://idp.example.com
+    audiences: [phigate]
+    jwks_uri: https://idp.example.com/jwks.json
+    leeway: 10s
+policies: policies
+audit:
+  file: audit.jsonl
+"#;
+
+    #[test]
+    fn loads_a_valid_file_with_defaults() {
+        let c = parse("g.yaml", GOOD, Path::new("/etc/phigate")).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.issuers[0].leeway, Duration::from_secs(10));
+        assert_eq!(c.issuers[0].algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
+        assert_eq!(c.policies, Path::new("/etc/phigate/policies"));
+        assert_eq!(c.audit_queue_size, DEFAULT_AUDIT_QUEUE);
+        assert!(c.upstream.forward_authorization);
+    }
+
+    #[test]
+    fn reports_all_errors_with_locations() {
+        let bad = r#"
+listen: nowhere
+admin_listen: 127.0.0.1:9090
+upstream:
+  address: also-nowhere
+issuers:
+  - issuer: https://idp.example.com
+    audiences: []
+    algorithms: [HS256, RS256]
+    jwks_uri: ftp://x
+policies: policies
+audit:
+  file: audit.jsonl
+  queue_size: 0
+"#;
+        let errs = parse("g.yaml", bad, Path::new(".")).unwrap_err();
+        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let joined = all.join("\n");
+        for want in ["g.yaml:2:", "g.yaml:5:", "g.yaml:8:", "g.yaml:9:", "g.yaml:10:", "g.yaml:14:"] {
+            assert!(joined.contains(want), "missing {want} in\n{joined}");
+        }
+        assert!(joined.contains("never allowed"), "{joined}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let errs = parse("g.yaml", &GOOD.replace("policies: policies", "policy: policies"), Path::new(".")).unwrap_err();
+        assert!(errs[0].to_string().contains("unknown field `policy`"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn needs_exactly_one_key_source() {
+        let text = GOOD.replace("    jwks_uri: https://idp.example.com/jwks.json\n", "");
+        let errs = parse("g.yaml", &text, Path::new(".")).unwrap_err();
+        assert!(errs[0].message.contains("exactly one of `jwks_uri` or `jwks_file`"));
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    /// The commented sample in deploy/ must always load.
+    #[test]
+    fn deploy_sample_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/gateway.yaml");
+        let c = load(&path).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.issuers.len(), 1);
+        assert_eq!(c.audit_queue_size, 10_000);
+        assert!(c.policies.ends_with("policies/dev"));
+        crate::policy_loader::load_dir(&c.policies).unwrap_or_else(|e| panic!("{e:?}"));
+    }
+}

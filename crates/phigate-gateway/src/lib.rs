@@ -1,0 +1,48 @@
+//! phigate's pingora glue: configuration loading, the `ProxyHttp`
+//! implementation, the admin service and the wiring of background work.
+//!
+//! ```text
+//! client ──► proxy listener ──► Gateway::request_filter
+//!                                 ├─ canonicalise path      (phigate-policy)
+//!                                 ├─ bearer token → Validator (phigate-token, JWKS cache)
+//!                                 ├─ decide()               (phigate-policy, pure)
+//!                                 ├─ deny → JSON 400/401/403/503
+//!                                 └─ allow → upstream (canonical target)
+//!                               Gateway::logging ──► AuditWriter queue ──► audit worker ──► JSONL file
+//!                                                └─► Metrics ──► admin /metrics
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod dev;
+pub mod metrics;
+pub mod policy_loader;
+pub mod proxy;
+mod server;
+
+pub use server::{dev, serve, DevOptions};
+
+use phigate_policy::Diagnostic;
+
+/// Errors of the gateway crate; each is reported to the operator and makes
+/// the process exit non-zero. Pingora errors are mapped at the boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid configuration:\n{}", join(.0))]
+    Config(Vec<Diagnostic>),
+    #[error("invalid policy:\n{}", join(.0))]
+    Policy(Vec<Diagnostic>),
+    #[error("audit: {0}")]
+    Audit(#[from] phigate_audit::AuditError),
+    #[error("issuer configuration: {0}")]
+    Token(#[from] phigate_token::ConfigError),
+    #[error("dev key: {0}")]
+    DevKey(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn join(d: &[Diagnostic]) -> String {
+    d.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,185 @@
+//! Prometheus metrics. Names and labels are a contract with dashboards.
+//!
+//! Labels carry only bounded, non-identifying values: decision, reason (the
+//! stable vocabulary), route label (from the policy), status class, issuer.
+//! Never a subject, patient, path or token.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use phigate_audit::AuditStats;
+use phigate_token::{FetchObserver, FetchOutcome};
+
+/// All gateway metrics, in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_responses: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
+    pub audit_records: IntCounter,
+    pub audit_queue_depth: IntGauge,
+    pub audit_fail_closed: IntCounter,
+    pub audit_write_errors: IntCounter,
+    pub policy_info: IntGaugeVec,
+    pub decide_seconds: Histogram,
+}
+
+fn build<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: prometheus::Result<T>) -> T {
+    // Metric definitions are static: a failure here is a programming error
+    // caught by the unit test below, never triggered by input.
+    #[allow(clippy::expect_used)]
+    let c = c.expect("static metric definition");
+    #[allow(clippy::expect_used)]
+    registry.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            requests: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("phigate_requests_total", "Requests by decision, reason and matched route"),
+                    &["decision", "reason", "route"],
+                ),
+            ),
+            request_duration: build(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "phigate_request_duration_seconds",
+                        "Time from request start to the end of the response, by decision",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    &["decision"],
+                ),
+            ),
+            upstream_responses: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("phigate_upstream_responses_total", "Upstream responses by status class"),
+                    &["status_class"],
+                ),
+            ),
+            jwks_fetches: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("phigate_jwks_fetch_total", "JWKS fetches by issuer and result (ok, error, invalid)"),
+                    &["issuer", "result"],
+                ),
+            ),
+            jwks_keys: build(
+                &r,
+                IntGaugeVec::new(Opts::new("phigate_jwks_keys", "Keys in the current key set"), &["issuer"]),
+            ),
+            audit_records: build(
+                &r,
+                IntCounter::new("phigate_audit_records_total", "Audit records written to the audit file"),
+            ),
+            audit_queue_depth: build(
+                &r,
+                IntGauge::new("phigate_audit_queue_depth", "Audit records queued or reserved, not yet written"),
+            ),
+            audit_fail_closed: build(
+                &r,
+                IntCounter::new(
+                    "phigate_audit_fail_closed_total",
+                    "Requests refused with 503 because the audit pipeline could not take their record",
+                ),
+            ),
+            audit_write_errors: build(
+                &r,
+                IntCounter::new("phigate_audit_write_errors_total", "Failed audit file writes (retried)"),
+            ),
+            policy_info: build(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("phigate_policy_info", "The loaded policy version (value is always 1)"),
+                    &["version"],
+                ),
+            ),
+            decide_seconds: build(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("phigate_decide_duration_seconds", "Time spent in the pure decision core")
+                        .buckets(vec![0.000001, 0.000005, 0.00001, 0.00005, 0.0001, 0.0005, 0.001]),
+                ),
+            ),
+            registry: r,
+        }
+    }
+
+    /// The `status_class` label value for a status code.
+    pub fn status_class(status: u16) -> &'static str {
+        match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        }
+    }
+
+    /// Bring scrape-time values up to date and encode the text exposition format.
+    pub fn render(&self, audit: &AuditStats, queue_depth: usize) -> Vec<u8> {
+        let written = audit.written();
+        let seen = self.audit_records.get();
+        if written > seen {
+            self.audit_records.inc_by(written - seen);
+        }
+        let errs = audit.write_errors();
+        let seen = self.audit_write_errors.get();
+        if errs > seen {
+            self.audit_write_errors.inc_by(errs - seen);
+        }
+        self.audit_queue_depth.set(queue_depth as i64);
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FetchObserver for Metrics {
+    fn jwks_fetched(&self, issuer: &str, outcome: FetchOutcome, key_count: usize) {
+        self.jwks_fetches.with_label_values(&[issuer, outcome.as_str()]).inc();
+        if matches!(outcome, FetchOutcome::Ok) {
+            self.jwks_keys.with_label_values(&[issuer]).set(key_count as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_register_and_render() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["allow", "allowed", "/fhir/Patient/{id}"]).inc();
+        let text = String::from_utf8(m.render(&AuditStats::default(), 3)).unwrap();
+        assert!(text.contains("phigate_requests_total{decision=\"allow\",reason=\"allowed\",route=\"/fhir/Patient/{id}\"} 1"));
+        assert!(text.contains("phigate_audit_queue_depth 3"));
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(Metrics::status_class(204), "2xx");
+        assert_eq!(Metrics::status_class(503), "5xx");
+        assert_eq!(Metrics::status_class(0), "other");
+    }
+}

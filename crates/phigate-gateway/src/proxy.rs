@@ -1,0 +1,408 @@
+//! The pingora glue: extract facts → validate token → decide → respond or
+//! forward; `logging()` hands the outcome to audit and metrics.
+//!
+//! Nothing here decides anything: the decision is [`phigate_policy::decide`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderMap;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+
+use phigate_audit::{AuditRecord, AuditSlot, AuditWriter};
+use phigate_policy::{Authn, CanonicalTarget, Claims, Decision, PolicySet, Reason, RequestFacts};
+use phigate_token::{TokenError, Validator, VerifiedToken};
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+
+/// State shared by every request.
+pub struct Shared {
+    /// The current policy; a reload swaps it atomically.
+    pub policy: ArcSwap<PolicySet>,
+    pub validator: Arc<Validator>,
+    pub audit: AuditWriter,
+    pub metrics: Arc<Metrics>,
+    pub upstream: UpstreamConfig,
+}
+
+/// The `ProxyHttp` implementation.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+}
+
+/// Per-request state, filled in as the request moves through the phases.
+pub struct RequestCtx {
+    start: Instant,
+    request_id: String,
+    method: String,
+    /// Canonical path, or the (truncated) raw target when it was rejected.
+    path: String,
+    target: Option<CanonicalTarget>,
+    decision: Option<Decision>,
+    claims: Option<Claims>,
+    policy_version: String,
+    audit_slot: Option<AuditSlot>,
+    upstream_status: Option<u16>,
+}
+
+/// Map a token validation failure to the shared reason vocabulary.
+pub fn token_reason(e: &TokenError) -> Reason {
+    match e {
+        TokenError::Malformed => Reason::MalformedToken,
+        TokenError::UnsupportedAlgorithm => Reason::UnsupportedAlgorithm,
+        TokenError::UnknownIssuer => Reason::UnknownIssuer,
+        TokenError::UnknownKey => Reason::UnknownKey,
+        TokenError::InvalidSignature => Reason::InvalidSignature,
+        TokenError::Expired => Reason::TokenExpired,
+        TokenError::NotYetValid => Reason::TokenNotYetValid,
+        TokenError::WrongAudience => Reason::WrongAudience,
+        TokenError::MissingClaim(_) => Reason::MissingClaim,
+        TokenError::KeysUnavailable => Reason::KeysUnavailable,
+    }
+}
+
+/// What the `Authorization` header(s) hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BearerHeader<'a> {
+    Absent,
+    Token(&'a str),
+    /// Two or more `Authorization` headers, or a non-ASCII one.
+    Ambiguous,
+    /// A scheme other than Bearer, or `Bearer` without a usable token.
+    NotBearer,
+}
+
+/// Extract the bearer token: exactly one `Authorization` header, scheme
+/// `Bearer` (case-insensitive), a token of RFC 6750 `b64token` characters.
+/// A token in the query string is never looked at.
+pub fn bearer_token(headers: &HeaderMap) -> BearerHeader<'_> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return BearerHeader::Absent;
+    };
+    if values.next().is_some() {
+        return BearerHeader::Ambiguous;
+    }
+    let Ok(value) = value.to_str() else {
+        return BearerHeader::Ambiguous;
+    };
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        return BearerHeader::NotBearer;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return BearerHeader::NotBearer;
+    }
+    let token = token.trim_start_matches(' ');
+    let b64token = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+    if token.is_empty() || !token.bytes().all(b64token) {
+        return BearerHeader::NotBearer;
+    }
+    BearerHeader::Token(token)
+}
+
+/// Accept a caller's `X-Request-Id` only if it is short and plain; otherwise
+/// generate one (UUIDv7), so ids can never inject into logs.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// The policy core's view of a verified token.
+pub fn claims_of(t: &VerifiedToken) -> Claims {
+    {
+        Claims {
+            issuer: t.issuer.clone(),
+            subject: t.subject.clone(),
+            client_id: t.client_id.clone(),
+            scopes: t.scopes.clone(),
+        }
+    }
+}
+
+impl Gateway {
+    /// Answer a denial: small JSON body with the reason and request id, never
+    /// the token, never a hint about whether the resource exists.
+    async fn respond_deny(&self, session: &mut Session, ctx: &RequestCtx, decision: &Decision) -> Result<()> {
+        let status = decision.deny_status();
+        let body = serde_json::json!({ "error": decision.reason.as_str(), "request_id": ctx.request_id }).to_string();
+        let mut resp = ResponseHeader::build(status, Some(6))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        if let Some(w) = decision.www_authenticate() {
+            resp.insert_header("www-authenticate", w)?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(Bytes::from(body)), true).await
+    }
+
+    /// Make the decision for this request (no response written here).
+    async fn decide_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
+        let policy = self.shared.policy.load_full();
+        ctx.policy_version = policy.version().to_string();
+
+        let raw = session.req_header().raw_path();
+        let target = match std::str::from_utf8(raw).ok().map(phigate_policy::canonicalize) {
+            Some(Ok(t)) => t,
+            _ => {
+                let lossy = String::from_utf8_lossy(raw);
+                ctx.path = lossy.chars().take(256).collect();
+                return Decision::deny(Reason::BadRequestPath);
+            }
+        };
+        ctx.path = target.path.clone();
+
+        let facts = RequestFacts {
+            method: &ctx.method,
+            path: &target.path,
+            query: target.query.as_deref(),
+        };
+        let authn = if phigate_policy::needs_token(&policy, &facts) {
+            match bearer_token(&session.req_header().headers) {
+                BearerHeader::Absent | BearerHeader::NotBearer => Authn::Missing,
+                BearerHeader::Ambiguous => return Decision::deny(Reason::MalformedAuthorization),
+                BearerHeader::Token(t) => match self.shared.validator.validate(t).await {
+                    Ok(v) => {
+                        let claims = claims_of(&v);
+                        ctx.claims = Some(claims.clone());
+                        Authn::Valid(claims)
+                    }
+                    Err(e) => Authn::Invalid(token_reason(&e)),
+                },
+            }
+        } else {
+            Authn::Missing
+        };
+        let started = Instant::now();
+        let decision = phigate_policy::decide(&policy, &facts, &authn);
+        self.shared.metrics.decide_seconds.observe(started.elapsed().as_secs_f64());
+        ctx.target = Some(target);
+        decision
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            start: Instant::now(),
+            request_id: String::new(),
+            method: String::new(),
+            path: String::new(),
+            target: None,
+            decision: None,
+            claims: None,
+            policy_version: String::new(),
+            audit_slot: None,
+            upstream_status: None,
+        }
+    }
+
+    /// Runs once per request, before anything is sent upstream. Returns
+    /// `true` when the response (a denial) has been written here.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.start = Instant::now();
+        ctx.request_id = request_id(&session.req_header().headers);
+        ctx.method = session.req_header().method.as_str().to_string();
+
+        // Fail closed: without a place for the audit record, nothing is served.
+        match self.shared.audit.reserve() {
+            Ok(slot) => ctx.audit_slot = Some(slot),
+            Err(e) => {
+                self.shared.metrics.audit_fail_closed.inc();
+                tracing::error!(request_id = %ctx.request_id, error = %e, "audit unavailable; refusing request");
+                let d = Decision::deny(Reason::AuditUnavailable);
+                self.respond_deny(session, ctx, &d).await?;
+                ctx.decision = Some(d);
+                return Ok(true);
+            }
+        }
+
+        let decision = self.decide_request(session, ctx).await;
+        let deny = !decision.is_allow();
+        if deny {
+            self.respond_deny(session, ctx, &decision).await?;
+        }
+        ctx.decision = Some(decision);
+        Ok(deny)
+    }
+
+    /// Only reached for allowed requests.
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        let up = &self.shared.upstream;
+        let mut peer = HttpPeer::new(up.address, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    /// Forward exactly the canonical target that was authorised.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(target) = ctx.target.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "allowed request without canonical target");
+        };
+        let uri: http::Uri = target
+            .to_request_target()
+            .parse()
+            .map_err(|e| Error::because(ErrorType::InternalError, "canonical target is not a URI", e))?;
+        upstream_request.set_uri(uri);
+        if !self.shared.upstream.forward_authorization {
+            upstream_request.remove_header("authorization");
+        }
+        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        self.shared
+            .metrics
+            .upstream_responses
+            .with_label_values(&[Metrics::status_class(status)])
+            .inc();
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// Runs once per request after the response (or a fatal error): every
+    /// decision, allow or deny, becomes one audit record and metric sample.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        let decision = ctx.decision.take().unwrap_or_else(|| Decision::deny(Reason::BadRequestPath));
+        let route = decision.route.as_deref().unwrap_or("none");
+        let m = &self.shared.metrics;
+        m.requests
+            .with_label_values(&[decision.outcome.as_str(), decision.reason.as_str(), route])
+            .inc();
+        m.request_duration
+            .with_label_values(&[decision.outcome.as_str()])
+            .observe(elapsed.as_secs_f64());
+
+        let claims = ctx.claims.take().unwrap_or_default();
+        let record = AuditRecord {
+            ts: phigate_audit::now_rfc3339(),
+            request_id: ctx.request_id.clone(),
+            decision: decision.outcome.as_str().to_string(),
+            reason: decision.reason.as_str().to_string(),
+            status,
+            method: std::mem::take(&mut ctx.method),
+            path: std::mem::take(&mut ctx.path),
+            route: decision.route.as_deref().map(str::to_string),
+            sub: claims.subject,
+            client_id: claims.client_id,
+            iss: if claims.issuer.is_empty() { None } else { Some(claims.issuer) },
+            scopes_granted: claims.scopes,
+            scopes_required: decision.scopes_required,
+            upstream_status: ctx.upstream_status,
+            duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            remote_addr: session.client_addr().map(|a| a.to_string()),
+            policy_version: std::mem::take(&mut ctx.policy_version),
+        };
+        tracing::info!(
+            request_id = %record.request_id,
+            decision = %record.decision,
+            reason = %record.reason,
+            status = record.status,
+            route = record.route.as_deref().unwrap_or("none"),
+            error = e.map(|e| e.to_string()),
+            "request"
+        );
+        match ctx.audit_slot.take() {
+            Some(slot) => slot.send(record),
+            // Only the audit-unavailable refusal has no slot; it is counted
+            // in phigate_audit_fail_closed_total and logged above.
+            None => tracing::warn!(request_id = %record.request_id, reason = %record.reason, "request not audited: audit pipeline unavailable"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(http::header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(bearer_token(&headers(&[])), BearerHeader::Absent);
+        assert_eq!(bearer_token(&headers(&["Bearer abc.def.ghi"])), BearerHeader::Token("abc.def.ghi"));
+        assert_eq!(bearer_token(&headers(&["bEaReR abc"])), BearerHeader::Token("abc"));
+        assert_eq!(bearer_token(&headers(&["Bearer a", "Bearer b"])), BearerHeader::Ambiguous);
+        assert_eq!(bearer_token(&headers(&["Basic dXNlcjpwYXNz"])), BearerHeader::NotBearer);
+        assert_eq!(bearer_token(&headers(&["Bearer"])), BearerHeader::NotBearer);
+        assert_eq!(bearer_token(&headers(&["Bearer a b"])), BearerHeader::NotBearer);
+        assert_eq!(bearer_token(&headers(&["Bearer a\"b"])), BearerHeader::NotBearer);
+    }
+
+    #[test]
+    fn request_ids_are_sanitised() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("bad id\"{}"));
+        assert_ne!(request_id(&h), "bad id\"{}");
+        assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn every_token_error_has_a_401_or_503_reason() {
+        for e in [
+            TokenError::Malformed,
+            TokenError::UnsupportedAlgorithm,
+            TokenError::UnknownIssuer,
+            TokenError::UnknownKey,
+            TokenError::InvalidSignature,
+            TokenError::Expired,
+            TokenError::NotYetValid,
+            TokenError::WrongAudience,
+            TokenError::MissingClaim("exp"),
+        ] {
+            assert_eq!(token_reason(&e).deny_status(), 401, "{e:?}");
+        }
+        assert_eq!(token_reason(&TokenError::KeysUnavailable).deny_status(), 503);
+    }
+}

@@ -1,0 +1,186 @@
+//! Building and running the pingora server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+
+use phigate_audit::{AuditWorker, AuditWriter};
+use phigate_policy::{PolicySet, PolicySource};
+use phigate_token::{Algorithm, FetchObserver, IssuerConfig, KeySource, Validator};
+
+use crate::admin::Admin;
+use crate::config::{GatewayConfig, LogFormat, UpstreamConfig};
+use crate::dev::{DevIssuer, DEV_AUDIENCE, DEV_ISSUER};
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, Shared};
+use crate::{policy_loader, GatewayError};
+
+/// Keeps every issuer's key set fresh (pingora background service).
+struct JwksRefresher(Arc<Validator>);
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.run_refresher(shutdown).await;
+    }
+}
+
+/// Owns the audit worker until the server starts it.
+struct AuditService(Mutex<Option<AuditWorker>>);
+
+#[async_trait]
+impl BackgroundService for AuditService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let worker = match self.0.lock() {
+            Ok(mut w) => w.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(worker) = worker {
+            worker.run(shutdown).await;
+        }
+    }
+}
+
+/// Run the gateway with a validated configuration and compiled policy until
+/// a shutdown signal (SIGTERM: graceful, SIGINT: fast).
+pub fn serve(config: GatewayConfig, policy: PolicySet, dev: Option<Arc<DevIssuer>>) -> Result<(), GatewayError> {
+    let metrics = Arc::new(Metrics::new());
+    metrics.policy_info.with_label_values(&[policy.version()]).set(1);
+    let observer: Arc<dyn FetchObserver> = metrics.clone();
+    let validator = Arc::new(Validator::new(config.issuers.clone(), observer)?);
+    let (audit, worker) = AuditWriter::open(&config.audit_file, config.audit_queue_size)?;
+    tracing::info!(
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        upstream = %config.upstream.address,
+        policy_version = policy.version(),
+        routes = policy.routes().len(),
+        audit_file = %config.audit_file.display(),
+        "starting phigate"
+    );
+    let shared = Arc::new(Shared {
+        policy: ArcSwap::from_pointee(policy),
+        validator: validator.clone(),
+        audit,
+        metrics,
+        upstream: config.upstream.clone(),
+    });
+
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.as_secs().max(1)),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Gateway { shared: shared.clone() });
+    proxy.add_tcp(&config.listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = Service::new("phigate admin".to_string(), Admin { shared, dev });
+    admin.add_tcp(&config.admin_listen.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service("jwks refresher", JwksRefresher(validator)));
+    server.add_service(background_service("audit writer", AuditService(Mutex::new(Some(worker)))));
+
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+/// Options of `phigate dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub audit_file: PathBuf,
+    /// Policy directory; `None` uses the bundled dev policy embedded in the binary.
+    pub policies: Option<PathBuf>,
+    pub dev_key: Option<PathBuf>,
+}
+
+/// The bundled development policy (`policies/dev/`), embedded so that
+/// `phigate dev` works from any directory.
+pub const EMBEDDED_DEV_POLICY: &[(&str, &str)] =
+    &[("<embedded>/policies/dev/fhir.yaml", include_str!("../../../policies/dev/fhir.yaml"))];
+
+/// Run `phigate dev`: dev issuer + demo FHIR upstream + the gateway.
+pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
+    let issuer = Arc::new(DevIssuer::load_or_generate(opts.dev_key.as_deref())?);
+    let policy = match &opts.policies {
+        Some(dir) => policy_loader::load_dir(dir).map_err(GatewayError::Policy)?,
+        None => phigate_policy::compile(
+            &EMBEDDED_DEV_POLICY
+                .iter()
+                .map(|(n, t)| PolicySource::new(*n, *t))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(GatewayError::Policy)?,
+    };
+    let upstream = crate::dev::spawn_demo_upstream()?;
+    let mut dev_issuer = IssuerConfig::new(
+        DEV_ISSUER,
+        vec![DEV_AUDIENCE.to_string()],
+        KeySource::JwksUri(format!("http://{}/dev/jwks.json", opts.admin_listen)),
+    );
+    dev_issuer.algorithms = vec![Algorithm::ES256];
+    let config = GatewayConfig {
+        listen: opts.listen,
+        admin_listen: opts.admin_listen,
+        upstream: UpstreamConfig::new(upstream),
+        issuers: vec![dev_issuer],
+        policies: opts.policies.clone().unwrap_or_default(),
+        audit_file: opts.audit_file.clone(),
+        audit_queue_size: crate::config::DEFAULT_AUDIT_QUEUE,
+        log_format: LogFormat::Pretty,
+        threads: 2,
+        shutdown_grace: Duration::from_secs(1),
+    };
+    print_banner(&opts, upstream, policy.version());
+    serve(config, policy, Some(issuer))
+}
+
+fn print_banner(opts: &DevOptions, upstream: SocketAddr, version: &str) {
+    let (p, a) = (opts.listen, opts.admin_listen);
+    let policies = opts
+        .policies
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "bundled dev policy (policies/dev/)".into());
+    eprintln!(
+        r#"
+################################################################################
+#  PHIGATE DEV MODE — FOR DEVELOPMENT ONLY. NEVER EXPOSE THIS TO REAL PHI.     #
+#  /dev/token mints valid tokens for anyone who asks.                          #
+################################################################################
+  proxy      http://{p}
+  admin      http://{a}  (/metrics /healthz /readyz /dev/jwks.json /dev/token)
+  upstream   http://{upstream}  (demo FHIR server, synthetic data)
+  policies   {policies}  [{version}]
+  audit      {audit}
+
+Try:
+  curl -i http://{p}/fhir/metadata
+  curl -i http://{p}/fhir/Patient/123
+  TOKEN=$(curl -s 'http://{a}/dev/token?scope=user/Patient.rs%20user/Observation.rs')
+  curl -i -H "Authorization: Bearer $TOKEN" http://{p}/fhir/Patient/123
+  curl -i -H "Authorization: Bearer $TOKEN" 'http://{p}/fhir/Observation?patient=123'
+  curl -i -H "Authorization: Bearer $TOKEN" -X POST -H 'Content-Type: application/fhir+json' \
+       -d '{{"resourceType":"Observation","status":"final"}}' http://{p}/fhir/Observation   # 403: needs user/Observation.c
+  curl -i http://{p}/fhir/..%2FPatient/123   # 400
+  curl -s http://{a}/metrics | grep phigate_requests_total
+  tail -n 3 {audit}
+"#,
+        audit = opts.audit_file.display()
+    );
+}

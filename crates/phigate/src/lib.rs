@@ -1,0 +1,203 @@
+//! The `phigate` command line. Kept as a library so the end-to-end test
+//! crate can build the very same binary.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use phigate_gateway::config::{self, LogFormat};
+use phigate_gateway::{policy_loader, DevOptions};
+
+/// phigate: a HIPAA-minded authorization gateway for FHIR/EHR APIs.
+#[derive(Debug, Parser)]
+#[command(name = "phigate", version, about)]
+pub struct Cli {
+    /// Log format (default: json for `run`, pretty for `dev`). Filter with RUST_LOG.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway from a configuration file.
+    Run {
+        /// Path to gateway.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run everything on one machine for development: a dev token issuer, a
+    /// demo FHIR upstream with synthetic data, and the gateway. NEVER for real PHI.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        #[arg(long, default_value = "./phigate-audit.jsonl")]
+        audit_file: PathBuf,
+        /// Policy directory (default: the bundled dev policy, embedded).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// PEM PKCS#8 P-256 key for the dev issuer; generated (and written here) if missing.
+        #[arg(long)]
+        dev_key: Option<PathBuf>,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Compile policy directories and report every error as file:line:column.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a gateway configuration file (and the policies it names).
+    Check { path: PathBuf },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("phigate: logging setup failed: {e}");
+    }
+}
+
+fn print_diagnostics(d: &[phigate_policy::Diagnostic]) {
+    for d in d {
+        eprintln!("{d}");
+    }
+}
+
+/// Parse arguments, run, and turn the outcome into an exit code.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    let forced = cli.log_format.map(|f| match f {
+        LogFormatArg::Json => LogFormat::Json,
+        LogFormatArg::Pretty => LogFormat::Pretty,
+    });
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(d) => {
+                    print_diagnostics(&d);
+                    eprintln!("phigate: {} configuration error(s); not starting", d.len());
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_tracing(forced.unwrap_or(cfg.log_format));
+            let policy = match policy_loader::load_dir(&cfg.policies) {
+                Ok(p) => p,
+                Err(d) => {
+                    print_diagnostics(&d);
+                    eprintln!("phigate: {} policy error(s); not starting", d.len());
+                    return ExitCode::FAILURE;
+                }
+            };
+            finish(phigate_gateway::serve(cfg, policy, None))
+        }
+        Command::Dev {
+            listen,
+            admin_listen,
+            audit_file,
+            policies,
+            dev_key,
+        } => {
+            init_tracing(forced.unwrap_or(LogFormat::Pretty));
+            finish(phigate_gateway::dev(DevOptions {
+                listen,
+                admin_listen,
+                audit_file,
+                policies,
+                dev_key,
+            }))
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { paths },
+        } => {
+            let mut failed = false;
+            for p in paths {
+                match policy_loader::load_dir(&p) {
+                    Ok(set) => println!(
+                        "{}: ok, {} route(s), version {}",
+                        p.display(),
+                        set.routes().len(),
+                        set.version()
+                    ),
+                    Err(d) => {
+                        print_diagnostics(&d);
+                        eprintln!("{}: {} error(s)", p.display(), d.len());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Check { path },
+        } => {
+            let cfg = match config::load(&path) {
+                Ok(c) => c,
+                Err(d) => {
+                    print_diagnostics(&d);
+                    eprintln!("{}: {} error(s)", path.display(), d.len());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match policy_loader::load_dir(&cfg.policies) {
+                Ok(set) => {
+                    println!("{}: ok (policy version {})", path.display(), set.version());
+                    ExitCode::SUCCESS
+                }
+                Err(d) => {
+                    print_diagnostics(&d);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn finish(r: Result<(), phigate_gateway::GatewayError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "phigate stopped");
+            eprintln!("phigate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
