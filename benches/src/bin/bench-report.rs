@@ -1,0 +1,43 @@
+//! Print benchmark ratios against the baseline measured in the same run.
+//!
+//! Reads criterion's `target/criterion/<group>/<id>/new/estimates.json`.
+//! Usage: `cargo run -p phigate-benches --bin bench-report [CRITERION_DIR]`.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+fn mean_ns(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["mean"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    let root = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/criterion"));
+    // (group, baseline id, [ids compared with it])
+    let comparisons: &[(&str, &str, &[&str])] = &[("decide", "routes/10", &["routes/1000", "routes/10000"])];
+    let mut missing = false;
+    for (group, base, others) in comparisons {
+        let Some(b) = mean_ns(&root.join(group).join(base)) else {
+            eprintln!("{group}/{base}: no results under {} (run `cargo bench -p phigate-benches` first)", root.display());
+            missing = true;
+            continue;
+        };
+        println!("{group}/{base}: {b:.1} ns (baseline)");
+        for o in *others {
+            match mean_ns(&root.join(group).join(o)) {
+                Some(v) => println!("{group}/{o}: {v:.1} ns  = {:.2}x baseline", v / b),
+                None => {
+                    eprintln!("{group}/{o}: no results");
+                    missing = true;
+                }
+            }
+        }
+    }
+    if missing {
+        std::process::exit(1);
+    }
+}

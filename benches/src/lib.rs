@@ -1,0 +1,22 @@
+//! Shared fixtures for the benchmarks.
+#![forbid(unsafe_code)]
+
+use phigate_policy::{compile, PolicySet, PolicySource};
+
+/// A policy with `n` routes: the FHIR routes a real deployment has, padded
+/// with `n - 4` distinct API routes mixing literal and `{param}` segments.
+pub fn policy_with_routes(n: usize) -> PolicySet {
+    let mut text = String::from(
+        "version: 1\nroutes:\n  - methods: [GET]\n    path: /fhir/metadata\n    public: true\n  - methods: [GET]\n    path: /fhir/Patient/{id}\n    scopes: { any_of: [user/Patient.rs] }\n  - methods: [GET]\n    path: /fhir/Observation\n    scopes: { any_of: [user/Observation.rs] }\n  - methods: [POST]\n    path: /fhir/Observation\n    scopes: { all_of: [user/Observation.c] }\n",
+    );
+    for i in 0..n.saturating_sub(4) {
+        text.push_str(&format!(
+            "  - methods: [GET, PUT]\n    path: /api/v{}/service{}/items/{{id}}/detail{}\n    scopes: {{ all_of: [svc{}.read, v1.patient.records.read] }}\n",
+            i % 7,
+            i,
+            i % 3,
+            i
+        ));
+    }
+    compile(&[PolicySource::new("bench.yaml", text)]).unwrap_or_else(|e| panic!("bench policy: {e:?}"))
+}

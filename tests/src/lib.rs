@@ -1,0 +1,228 @@
+//! Test harness: real servers on ephemeral loopback ports and the real
+//! `phigate` binary as a child process.
+//!
+//! - [`JwksServer`]: serves a JWKS over HTTP, counts fetches, can be told to fail.
+//! - [`Upstream`]: a FHIR-ish HTTP/1.1 upstream that records every request.
+//! - [`Gateway`]: writes a config, starts `phigate run`, waits for `/healthz`,
+//!   and kills the process on drop.
+//! - [`http`]: a raw HTTP/1.1 client over `TcpStream`, so request targets are
+//!   sent byte for byte (no client-side normalisation).
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod http;
+pub mod keys;
+pub mod servers;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use keys::TestKey;
+pub use servers::{JwksServer, RecordedRequest, Upstream};
+
+/// A free loopback port: bind `127.0.0.1:0`, read the port, release it.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Poll `f` until it returns `Some`, for at most `limit`. Bounded waiting for
+/// asynchronous effects (audit lines, fetches) — never a timing assertion.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `phigate` child process.
+pub struct Gateway {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub audit_file: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub log_file: PathBuf,
+}
+
+/// Default test policy: the skeleton's rules plus a custom-scope route.
+pub const TEST_POLICY: &str = r#"
+version: 1
+routes:
+  - name: fhir-metadata
+    methods: [GET]
+    path: /fhir/metadata
+    public: true
+  - methods: [GET]
+    path: /fhir/Patient/{id}
+    scopes: { any_of: [user/Patient.rs] }
+  - methods: [GET]
+    path: /fhir/Observation
+    scopes: { any_of: [user/Observation.rs] }
+  - methods: [POST]
+    path: /fhir/Observation
+    scopes: { any_of: [user/Observation.c] }
+"#;
+
+pub const ISSUER: &str = "https://idp.test.phigate";
+pub const AUDIENCE: &str = "phigate-test";
+
+/// Options for [`Gateway::start`].
+pub struct GatewayOptions<'a> {
+    pub jwks_uri: String,
+    pub upstream: SocketAddr,
+    pub policy: &'a str,
+    pub extra_issuer_yaml: &'a str,
+    pub audit_queue_size: usize,
+}
+
+impl Gateway {
+    /// The gateway binary built by this crate (`target/<profile>/phigate-under-test`),
+    /// found next to the running test executable (`target/<profile>/deps/…`).
+    pub fn binary() -> std::path::PathBuf {
+        let exe = std::env::current_exe().expect("current test executable");
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile> directory");
+        let bin = profile_dir.join(format!("phigate-under-test{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "{} not built; run `cargo build --workspace --all-targets`", bin.display());
+        bin
+    }
+
+    /// Write config + policy into a temp dir and start `phigate run`.
+    pub fn start(opts: GatewayOptions<'_>) -> Gateway {
+        // A freed port can be taken by someone else before phigate binds it;
+        // retry with fresh ports if the process dies during start-up.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("policies")).unwrap();
+            std::fs::write(dir.path().join("policies/test.yaml"), opts.policy).unwrap();
+            let proxy = free_addr();
+            let admin = free_addr();
+            let config = format!(
+                r#"
+listen: {proxy}
+admin_listen: {admin}
+upstream:
+  address: {upstream}
+issuers:
+  - issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_uri: {jwks}
+    unknown_kid_cooldown: 1s
+{extra}
+policies: policies
+audit:
+  file: audit.jsonl
+  queue_size: {queue}
+shutdown_grace: 1s
+"#,
+                upstream = opts.upstream,
+                jwks = opts.jwks_uri,
+                extra = opts.extra_issuer_yaml,
+                queue = opts.audit_queue_size,
+            );
+            std::fs::write(dir.path().join("gateway.yaml"), config).unwrap();
+            let log_file = dir.path().join("phigate.log");
+            let child = Command::new(Self::binary())
+                .args(["run", "--config"])
+                .arg(dir.path().join("gateway.yaml"))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log_file).unwrap())
+                .spawn()
+                .unwrap();
+            let mut gw = Gateway {
+                child,
+                proxy,
+                admin,
+                audit_file: dir.path().join("audit.jsonl"),
+                log_file,
+                dir,
+            };
+            if gw.wait_healthy(Duration::from_secs(20)) {
+                return gw;
+            }
+            last_log = std::fs::read_to_string(&gw.log_file).unwrap_or_default();
+        }
+        panic!("phigate did not start:\n{last_log}");
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) -> bool {
+        let admin = self.admin;
+        let child = &mut self.child;
+        eventually(limit, || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(false);
+            }
+            match http::get(admin, "/healthz") {
+                Ok(r) if r.status == 200 => Some(true),
+                _ => None,
+            }
+        })
+        .unwrap_or(false)
+    }
+
+    /// Wait until `/readyz` answers 200 (keys fetched).
+    pub fn wait_ready(&self) {
+        let ok = eventually(Duration::from_secs(20), || {
+            matches!(http::get(self.admin, "/readyz"), Ok(r) if r.status == 200).then_some(())
+        });
+        assert!(ok.is_some(), "gateway never became ready:\n{}", self.log());
+    }
+
+    /// The audit records written so far.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        read_jsonl(&self.audit_file)
+    }
+
+    /// Wait until at least `n` audit records are on disk, and return them.
+    pub fn wait_audit(&self, n: usize) -> Vec<serde_json::Value> {
+        eventually(Duration::from_secs(10), || {
+            let r = self.audit_records();
+            (r.len() >= n).then_some(r)
+        })
+        .unwrap_or_else(|| panic!("expected {n} audit records, got {:?}", self.audit_records()))
+    }
+
+    /// The raw audit file text.
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(&self.audit_file).unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    /// The `/metrics` exposition, parsed.
+    pub fn metrics(&self) -> prometheus_parse::Scrape {
+        let r = http::get(self.admin, "/metrics").unwrap();
+        assert_eq!(r.status, 200);
+        let lines = r.text().lines().map(|l| Ok(l.to_string())).collect::<Vec<_>>();
+        prometheus_parse::Scrape::parse(lines.into_iter()).unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parse a JSON-lines file (missing file: no records).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
+        .collect()
+}

@@ -1,0 +1,164 @@
+//! Real HTTP servers for the tests, each on `127.0.0.1:0`, run by one shared
+//! background tokio runtime.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+type Handler = Arc<dyn Fn(Request<Bytes>) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// Serve `handler` on a fresh loopback port; returns the address and a
+/// counter of accepted connections.
+fn serve(handler: Handler) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let conns = connections.clone();
+    runtime().spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            conns.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        Ok::<_, Infallible>(handler(Request::from_parts(parts, body)))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_str(content_type).unwrap());
+    r
+}
+
+/// A JWKS endpoint whose body and availability the test controls.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    body: Arc<Mutex<String>>,
+    up: Arc<AtomicBool>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    pub fn start(jwks: String) -> Self {
+        let body = Arc::new(Mutex::new(jwks));
+        let up = Arc::new(AtomicBool::new(true));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (b, u, f) = (body.clone(), up.clone(), fetches.clone());
+        let (addr, _) = serve(Arc::new(move |req| {
+            if req.uri().path() != "/jwks.json" {
+                return respond(StatusCode::NOT_FOUND, "text/plain", "not found");
+            }
+            f.fetch_add(1, Ordering::SeqCst);
+            if !u.load(Ordering::SeqCst) {
+                return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "down");
+            }
+            respond(StatusCode::OK, "application/json", b.lock().unwrap().clone())
+        }));
+        JwksServer { addr, body, up, fetches }
+    }
+    pub fn uri(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+    pub fn set_jwks(&self, jwks: String) {
+        *self.body.lock().unwrap() = jwks;
+    }
+    /// While down, every fetch gets a 503.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An upstream that records every request and answers with a small JSON
+/// document echoing the request (and the body, for POSTs).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn start() -> Self {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let r = requests.clone();
+        let (addr, connections) = serve(Arc::new(move |req: Request<Bytes>| {
+            let rec = RecordedRequest {
+                method: req.method().to_string(),
+                target: req.uri().to_string(),
+                headers: req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect(),
+                body: req.body().clone(),
+            };
+            r.lock().unwrap().push(rec);
+            if req.method() == http::Method::POST {
+                // Echo the body byte for byte.
+                return respond(StatusCode::CREATED, "application/fhir+json", req.body().clone());
+            }
+            let body = serde_json::json!({ "resourceType": "Basic", "echo": req.uri().to_string() }).to_string();
+            respond(StatusCode::OK, "application/fhir+json", body)
+        }));
+        Upstream { addr, requests, connections }
+    }
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}

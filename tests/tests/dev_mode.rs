@@ -1,0 +1,89 @@
+//! `phigate dev`: the embedded default other tools depend on.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use phigate_tests::{eventually, free_addr, http, read_jsonl, Gateway};
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, admin) = (free_addr(), free_addr());
+    let audit = dir.path().join("audit.jsonl");
+    let key = dir.path().join("dev-key.pem");
+    let log = dir.path().join("dev.log");
+    let _child = Kill(
+        Command::new(Gateway::binary())
+            .arg("dev")
+            .args(["--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
+            .arg("--audit-file")
+            .arg(&audit)
+            .arg("--dev-key")
+            .arg(&key)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = eventually(Duration::from_secs(20), || {
+        matches!(http::get(admin, "/readyz"), Ok(r) if r.status == 200).then_some(())
+    });
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready.is_some(), "dev mode never ready:\n{}", log_text());
+    assert!(log_text().contains("DEV MODE"), "banner printed");
+    assert!(key.exists(), "--dev-key written");
+
+    let jwks = http::get(admin, "/dev/jwks.json").unwrap().json();
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert!(jwks["keys"][0]["kid"].as_str().is_some());
+
+    assert_eq!(http::get(proxy, "/fhir/metadata").unwrap().status, 200);
+    assert_eq!(http::get(proxy, "/fhir/Patient/123").unwrap().status, 401);
+
+    let token = http::get(admin, "/dev/token?scope=user/Patient.rs%20user/Observation.rs&sub=alice").unwrap();
+    assert_eq!(token.status, 200);
+    assert_eq!(token.header("content-type"), Some("text/plain"));
+    let token = token.text();
+    let auth = format!("Bearer {token}");
+    let h = [("Authorization", auth.as_str())];
+    let r = http::request(proxy, "GET", "/fhir/Patient/123", &h, b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["resourceType"], "Patient");
+    let r = http::request(proxy, "GET", "/fhir/Observation?patient=123", &h, b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["total"], 2);
+    let r = http::request(proxy, "POST", "/fhir/Observation", &h, br#"{"resourceType":"Observation"}"#).unwrap();
+    assert_eq!(r.status, 403, "needs user/Observation.c");
+    let r = http::request(proxy, "DELETE", "/fhir/Patient/123", &h, b"").unwrap();
+    assert_eq!(r.status, 403, "not in the dev policy");
+
+    let writer = http::get(admin, "/dev/token?scope=user/Observation.c").unwrap().text();
+    let auth = format!("Bearer {writer}");
+    let r = http::request(proxy, "POST", "/fhir/Observation", &[("Authorization", auth.as_str())], br#"{"resourceType":"Observation","status":"final"}"#).unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let expired = http::get(admin, "/dev/token?scope=user/Patient.rs&ttl=-120").unwrap().text();
+    let auth = format!("Bearer {expired}");
+    let r = http::request(proxy, "GET", "/fhir/Patient/123", &[("Authorization", auth.as_str())], b"").unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "token_expired");
+
+    assert_eq!(http::get(admin, "/dev/token?bogus=1").unwrap().status, 400);
+
+    let recs = eventually(Duration::from_secs(10), || {
+        let r = read_jsonl(&audit);
+        (r.len() >= 8).then_some(r)
+    })
+    .expect("audit records");
+    assert_eq!(recs.len(), 8);
+    assert_eq!(recs[2]["sub"], "alice");
+}
