@@ -1,4 +1,5 @@
 //! Shared fixtures for the benchmarks.
+#![allow(clippy::unwrap_used)] // test/bench code: a panic is the failure report
 #![forbid(unsafe_code)]
 
 use phigate_policy::{compile, PolicySet, PolicySource};

@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod keys;
+pub mod prom;
 pub mod servers;
 
 use std::net::{SocketAddr, TcpListener};
@@ -89,9 +90,16 @@ impl Gateway {
     /// found next to the running test executable (`target/<profile>/deps/…`).
     pub fn binary() -> std::path::PathBuf {
         let exe = std::env::current_exe().expect("current test executable");
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile> directory");
+        let profile_dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target/<profile> directory");
         let bin = profile_dir.join(format!("phigate-under-test{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} not built; run `cargo build --workspace --all-targets`", bin.display());
+        assert!(
+            bin.exists(),
+            "{} not built; run `cargo build --workspace --all-targets`",
+            bin.display()
+        );
         bin
     }
 
@@ -202,11 +210,14 @@ shutdown_grace: 1s
     }
 
     /// The `/metrics` exposition, parsed.
-    pub fn metrics(&self) -> prometheus_parse::Scrape {
+    pub fn metrics(&self) -> prom::Scrape {
         let r = http::get(self.admin, "/metrics").unwrap();
         assert_eq!(r.status, 200);
-        let lines = r.text().lines().map(|l| Ok(l.to_string())).collect::<Vec<_>>();
-        prometheus_parse::Scrape::parse(lines.into_iter()).unwrap()
+        assert!(r
+            .header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/plain; version=0.0.4"));
+        prom::parse(&r.text()).unwrap_or_else(|e| panic!("invalid exposition text: {e}\n{}", r.text()))
     }
 }
 

@@ -35,7 +35,9 @@ fn serve(handler: Handler) -> (SocketAddr, Arc<AtomicUsize>) {
     runtime().spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             conns.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             tokio::spawn(async move {
@@ -48,7 +50,9 @@ fn serve(handler: Handler) -> (SocketAddr, Arc<AtomicUsize>) {
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
             });
         }
     });
@@ -58,8 +62,10 @@ fn serve(handler: Handler) -> (SocketAddr, Arc<AtomicUsize>) {
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_str(content_type).unwrap());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_str(content_type).unwrap(),
+    );
     r
 }
 
@@ -87,7 +93,12 @@ impl JwksServer {
             }
             respond(StatusCode::OK, "application/json", b.lock().unwrap().clone())
         }));
-        JwksServer { addr, body, up, fetches }
+        JwksServer {
+            addr,
+            body,
+            up,
+            fetches,
+        }
     }
     pub fn uri(&self) -> String {
         format!("http://{}/jwks.json", self.addr)
@@ -150,10 +161,15 @@ impl Upstream {
                 // Echo the body byte for byte.
                 return respond(StatusCode::CREATED, "application/fhir+json", req.body().clone());
             }
-            let body = serde_json::json!({ "resourceType": "Basic", "echo": req.uri().to_string() }).to_string();
+            let body =
+                serde_json::json!({ "resourceType": "Basic", "echo": req.uri().to_string() }).to_string();
             respond(StatusCode::OK, "application/fhir+json", body)
         }));
-        Upstream { addr, requests, connections }
+        Upstream {
+            addr,
+            requests,
+            connections,
+        }
     }
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.requests.lock().unwrap().clone()

@@ -24,7 +24,12 @@ fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
     let _child = Kill(
         Command::new(Gateway::binary())
             .arg("dev")
-            .args(["--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
+            .args([
+                "--listen",
+                &proxy.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
             .arg("--audit-file")
             .arg(&audit)
             .arg("--dev-key")
@@ -49,7 +54,11 @@ fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
     assert_eq!(http::get(proxy, "/fhir/metadata").unwrap().status, 200);
     assert_eq!(http::get(proxy, "/fhir/Patient/123").unwrap().status, 401);
 
-    let token = http::get(admin, "/dev/token?scope=user/Patient.rs%20user/Observation.rs&sub=alice").unwrap();
+    let token = http::get(
+        admin,
+        "/dev/token?scope=user/Patient.rs%20user/Observation.rs&sub=alice",
+    )
+    .unwrap();
     assert_eq!(token.status, 200);
     assert_eq!(token.header("content-type"), Some("text/plain"));
     let token = token.text();
@@ -61,19 +70,44 @@ fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
     let r = http::request(proxy, "GET", "/fhir/Observation?patient=123", &h, b"").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["total"], 2);
-    let r = http::request(proxy, "POST", "/fhir/Observation", &h, br#"{"resourceType":"Observation"}"#).unwrap();
+    let r = http::request(
+        proxy,
+        "POST",
+        "/fhir/Observation",
+        &h,
+        br#"{"resourceType":"Observation"}"#,
+    )
+    .unwrap();
     assert_eq!(r.status, 403, "needs user/Observation.c");
     let r = http::request(proxy, "DELETE", "/fhir/Patient/123", &h, b"").unwrap();
     assert_eq!(r.status, 403, "not in the dev policy");
 
-    let writer = http::get(admin, "/dev/token?scope=user/Observation.c").unwrap().text();
+    let writer = http::get(admin, "/dev/token?scope=user/Observation.c")
+        .unwrap()
+        .text();
     let auth = format!("Bearer {writer}");
-    let r = http::request(proxy, "POST", "/fhir/Observation", &[("Authorization", auth.as_str())], br#"{"resourceType":"Observation","status":"final"}"#).unwrap();
+    let r = http::request(
+        proxy,
+        "POST",
+        "/fhir/Observation",
+        &[("Authorization", auth.as_str())],
+        br#"{"resourceType":"Observation","status":"final"}"#,
+    )
+    .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
 
-    let expired = http::get(admin, "/dev/token?scope=user/Patient.rs&ttl=-120").unwrap().text();
+    let expired = http::get(admin, "/dev/token?scope=user/Patient.rs&ttl=-120")
+        .unwrap()
+        .text();
     let auth = format!("Bearer {expired}");
-    let r = http::request(proxy, "GET", "/fhir/Patient/123", &[("Authorization", auth.as_str())], b"").unwrap();
+    let r = http::request(
+        proxy,
+        "GET",
+        "/fhir/Patient/123",
+        &[("Authorization", auth.as_str())],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "token_expired");
 

@@ -28,7 +28,12 @@ fn env_with(policy: &str) -> Env {
         audit_queue_size: 1000,
     });
     gw.wait_ready();
-    Env { key, jwks, upstream, gw }
+    Env {
+        key,
+        jwks,
+        upstream,
+        gw,
+    }
 }
 
 fn env() -> Env {
@@ -36,7 +41,14 @@ fn env() -> Env {
 }
 
 fn get_with_token(e: &Env, target: &str, token: &str) -> Response {
-    http::request(e.gw.proxy, "GET", target, &[("Authorization", &format!("Bearer {token}"))], b"").unwrap()
+    http::request(
+        e.gw.proxy,
+        "GET",
+        target,
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .unwrap()
 }
 
 fn assert_deny(r: &Response, status: u16, reason: &str) {
@@ -56,7 +68,10 @@ fn allowed_request_reaches_upstream_with_body_intact() {
         e.gw.proxy,
         "POST",
         "/fhir/Observation",
-        &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/fhir+json")],
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/fhir+json"),
+        ],
         body,
     )
     .unwrap();
@@ -66,7 +81,11 @@ fn allowed_request_reaches_upstream_with_body_intact() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].method, "POST");
     assert_eq!(seen[0].target, "/fhir/Observation");
-    assert_eq!(&seen[0].body[..], body, "upstream got the client body byte for byte");
+    assert_eq!(
+        &seen[0].body[..],
+        body,
+        "upstream got the client body byte for byte"
+    );
     assert!(seen[0].header("x-request-id").is_some());
     let id = r.header("x-request-id").unwrap();
     let rec = &e.gw.wait_audit(1)[0];
@@ -92,7 +111,10 @@ fn get_forwards_canonical_target_and_query() {
     let r = get_with_token(&e, "/fhir/Observation?patient=123&_count=5", &token);
     assert_eq!(r.status, 200);
     let seen = e.upstream.requests();
-    assert_eq!(seen[0].target, "/fhir/Patient/123", "the canonical path is what is forwarded");
+    assert_eq!(
+        seen[0].target, "/fhir/Patient/123",
+        "the canonical path is what is forwarded"
+    );
     assert_eq!(seen[1].target, "/fhir/Observation?patient=123&_count=5");
 }
 
@@ -135,27 +157,61 @@ fn invalid_tokens_are_401_invalid_token() {
 
     let cases: Vec<(&str, String, &str)> = vec![
         ("bad signature", other.sign(&good), "invalid_signature"),
-        ("tampered payload", format!("{}.{}.{}", parts[0], forge(&json!({}), &claims("user/*.cruds"), b"").split('.').nth(1).unwrap(), parts[2]), "invalid_signature"),
+        (
+            "tampered payload",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                forge(&json!({}), &claims("user/*.cruds"), b"")
+                    .split('.')
+                    .nth(1)
+                    .unwrap(),
+                parts[2]
+            ),
+            "invalid_signature",
+        ),
         ("expired", e.key.sign(&expired), "token_expired"),
         ("wrong aud", e.key.sign(&wrong_aud), "wrong_audience"),
         ("wrong iss", e.key.sign(&wrong_iss), "unknown_issuer"),
-        ("alg none", forge(&json!({"alg": "none", "typ": "JWT", "kid": "k1"}), &good, b""), "unsupported_algorithm"),
-        ("alg NoNe", forge(&json!({"alg": "NoNe", "kid": "k1"}), &good, b""), "unsupported_algorithm"),
-        ("HS256 with public key as secret", hs256("k1", &good, e.key.jwk.to_string().as_bytes()), "unsupported_algorithm"),
+        (
+            "alg none",
+            forge(&json!({"alg": "none", "typ": "JWT", "kid": "k1"}), &good, b""),
+            "unsupported_algorithm",
+        ),
+        (
+            "alg NoNe",
+            forge(&json!({"alg": "NoNe", "kid": "k1"}), &good, b""),
+            "unsupported_algorithm",
+        ),
+        (
+            "HS256 with public key as secret",
+            hs256("k1", &good, e.key.jwk.to_string().as_bytes()),
+            "unsupported_algorithm",
+        ),
         ("garbage", "not.a.jwt".to_string(), "malformed_token"),
     ];
     for (name, token, reason) in &cases {
         let r = get_with_token(&e, "/fhir/Patient/123", token);
         assert_eq!(r.status, 401, "{name}: {}", r.text());
         assert_eq!(r.json()["error"], *reason, "{name}");
-        assert_eq!(r.header("www-authenticate"), Some("Bearer error=\"invalid_token\""), "{name}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer error=\"invalid_token\""),
+            "{name}"
+        );
     }
-    assert!(e.upstream.requests().is_empty(), "no denied request reached the upstream");
+    assert!(
+        e.upstream.requests().is_empty(),
+        "no denied request reached the upstream"
+    );
     let records = e.gw.wait_audit(cases.len());
     let text = e.gw.audit_text();
     for (name, token, _) in &cases {
         let sig = token.rsplit('.').next().unwrap();
-        assert!(sig.len() < 8 || !text.contains(sig), "{name}: token text leaked into audit");
+        assert!(
+            sig.len() < 8 || !text.contains(sig),
+            "{name}: token text leaked into audit"
+        );
         assert!(!text.contains(token.as_str()), "{name}: token leaked into audit");
     }
     for (rec, (_, _, reason)) in records.iter().zip(&cases) {
@@ -175,7 +231,10 @@ fn insufficient_scope_is_403_and_upstream_not_contacted() {
         r.header("www-authenticate"),
         Some("Bearer error=\"insufficient_scope\", scope=\"user/Patient.rs\"")
     );
-    assert!(!r.text().contains("Patient"), "deny body reveals nothing about the resource");
+    assert!(
+        !r.text().contains("Patient"),
+        "deny body reveals nothing about the resource"
+    );
     assert!(e.upstream.requests().is_empty());
     assert_eq!(e.upstream.connections(), 0, "upstream was not even connected to");
 }
@@ -183,9 +242,23 @@ fn insufficient_scope_is_403_and_upstream_not_contacted() {
 #[test]
 fn no_route_is_403_default_deny() {
     let e = env();
-    let token = e.key.sign(&claims("user/Patient.rs user/Observation.rs user/Observation.c"));
-    for (method, target) in [("DELETE", "/fhir/Patient/123"), ("GET", "/fhir/Secret/1"), ("GET", "/admin"), ("PUT", "/fhir/Observation")] {
-        let r = http::request(e.gw.proxy, method, target, &[("Authorization", &format!("Bearer {token}"))], b"").unwrap();
+    let token = e
+        .key
+        .sign(&claims("user/Patient.rs user/Observation.rs user/Observation.c"));
+    for (method, target) in [
+        ("DELETE", "/fhir/Patient/123"),
+        ("GET", "/fhir/Secret/1"),
+        ("GET", "/admin"),
+        ("PUT", "/fhir/Observation"),
+    ] {
+        let r = http::request(
+            e.gw.proxy,
+            method,
+            target,
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .unwrap();
         assert_deny(&r, 403, "no_matching_route");
         assert_eq!(r.header("www-authenticate"), None);
     }
@@ -224,13 +297,22 @@ fn path_attacks_are_400_and_never_forwarded() {
         "/fhir/Patient/123#frag",
     ];
     for target in attacks {
-        let r = http::request(e.gw.proxy, "GET", target, &[("Authorization", &format!("Bearer {token}"))], b"").unwrap();
+        let r = http::request(
+            e.gw.proxy,
+            "GET",
+            target,
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .unwrap();
         assert_eq!(r.status, 400, "{target}: {}", r.text());
         assert_eq!(r.json()["error"], "bad_request_path", "{target}");
     }
     assert!(e.upstream.requests().is_empty());
     let recs = e.gw.wait_audit(attacks.len());
-    assert!(recs.iter().all(|r| r["reason"] == "bad_request_path" && r["status"] == 400));
+    assert!(recs
+        .iter()
+        .all(|r| r["reason"] == "bad_request_path" && r["status"] == 400));
 }
 
 #[test]
@@ -238,7 +320,14 @@ fn two_authorization_headers_are_400() {
     let e = env();
     let token = e.key.sign(&claims("user/Patient.rs"));
     let auth = format!("Bearer {token}");
-    let r = http::request(e.gw.proxy, "GET", "/fhir/Patient/1", &[("Authorization", &auth), ("Authorization", &auth)], b"").unwrap();
+    let r = http::request(
+        e.gw.proxy,
+        "GET",
+        "/fhir/Patient/1",
+        &[("Authorization", &auth), ("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
     assert_deny(&r, 400, "malformed_authorization");
     assert!(e.upstream.requests().is_empty());
 }
@@ -272,10 +361,32 @@ fn one_audit_line_per_request_and_no_token_text() {
     for (rec, (id, reason)) in recs.iter().zip(&expected) {
         assert_eq!(rec["request_id"], id.as_str());
         assert_eq!(rec["reason"], *reason, "{rec}");
-        assert_eq!(rec["decision"], if *reason == "allowed" || *reason == "public_route" { "allow" } else { "deny" });
+        assert_eq!(
+            rec["decision"],
+            if *reason == "allowed" || *reason == "public_route" {
+                "allow"
+            } else {
+                "deny"
+            }
+        );
         for field in [
-            "ts", "request_id", "decision", "reason", "status", "method", "path", "route", "sub", "client_id", "iss",
-            "scopes_granted", "scopes_required", "upstream_status", "duration_ms", "remote_addr", "policy_version",
+            "ts",
+            "request_id",
+            "decision",
+            "reason",
+            "status",
+            "method",
+            "path",
+            "route",
+            "sub",
+            "client_id",
+            "iss",
+            "scopes_granted",
+            "scopes_required",
+            "upstream_status",
+            "duration_ms",
+            "remote_addr",
+            "policy_version",
         ] {
             assert!(rec.get(field).is_some(), "field {field} missing in {rec}");
         }
@@ -283,8 +394,14 @@ fn one_audit_line_per_request_and_no_token_text() {
     }
     let text = e.gw.audit_text();
     assert!(!text.contains(&token), "token in audit file");
-    assert!(!text.contains(token.split('.').nth(2).unwrap()), "token signature in audit file");
-    assert!(!e.gw.log().contains(token.split('.').nth(2).unwrap()), "token in logs");
+    assert!(
+        !text.contains(token.split('.').nth(2).unwrap()),
+        "token signature in audit file"
+    );
+    assert!(
+        !e.gw.log().contains(token.split('.').nth(2).unwrap()),
+        "token in logs"
+    );
 }
 
 #[test]
@@ -297,26 +414,49 @@ fn metrics_parse_as_prometheus_text_and_count_requests() {
     assert_eq!(http::get(e.gw.proxy, "/fhir/Patient/7").unwrap().status, 401);
     e.gw.wait_audit(4);
     let scrape = e.gw.metrics();
-    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    };
-    assert_eq!(value("phigate_requests_total", &[("decision", "allow"), ("reason", "allowed"), ("route", "/fhir/Patient/{id}")]), 3.0);
-    assert_eq!(value("phigate_requests_total", &[("decision", "deny"), ("reason", "missing_token")]), 1.0);
-    assert_eq!(value("phigate_upstream_responses_total", &[("status_class", "2xx")]), 3.0);
-    assert!(value("phigate_jwks_fetch_total", &[("issuer", phigate_tests::ISSUER), ("result", "ok")]) >= 1.0);
+    let value = |name: &str, labels: &[(&str, &str)]| scrape.value(name, labels);
+    assert_eq!(
+        value(
+            "phigate_requests_total",
+            &[
+                ("decision", "allow"),
+                ("reason", "allowed"),
+                ("route", "/fhir/Patient/{id}")
+            ]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            "phigate_requests_total",
+            &[("decision", "deny"), ("reason", "missing_token")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("phigate_upstream_responses_total", &[("status_class", "2xx")]),
+        3.0
+    );
+    assert!(
+        value(
+            "phigate_jwks_fetch_total",
+            &[("issuer", phigate_tests::ISSUER), ("result", "ok")]
+        ) >= 1.0
+    );
     assert_eq!(value("phigate_audit_records_total", &[]), 4.0);
-    assert!(scrape.samples.iter().any(|s| s.metric == "phigate_audit_queue_depth"));
-    assert!(scrape.samples.iter().any(|s| s.metric.starts_with("phigate_request_duration_seconds")));
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == "phigate_audit_queue_depth"));
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|s| s.metric.starts_with("phigate_request_duration_seconds")));
     // No subject ids in labels.
-    assert!(!scrape.samples.iter().any(|s| s.labels.values().any(|v| v.contains("user-42"))));
+    assert!(!scrape
+        .samples
+        .iter()
+        .any(|s| s.labels.values().any(|v| v.contains("user-42"))));
 }
 
 #[test]
@@ -339,13 +479,27 @@ fn readyz_waits_for_keys_and_missing_keys_fail_closed_with_503() {
     assert_eq!(r.json()["keys"], false);
     // Requests needing a token fail closed with 503, not 401.
     let token = key.sign(&claims("user/Patient.rs"));
-    let r = http::request(gw.proxy, "GET", "/fhir/Patient/1", &[("Authorization", &format!("Bearer {token}"))], b"").unwrap();
+    let r = http::request(
+        gw.proxy,
+        "GET",
+        "/fhir/Patient/1",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .unwrap();
     assert_deny(&r, 503, "keys_unavailable");
     // Public routes still work.
     assert_eq!(http::get(gw.proxy, "/fhir/metadata").unwrap().status, 200);
     jwks.set_up(true);
     gw.wait_ready();
-    let r = http::request(gw.proxy, "GET", "/fhir/Patient/1", &[("Authorization", &format!("Bearer {token}"))], b"").unwrap();
+    let r = http::request(
+        gw.proxy,
+        "GET",
+        "/fhir/Patient/1",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(http::get(gw.admin, "/healthz").unwrap().status, 200);
 }
@@ -370,7 +524,11 @@ fn upstream_connections_are_pooled() {
         assert_eq!(get_with_token(&e, "/fhir/Patient/1", &token).status, 200);
     }
     assert_eq!(e.upstream.requests().len(), 10);
-    assert!(e.upstream.connections() < 10, "keep-alive reuse: {} connections for 10 requests", e.upstream.connections());
+    assert!(
+        e.upstream.connections() < 10,
+        "keep-alive reuse: {} connections for 10 requests",
+        e.upstream.connections()
+    );
 }
 
 #[test]

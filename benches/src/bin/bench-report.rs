@@ -2,6 +2,7 @@
 //!
 //! Reads criterion's `target/criterion/<group>/<id>/new/estimates.json`.
 //! Usage: `cargo run -p phigate-benches --bin bench-report [CRITERION_DIR]`.
+#![allow(clippy::unwrap_used)] // test/bench code: a panic is the failure report
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -22,7 +23,10 @@ fn main() {
     let mut missing = false;
     for (group, base, others) in comparisons {
         let Some(b) = mean_ns(&root.join(group).join(base)) else {
-            eprintln!("{group}/{base}: no results under {} (run `cargo bench -p phigate-benches` first)", root.display());
+            eprintln!(
+                "{group}/{base}: no results under {} (run `cargo bench -p phigate-benches` first)",
+                root.display()
+            );
             missing = true;
             continue;
         };

@@ -180,7 +180,9 @@ impl AuditWorker {
             }
             match self.write_batch(&pending) {
                 Ok(()) => {
-                    self.stats.written.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .written
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
                     self.stats.healthy.store(true, Ordering::Relaxed);
                     pending.clear();
                 }
@@ -290,6 +292,9 @@ mod tests {
         let e = AuditWriter::open(Path::new("/nonexistent-dir/x/audit.jsonl"), 4).unwrap_err();
         assert!(e.to_string().contains("cannot open audit file"));
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(AuditWriter::open(&dir.path().join("a"), 0), Err(AuditError::ZeroQueue)));
+        assert!(matches!(
+            AuditWriter::open(&dir.path().join("a"), 0),
+            Err(AuditError::ZeroQueue)
+        ));
     }
 }

@@ -26,9 +26,12 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Re
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = r.body().len();
-    r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     r.headers_mut()
-        .insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     r
 }
 
@@ -53,7 +56,11 @@ impl Admin {
 
     fn route(&self, method: &http::Method, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
         if method != http::Method::GET && method != http::Method::HEAD {
-            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n",
+            );
         }
         match path {
             "/metrics" => {
@@ -66,11 +73,17 @@ impl Admin {
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
             "/readyz" => {
                 let (ready, detail) = self.readiness();
-                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 reply(status, "application/json", detail.to_string())
             }
             "/dev/jwks.json" | "/dev/token" => match &self.dev {
-                Some(dev) if path == "/dev/jwks.json" => reply(StatusCode::OK, "application/json", dev.jwks_json()),
+                Some(dev) if path == "/dev/jwks.json" => {
+                    reply(StatusCode::OK, "application/json", dev.jwks_json())
+                }
                 Some(dev) => match dev.token_from_query(query.unwrap_or("")) {
                     Ok(t) => reply(StatusCode::OK, "text/plain", t),
                     Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),

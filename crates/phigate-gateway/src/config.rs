@@ -141,35 +141,49 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
     let file: GatewayFile = phigate_yaml::parse(name, text).map_err(|d| vec![d])?;
     let loc = Locator::new(text);
     let mut errors = Vec::new();
-    let mut err = |path: &[PathSeg<'_>], msg: String| errors.push(Diagnostic::new(name, loc.locate(path), msg));
+    let mut err =
+        |path: &[PathSeg<'_>], msg: String| errors.push(Diagnostic::new(name, loc.locate(path), msg));
 
-    let addr = |key: &'static str, value: &str, err: &mut dyn FnMut(&[PathSeg<'_>], String)| -> Option<SocketAddr> {
-        match value.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                err(&[PathSeg::Key(key)], format!("`{value}` is not an address like 127.0.0.1:8080"));
-                None
+    let addr =
+        |key: &'static str, value: &str, err: &mut dyn FnMut(&[PathSeg<'_>], String)| -> Option<SocketAddr> {
+            match value.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    err(
+                        &[PathSeg::Key(key)],
+                        format!("`{value}` is not an address like 127.0.0.1:8080"),
+                    );
+                    None
+                }
             }
-        }
-    };
+        };
     let listen = addr("listen", &file.listen, &mut err);
     let admin_listen = addr("admin_listen", &file.admin_listen, &mut err);
     if listen.is_some() && listen == admin_listen {
-        err(&[PathSeg::Key("admin_listen")], "admin listener must differ from the proxy listener".into());
+        err(
+            &[PathSeg::Key("admin_listen")],
+            "admin listener must differ from the proxy listener".into(),
+        );
     }
     let upstream_addr = match file.upstream.address.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
             err(
                 &[PathSeg::Key("upstream"), PathSeg::Key("address")],
-                format!("`{}` is not an address like 127.0.0.1:8081", file.upstream.address),
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8081",
+                    file.upstream.address
+                ),
             );
             None
         }
     };
 
     if file.issuers.is_empty() {
-        err(&[PathSeg::Key("issuers")], "at least one issuer is required".into());
+        err(
+            &[PathSeg::Key("issuers")],
+            "at least one issuer is required".into(),
+        );
     }
     let mut issuers = Vec::new();
     for (i, f) in file.issuers.iter().enumerate() {
@@ -181,7 +195,10 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             err(&at("issuer"), "issuer must not be empty".into());
         }
         if f.audiences.is_empty() || f.audiences.iter().any(String::is_empty) {
-            err(&at("audiences"), "at least one non-empty audience is required".into());
+            err(
+                &at("audiences"),
+                "at least one non-empty audience is required".into(),
+            );
         }
         let source = match (&f.jwks_uri, &f.jwks_file) {
             (Some(u), None) => {
@@ -192,12 +209,19 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             }
             (None, Some(p)) => Some(KeySource::JwksFile(base.join(p))),
             _ => {
-                err(&at("issuer"), "exactly one of `jwks_uri` or `jwks_file` is required".into());
+                err(
+                    &at("issuer"),
+                    "exactly one of `jwks_uri` or `jwks_file` is required".into(),
+                );
                 None
             }
         };
         let mut algorithms = Vec::new();
-        for a in f.algorithms.clone().unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]) {
+        for a in f
+            .algorithms
+            .clone()
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()])
+        {
             match parse_algorithm(&a) {
                 Ok(alg) => algorithms.push(alg),
                 Err(msg) => err(&at("algorithms"), msg),
@@ -211,7 +235,10 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             c.algorithms = algorithms;
             if let Some(l) = f.leeway {
                 if l > Duration::from_secs(300) {
-                    err(&at("leeway"), "leeway above 5m defeats expiry; keep it small".into());
+                    err(
+                        &at("leeway"),
+                        "leeway above 5m defeats expiry; keep it small".into(),
+                    );
                 }
                 c.leeway = l;
             }
@@ -227,7 +254,10 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
 
     let queue = file.audit.queue_size.unwrap_or(DEFAULT_AUDIT_QUEUE);
     if queue == 0 {
-        err(&[PathSeg::Key("audit"), PathSeg::Key("queue_size")], "queue_size must be at least 1".into());
+        err(
+            &[PathSeg::Key("audit"), PathSeg::Key("queue_size")],
+            "queue_size must be at least 1".into(),
+        );
     }
     let threads = file.threads.unwrap_or(2);
     if threads == 0 {
@@ -271,7 +301,9 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
         "ES384" => Algorithm::ES384,
         "EdDSA" => Algorithm::EdDSA,
         n if n.to_ascii_uppercase().starts_with("HS") || n.eq_ignore_ascii_case("none") => {
-            return Err(format!("algorithm `{n}` is never allowed (symmetric or unsigned)"))
+            return Err(format!(
+                "algorithm `{n}` is never allowed (symmetric or unsigned)"
+            ))
         }
         n => return Err(format!("unknown algorithm `{n}`")),
     };
@@ -328,7 +360,14 @@ audit:
         let errs = parse("g.yaml", bad, Path::new(".")).unwrap_err();
         let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         let joined = all.join("\n");
-        for want in ["g.yaml:2:", "g.yaml:5:", "g.yaml:8:", "g.yaml:9:", "g.yaml:10:", "g.yaml:14:"] {
+        for want in [
+            "g.yaml:2:",
+            "g.yaml:5:",
+            "g.yaml:8:",
+            "g.yaml:9:",
+            "g.yaml:10:",
+            "g.yaml:14:",
+        ] {
             assert!(joined.contains(want), "missing {want} in\n{joined}");
         }
         assert!(joined.contains("never allowed"), "{joined}");
@@ -336,15 +375,26 @@ audit:
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let errs = parse("g.yaml", &GOOD.replace("policies: policies", "policy: policies"), Path::new(".")).unwrap_err();
-        assert!(errs[0].to_string().contains("unknown field `policy`"), "{}", errs[0]);
+        let errs = parse(
+            "g.yaml",
+            &GOOD.replace("policies: policies", "policy: policies"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            errs[0].to_string().contains("unknown field `policy`"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]
     fn needs_exactly_one_key_source() {
         let text = GOOD.replace("    jwks_uri: https://idp.example.com/jwks.json\n", "");
         let errs = parse("g.yaml", &text, Path::new(".")).unwrap_err();
-        assert!(errs[0].message.contains("exactly one of `jwks_uri` or `jwks_file`"));
+        assert!(errs[0]
+            .message
+            .contains("exactly one of `jwks_uri` or `jwks_file`"));
     }
 }
 

@@ -41,7 +41,11 @@ const PEM_END: &str = "-----END PRIVATE KEY-----";
 fn pem_to_der(text: &str) -> Option<Vec<u8>> {
     let start = text.find(PEM_BEGIN)? + PEM_BEGIN.len();
     let end = text.find(PEM_END)?;
-    let b64: String = text.get(start..end)?.chars().filter(|c| !c.is_whitespace()).collect();
+    let b64: String = text
+        .get(start..end)?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     STANDARD.decode(b64).ok()
 }
 
@@ -98,7 +102,12 @@ impl TokenParams {
                 .filter(|n| n.abs() <= 7 * 86_400)
                 .ok_or_else(|| format!("`{k}` must be an integer number of seconds within ±7 days"))
         };
-        let list = |v: &str| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
+        let list = |v: &str| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             if v.len() > 1024 {
                 return Err(format!("`{k}` is too long"));
@@ -137,8 +146,9 @@ impl DevIssuer {
                 })?
             }
             _ => {
-                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                    .map_err(|_| GatewayError::DevKey("key generation failed".into()))?;
+                let doc =
+                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                        .map_err(|_| GatewayError::DevKey("key generation failed".into()))?;
                 let der = doc.as_ref().to_vec();
                 if let Some(p) = path {
                     write_private(p, &der_to_pem(&der))
@@ -303,7 +313,10 @@ fn outcome(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     )
 }
 
-async fn demo_handle(store: Arc<DemoStore>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn demo_handle(
+    store: Arc<DemoStore>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -330,16 +343,26 @@ async fn demo_handle(store: Arc<DemoStore>, req: Request<Incoming>) -> Result<Re
             let hits: Vec<Value> = all
                 .into_iter()
                 .filter(|o| {
-                    let subject = o["subject"]["reference"].as_str().unwrap_or("").trim_start_matches("Patient/");
+                    let subject = o["subject"]["reference"]
+                        .as_str()
+                        .unwrap_or("")
+                        .trim_start_matches("Patient/");
                     wanted.is_empty() || wanted.iter().any(|w| w == subject)
                 })
                 .map(|o| json!({ "resource": o }))
                 .collect();
-            fhir(StatusCode::OK, json!({ "resourceType": "Bundle", "type": "searchset", "total": hits.len(), "entry": hits }))
+            fhir(
+                StatusCode::OK,
+                json!({ "resourceType": "Bundle", "type": "searchset", "total": hits.len(), "entry": hits }),
+            )
         }
         ("POST", ["fhir", "Observation"]) => {
             let body = Limited::new(req.into_body(), 1 << 20).collect().await;
-            match body.map(|b| b.to_bytes()).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+            match body
+                .map(|b| b.to_bytes())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            {
                 Some(mut v) if v["resourceType"] == "Observation" => {
                     let mut list = match store.observations.lock() {
                         Ok(l) => l,
@@ -364,28 +387,36 @@ pub fn spawn_demo_upstream() -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("demo-upstream".into()).spawn(move || {
-        rt.block_on(async move {
-            let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "demo upstream failed to start");
-                    return;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("demo-upstream".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "demo upstream failed to start");
+                        return;
+                    }
+                };
+                let store = Arc::new(demo_store());
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| demo_handle(store.clone(), req));
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    });
                 }
-            };
-            let store = Arc::new(demo_store());
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| demo_handle(store.clone(), req));
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
-                });
-            }
-        });
-    })?;
+            });
+        })?;
     Ok(addr)
 }
 
@@ -395,13 +426,18 @@ mod tests {
 
     #[test]
     fn token_params_parse_and_reject_unknown() {
-        let p = TokenParams::from_query("scope=user/Patient.rs+user/Observation.rs&sub=alice&ttl=-60&roles=nurse,admin&amr=mfa").unwrap();
+        let p = TokenParams::from_query(
+            "scope=user/Patient.rs+user/Observation.rs&sub=alice&ttl=-60&roles=nurse,admin&amr=mfa",
+        )
+        .unwrap();
         assert_eq!(p.scope, "user/Patient.rs user/Observation.rs");
         assert_eq!(p.sub, "alice");
         assert_eq!(p.ttl, -60);
         assert_eq!(p.roles, vec!["nurse", "admin"]);
         assert_eq!(p.amr, vec!["mfa"]);
-        assert!(TokenParams::from_query("scop=x").unwrap_err().contains("unknown parameter"));
+        assert!(TokenParams::from_query("scop=x")
+            .unwrap_err()
+            .contains("unknown parameter"));
         assert!(TokenParams::from_query("ttl=abc").is_err());
         assert_eq!(TokenParams::from_query("").unwrap(), TokenParams::default());
     }
@@ -423,11 +459,17 @@ mod tests {
     #[test]
     fn minted_token_has_kid_and_claims() {
         let d = DevIssuer::load_or_generate(None).unwrap();
-        let t = d.token(&TokenParams { patient: Some("123".into()), ..Default::default() }).unwrap();
+        let t = d
+            .token(&TokenParams {
+                patient: Some("123".into()),
+                ..Default::default()
+            })
+            .unwrap();
         let h = jsonwebtoken::decode_header(&t).unwrap();
         assert_eq!(h.kid.as_deref(), Some(d.kid()));
         assert_eq!(h.typ.as_deref(), Some("at+jwt"));
-        let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(t.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        let payload: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(t.split('.').nth(1).unwrap()).unwrap()).unwrap();
         assert_eq!(payload["patient"], "123");
         assert_eq!(payload["iss"], DEV_ISSUER);
     }

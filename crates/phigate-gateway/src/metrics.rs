@@ -28,13 +28,18 @@ pub struct Metrics {
     pub decide_seconds: Histogram,
 }
 
-fn build<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: prometheus::Result<T>) -> T {
+fn build<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    c: prometheus::Result<T>,
+) -> T {
     // Metric definitions are static: a failure here is a programming error
     // caught by the unit test below, never triggered by input.
     #[allow(clippy::expect_used)]
     let c = c.expect("static metric definition");
     #[allow(clippy::expect_used)]
-    registry.register(Box::new(c.clone())).expect("unique metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric name");
     c
 }
 
@@ -45,7 +50,10 @@ impl Metrics {
             requests: build(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("phigate_requests_total", "Requests by decision, reason and matched route"),
+                    Opts::new(
+                        "phigate_requests_total",
+                        "Requests by decision, reason and matched route",
+                    ),
                     &["decision", "reason", "route"],
                 ),
             ),
@@ -56,35 +64,52 @@ impl Metrics {
                         "phigate_request_duration_seconds",
                         "Time from request start to the end of the response, by decision",
                     )
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
                     &["decision"],
                 ),
             ),
             upstream_responses: build(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("phigate_upstream_responses_total", "Upstream responses by status class"),
+                    Opts::new(
+                        "phigate_upstream_responses_total",
+                        "Upstream responses by status class",
+                    ),
                     &["status_class"],
                 ),
             ),
             jwks_fetches: build(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("phigate_jwks_fetch_total", "JWKS fetches by issuer and result (ok, error, invalid)"),
+                    Opts::new(
+                        "phigate_jwks_fetch_total",
+                        "JWKS fetches by issuer and result (ok, error, invalid)",
+                    ),
                     &["issuer", "result"],
                 ),
             ),
             jwks_keys: build(
                 &r,
-                IntGaugeVec::new(Opts::new("phigate_jwks_keys", "Keys in the current key set"), &["issuer"]),
+                IntGaugeVec::new(
+                    Opts::new("phigate_jwks_keys", "Keys in the current key set"),
+                    &["issuer"],
+                ),
             ),
             audit_records: build(
                 &r,
-                IntCounter::new("phigate_audit_records_total", "Audit records written to the audit file"),
+                IntCounter::new(
+                    "phigate_audit_records_total",
+                    "Audit records written to the audit file",
+                ),
             ),
             audit_queue_depth: build(
                 &r,
-                IntGauge::new("phigate_audit_queue_depth", "Audit records queued or reserved, not yet written"),
+                IntGauge::new(
+                    "phigate_audit_queue_depth",
+                    "Audit records queued or reserved, not yet written",
+                ),
             ),
             audit_fail_closed: build(
                 &r,
@@ -95,20 +120,29 @@ impl Metrics {
             ),
             audit_write_errors: build(
                 &r,
-                IntCounter::new("phigate_audit_write_errors_total", "Failed audit file writes (retried)"),
+                IntCounter::new(
+                    "phigate_audit_write_errors_total",
+                    "Failed audit file writes (retried)",
+                ),
             ),
             policy_info: build(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new("phigate_policy_info", "The loaded policy version (value is always 1)"),
+                    Opts::new(
+                        "phigate_policy_info",
+                        "The loaded policy version (value is always 1)",
+                    ),
                     &["version"],
                 ),
             ),
             decide_seconds: build(
                 &r,
                 Histogram::with_opts(
-                    HistogramOpts::new("phigate_decide_duration_seconds", "Time spent in the pure decision core")
-                        .buckets(vec![0.000001, 0.000005, 0.00001, 0.00005, 0.0001, 0.0005, 0.001]),
+                    HistogramOpts::new(
+                        "phigate_decide_duration_seconds",
+                        "Time spent in the pure decision core",
+                    )
+                    .buckets(vec![0.000001, 0.000005, 0.00001, 0.00005, 0.0001, 0.0005, 0.001]),
                 ),
             ),
             registry: r,
@@ -156,7 +190,9 @@ impl Default for Metrics {
 
 impl FetchObserver for Metrics {
     fn jwks_fetched(&self, issuer: &str, outcome: FetchOutcome, key_count: usize) {
-        self.jwks_fetches.with_label_values(&[issuer, outcome.as_str()]).inc();
+        self.jwks_fetches
+            .with_label_values(&[issuer, outcome.as_str()])
+            .inc();
         if matches!(outcome, FetchOutcome::Ok) {
             self.jwks_keys.with_label_values(&[issuer]).set(key_count as i64);
         }
@@ -170,9 +206,13 @@ mod tests {
     #[test]
     fn all_metrics_register_and_render() {
         let m = Metrics::new();
-        m.requests.with_label_values(&["allow", "allowed", "/fhir/Patient/{id}"]).inc();
+        m.requests
+            .with_label_values(&["allow", "allowed", "/fhir/Patient/{id}"])
+            .inc();
         let text = String::from_utf8(m.render(&AuditStats::default(), 3)).unwrap();
-        assert!(text.contains("phigate_requests_total{decision=\"allow\",reason=\"allowed\",route=\"/fhir/Patient/{id}\"} 1"));
+        assert!(text.contains(
+            "phigate_requests_total{decision=\"allow\",reason=\"allowed\",route=\"/fhir/Patient/{id}\"} 1"
+        ));
         assert!(text.contains("phigate_audit_queue_depth 3"));
     }
 

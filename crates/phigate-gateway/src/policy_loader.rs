@@ -8,8 +8,13 @@ use phigate_policy::{Diagnostic, PolicySet, PolicySource};
 /// policy test files (`*.test.yaml`).
 pub fn read_dir(dir: &Path) -> Result<Vec<PolicySource>, Vec<Diagnostic>> {
     let name = dir.display().to_string();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| vec![Diagnostic::new(&name, None, format!("cannot read policy directory: {e}"))])?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        vec![Diagnostic::new(
+            &name,
+            None,
+            format!("cannot read policy directory: {e}"),
+        )]
+    })?;
     let mut paths = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| vec![Diagnostic::new(&name, None, e.to_string())])?;
@@ -27,7 +32,11 @@ pub fn read_dir(dir: &Path) -> Result<Vec<PolicySource>, Vec<Diagnostic>> {
     for p in paths {
         match std::fs::read_to_string(&p) {
             Ok(text) => sources.push(PolicySource::new(p.display().to_string(), text)),
-            Err(e) => errors.push(Diagnostic::new(p.display().to_string(), None, format!("cannot read: {e}"))),
+            Err(e) => errors.push(Diagnostic::new(
+                p.display().to_string(),
+                None,
+                format!("cannot read: {e}"),
+            )),
         }
     }
     if errors.is_empty() {

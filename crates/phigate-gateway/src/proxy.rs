@@ -100,7 +100,8 @@ pub fn bearer_token(headers: &HeaderMap) -> BearerHeader<'_> {
         return BearerHeader::NotBearer;
     }
     let token = token.trim_start_matches(' ');
-    let b64token = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+    let b64token =
+        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
     if token.is_empty() || !token.bytes().all(b64token) {
         return BearerHeader::NotBearer;
     }
@@ -114,10 +115,25 @@ fn request_id(headers: &HeaderMap) -> String {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// The request-target exactly as the client sent it (HTTP/1.x request line).
+///
+/// pingora's parsed URI silently drops a `#fragment`; the raw line keeps it so
+/// that such requests are refused rather than quietly rewritten.
+fn wire_target(head: &[u8]) -> Option<&[u8]> {
+    let line_end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
+    let line = head[..line_end].strip_suffix(b"\r").unwrap_or(&head[..line_end]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (_method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    (version.starts_with(b"HTTP/") && parts.next().is_none() && !target.is_empty()).then_some(target)
 }
 
 /// The policy core's view of a verified token.
@@ -137,7 +153,8 @@ impl Gateway {
     /// the token, never a hint about whether the resource exists.
     async fn respond_deny(&self, session: &mut Session, ctx: &RequestCtx, decision: &Decision) -> Result<()> {
         let status = decision.deny_status();
-        let body = serde_json::json!({ "error": decision.reason.as_str(), "request_id": ctx.request_id }).to_string();
+        let body = serde_json::json!({ "error": decision.reason.as_str(), "request_id": ctx.request_id })
+            .to_string();
         let mut resp = ResponseHeader::build(status, Some(6))?;
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("cache-control", "no-store")?;
@@ -155,7 +172,8 @@ impl Gateway {
         let policy = self.shared.policy.load_full();
         ctx.policy_version = policy.version().to_string();
 
-        let raw = session.req_header().raw_path();
+        let raw_line = session.as_downstream().to_h1_raw();
+        let raw = wire_target(&raw_line).unwrap_or_else(|| session.req_header().raw_path());
         let target = match std::str::from_utf8(raw).ok().map(phigate_policy::canonicalize) {
             Some(Ok(t)) => t,
             _ => {
@@ -189,7 +207,10 @@ impl Gateway {
         };
         let started = Instant::now();
         let decision = phigate_policy::decide(&policy, &facts, &authn);
-        self.shared.metrics.decide_seconds.observe(started.elapsed().as_secs_f64());
+        self.shared
+            .metrics
+            .decide_seconds
+            .observe(started.elapsed().as_secs_f64());
         ctx.target = Some(target);
         decision
     }
@@ -260,7 +281,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let Some(target) = ctx.target.as_ref() else {
-            return Error::e_explain(ErrorType::InternalError, "allowed request without canonical target");
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "allowed request without canonical target",
+            );
         };
         let uri: http::Uri = target
             .to_request_target()
@@ -305,7 +329,10 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
-        let decision = ctx.decision.take().unwrap_or_else(|| Decision::deny(Reason::BadRequestPath));
+        let decision = ctx
+            .decision
+            .take()
+            .unwrap_or_else(|| Decision::deny(Reason::BadRequestPath));
         let route = decision.route.as_deref().unwrap_or("none");
         let m = &self.shared.metrics;
         m.requests
@@ -327,7 +354,11 @@ impl ProxyHttp for Gateway {
             route: decision.route.as_deref().map(str::to_string),
             sub: claims.subject,
             client_id: claims.client_id,
-            iss: if claims.issuer.is_empty() { None } else { Some(claims.issuer) },
+            iss: if claims.issuer.is_empty() {
+                None
+            } else {
+                Some(claims.issuer)
+            },
             scopes_granted: claims.scopes,
             scopes_required: decision.scopes_required,
             upstream_status: ctx.upstream_status,
@@ -348,13 +379,26 @@ impl ProxyHttp for Gateway {
             Some(slot) => slot.send(record),
             // Only the audit-unavailable refusal has no slot; it is counted
             // in phigate_audit_fail_closed_total and logged above.
-            None => tracing::warn!(request_id = %record.request_id, reason = %record.reason, "request not audited: audit pipeline unavailable"),
+            None => {
+                tracing::warn!(request_id = %record.request_id, reason = %record.reason, "request not audited: audit pipeline unavailable")
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wire_target_reads_the_request_line() {
+        assert_eq!(
+            super::wire_target(b"GET /a#f HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(&b"/a#f"[..])
+        );
+        assert_eq!(super::wire_target(b"GET /a HTTP/1.0\n"), Some(&b"/a"[..]));
+        assert_eq!(super::wire_target(b"GET  /a HTTP/1.1\r\n"), None);
+        assert_eq!(super::wire_target(b""), None);
+    }
+
     use super::*;
     use http::HeaderValue;
 
@@ -369,10 +413,22 @@ mod tests {
     #[test]
     fn bearer_extraction() {
         assert_eq!(bearer_token(&headers(&[])), BearerHeader::Absent);
-        assert_eq!(bearer_token(&headers(&["Bearer abc.def.ghi"])), BearerHeader::Token("abc.def.ghi"));
-        assert_eq!(bearer_token(&headers(&["bEaReR abc"])), BearerHeader::Token("abc"));
-        assert_eq!(bearer_token(&headers(&["Bearer a", "Bearer b"])), BearerHeader::Ambiguous);
-        assert_eq!(bearer_token(&headers(&["Basic dXNlcjpwYXNz"])), BearerHeader::NotBearer);
+        assert_eq!(
+            bearer_token(&headers(&["Bearer abc.def.ghi"])),
+            BearerHeader::Token("abc.def.ghi")
+        );
+        assert_eq!(
+            bearer_token(&headers(&["bEaReR abc"])),
+            BearerHeader::Token("abc")
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Bearer a", "Bearer b"])),
+            BearerHeader::Ambiguous
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Basic dXNlcjpwYXNz"])),
+            BearerHeader::NotBearer
+        );
         assert_eq!(bearer_token(&headers(&["Bearer"])), BearerHeader::NotBearer);
         assert_eq!(bearer_token(&headers(&["Bearer a b"])), BearerHeader::NotBearer);
         assert_eq!(bearer_token(&headers(&["Bearer a\"b"])), BearerHeader::NotBearer);

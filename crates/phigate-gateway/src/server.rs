@@ -51,7 +51,11 @@ impl BackgroundService for AuditService {
 
 /// Run the gateway with a validated configuration and compiled policy until
 /// a shutdown signal (SIGTERM: graceful, SIGINT: fast).
-pub fn serve(config: GatewayConfig, policy: PolicySet, dev: Option<Arc<DevIssuer>>) -> Result<(), GatewayError> {
+pub fn serve(
+    config: GatewayConfig,
+    policy: PolicySet,
+    dev: Option<Arc<DevIssuer>>,
+) -> Result<(), GatewayError> {
     let metrics = Arc::new(Metrics::new());
     metrics.policy_info.with_label_values(&[policy.version()]).set(1);
     let observer: Arc<dyn FetchObserver> = metrics.clone();
@@ -83,7 +87,12 @@ pub fn serve(config: GatewayConfig, policy: PolicySet, dev: Option<Arc<DevIssuer
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Gateway { shared: shared.clone() });
+    let mut proxy = pingora_proxy::http_proxy_service(
+        &server.configuration,
+        Gateway {
+            shared: shared.clone(),
+        },
+    );
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
 
@@ -92,7 +101,10 @@ pub fn serve(config: GatewayConfig, policy: PolicySet, dev: Option<Arc<DevIssuer
     server.add_service(admin);
 
     server.add_service(background_service("jwks refresher", JwksRefresher(validator)));
-    server.add_service(background_service("audit writer", AuditService(Mutex::new(Some(worker)))));
+    server.add_service(background_service(
+        "audit writer",
+        AuditService(Mutex::new(Some(worker))),
+    ));
 
     server.run(RunArgs::default());
     Ok(())
@@ -111,8 +123,10 @@ pub struct DevOptions {
 
 /// The bundled development policy (`policies/dev/`), embedded so that
 /// `phigate dev` works from any directory.
-pub const EMBEDDED_DEV_POLICY: &[(&str, &str)] =
-    &[("<embedded>/policies/dev/fhir.yaml", include_str!("../../../policies/dev/fhir.yaml"))];
+pub const EMBEDDED_DEV_POLICY: &[(&str, &str)] = &[(
+    "<embedded>/policies/dev/fhir.yaml",
+    include_str!("../../../policies/dev/fhir.yaml"),
+)];
 
 /// Run `phigate dev`: dev issuer + demo FHIR upstream + the gateway.
 pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {

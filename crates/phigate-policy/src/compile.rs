@@ -176,7 +176,10 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
         let at = |path: &[PathSeg<'_>], msg: String| Diagnostic::new(&src.name, locator.locate(path), msg);
 
         if file.version != 1 {
-            errors.push(at(&[PathSeg::Key("version")], format!("unsupported version {}, expected 1", file.version)));
+            errors.push(at(
+                &[PathSeg::Key("version")],
+                format!("unsupported version {}, expected 1", file.version),
+            ));
         }
         for (i, spec) in file.routes.iter().enumerate() {
             let route_path = [PathSeg::Key("routes"), PathSeg::Index(i)];
@@ -204,7 +207,10 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
                             continue;
                         }
                         if let Err(e) = routers.entry(m).or_default().insert(pattern.clone(), idx) {
-                            errors.push(at(&field("path"), format!("route {m} {} conflicts: {e}", spec.path)));
+                            errors.push(at(
+                                &field("path"),
+                                format!("route {m} {} conflicts: {e}", spec.path),
+                            ));
                             continue;
                         }
                         seen.insert((m, pattern.clone()), origin.clone());
@@ -230,13 +236,21 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
 
 type RouteProblems = Vec<(&'static str, String)>;
 
-fn compile_route(spec: &RouteSpec, origin: String) -> Result<(Route, String, Vec<&'static str>), RouteProblems> {
+fn compile_route(
+    spec: &RouteSpec,
+    origin: String,
+) -> Result<(Route, String, Vec<&'static str>), RouteProblems> {
     let mut problems: RouteProblems = Vec::new();
-    let pattern = to_matchit(&spec.path).map_err(|e| problems.push(("path", e))).ok();
+    let pattern = to_matchit(&spec.path)
+        .map_err(|e| problems.push(("path", e)))
+        .ok();
 
     let mut methods: Vec<&'static str> = Vec::new();
     if spec.methods.is_empty() {
-        problems.push(("methods", "at least one method is required (use [\"*\"] for any)".into()));
+        problems.push((
+            "methods",
+            "at least one method is required (use [\"*\"] for any)".into(),
+        ));
     }
     for m in &spec.methods {
         if m == "*" {
@@ -244,7 +258,13 @@ fn compile_route(spec: &RouteSpec, origin: String) -> Result<(Route, String, Vec
         } else if let Some(known) = METHODS.iter().find(|k| **k == m) {
             methods.push(known);
         } else {
-            problems.push(("methods", format!("unknown method '{m}' (expected one of {}, or \"*\")", METHODS.join(", "))));
+            problems.push((
+                "methods",
+                format!(
+                    "unknown method '{m}' (expected one of {}, or \"*\")",
+                    METHODS.join(", ")
+                ),
+            ));
         }
     }
     methods.sort_unstable();
@@ -252,7 +272,10 @@ fn compile_route(spec: &RouteSpec, origin: String) -> Result<(Route, String, Vec
 
     let access = match (&spec.public, &spec.scopes) {
         (true, Some(_)) => {
-            problems.push(("public", "a route is either public or requires scopes, not both".into()));
+            problems.push((
+                "public",
+                "a route is either public or requires scopes, not both".into(),
+            ));
             None
         }
         (true, None) => Some(Access::Public),
@@ -265,7 +288,10 @@ fn compile_route(spec: &RouteSpec, origin: String) -> Result<(Route, String, Vec
                 (Some(v), None) => (v.as_slice(), RequiredScopes::AllOf(v.clone())),
                 (None, Some(v)) => (v.as_slice(), RequiredScopes::AnyOf(v.clone())),
                 _ => {
-                    problems.push(("scopes", "`scopes` needs exactly one of `all_of` or `any_of`".into()));
+                    problems.push((
+                        "scopes",
+                        "`scopes` needs exactly one of `all_of` or `any_of`".into(),
+                    ));
                     (&[][..], RequiredScopes::AllOf(Vec::new()))
                 }
             };
@@ -273,8 +299,15 @@ fn compile_route(spec: &RouteSpec, origin: String) -> Result<(Route, String, Vec
                 problems.push(("scopes", "scope list must not be empty".into()));
             }
             for scope in list {
-                if scope.is_empty() || scope.bytes().any(|b| b <= 0x20 || b >= 0x7f || b == b'"' || b == b'\\') {
-                    problems.push(("scopes", format!("invalid scope {scope:?} (RFC 6749 scope-token)")));
+                if scope.is_empty()
+                    || scope
+                        .bytes()
+                        .any(|b| b <= 0x20 || b >= 0x7f || b == b'"' || b == b'\\')
+                {
+                    problems.push((
+                        "scopes",
+                        format!("invalid scope {scope:?} (RFC 6749 scope-token)"),
+                    ));
                 }
             }
             Some(Access::Scopes(req))
@@ -282,7 +315,10 @@ fn compile_route(spec: &RouteSpec, origin: String) -> Result<(Route, String, Vec
     };
     if let Some(name) = &spec.name {
         if name.is_empty() || name.len() > 128 || name.bytes().any(|b| b <= 0x20 || b >= 0x7f || b == b'"') {
-            problems.push(("name", "route name must be 1-128 printable ASCII characters".into()));
+            problems.push((
+                "name",
+                "route name must be 1-128 printable ASCII characters".into(),
+            ));
         }
     }
 
@@ -330,15 +366,30 @@ mod tests {
             "version: 1\nroutes:\n  - methods: [GET]\n    path: /fhir/Patient/{id}\n    scopes: { any_of: [user/Patient.rs] }\n  - methods: [GET]\n    path: /fhir/metadata\n    public: true\n  - name: everything\n    methods: [\"*\"]\n    path: /fhir/**\n    scopes: { all_of: [admin] }\n",
         )
         .unwrap();
-        assert_eq!(p.match_route("GET", "/fhir/Patient/1").unwrap().template, "/fhir/Patient/{id}");
-        assert_eq!(p.match_route("GET", "/fhir/metadata").unwrap().access, Access::Public);
-        assert_eq!(&*p.match_route("DELETE", "/fhir/Patient/1").unwrap().label, "everything");
-        assert_eq!(&*p.match_route("GET", "/fhir/Patient/1/_history/2").unwrap().label, "everything");
+        assert_eq!(
+            p.match_route("GET", "/fhir/Patient/1").unwrap().template,
+            "/fhir/Patient/{id}"
+        );
+        assert_eq!(
+            p.match_route("GET", "/fhir/metadata").unwrap().access,
+            Access::Public
+        );
+        assert_eq!(
+            &*p.match_route("DELETE", "/fhir/Patient/1").unwrap().label,
+            "everything"
+        );
+        assert_eq!(
+            &*p.match_route("GET", "/fhir/Patient/1/_history/2").unwrap().label,
+            "everything"
+        );
         assert!(p.match_route("GET", "/fhir").is_none());
         assert!(p.match_route("GET", "/other").is_none());
         assert!(p.match_route("BREW", "/fhir/metadata").is_none());
         // Case-sensitive.
-        assert_eq!(&*p.match_route("GET", "/fhir/patient/1").unwrap().label, "everything");
+        assert_eq!(
+            &*p.match_route("GET", "/fhir/patient/1").unwrap().label,
+            "everything"
+        );
         assert!(p.match_route("GET", "/FHIR/metadata").is_none());
         assert!(p.version().starts_with("sha256:"));
     }
@@ -356,10 +407,22 @@ mod tests {
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         let joined = text.join("\n");
         assert!(joined.contains("a.yaml:6:"), "{joined}"); // unknown method
-        assert!(joined.contains("a.yaml:7:") && joined.contains("'**'"), "{joined}");
-        assert!(joined.contains("a.yaml:8:") && joined.contains("must not be empty"), "{joined}");
-        assert!(joined.contains("a.yaml:10:") && joined.contains("duplicate route GET /x"), "{joined}");
-        assert!(joined.contains("b.yaml:5:") && joined.contains("unknown field `scopez`"), "{joined}");
+        assert!(
+            joined.contains("a.yaml:7:") && joined.contains("'**'"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("a.yaml:8:") && joined.contains("must not be empty"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("a.yaml:10:") && joined.contains("duplicate route GET /x"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("b.yaml:5:") && joined.contains("unknown field `scopez`"),
+            "{joined}"
+        );
     }
 
     #[test]
@@ -367,7 +430,11 @@ mod tests {
         let r = "version: 1\nroutes:\n  - methods: [GET]\n    path: /x/{id}\n    public: true\n";
         let errs = compile(&[PolicySource::new("a.yaml", r), PolicySource::new("b.yaml", r)]).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].to_string().contains("first defined at a.yaml:3:"), "{}", errs[0]);
+        assert!(
+            errs[0].to_string().contains("first defined at a.yaml:3:"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

@@ -188,23 +188,109 @@ routes:
         let p = compile(&[PolicySource::new("p.yaml", POLICY)]).unwrap();
         use Reason::*;
         let cases: Vec<(&str, &str, Authn, Reason, Option<&str>)> = vec![
-            ("GET", "/fhir/metadata", Authn::Missing, PublicRoute, Some("/fhir/metadata")),
-            ("GET", "/fhir/metadata", Authn::Invalid(TokenExpired), PublicRoute, Some("/fhir/metadata")),
-            ("GET", "/fhir/Patient/1", Authn::Missing, MissingToken, Some("/fhir/Patient/{id}")),
-            ("GET", "/fhir/Patient/1", Authn::Invalid(InvalidSignature), InvalidSignature, Some("/fhir/Patient/{id}")),
-            ("GET", "/fhir/Patient/1", claims(&["user/Patient.rs"]), Allowed, Some("/fhir/Patient/{id}")),
-            ("GET", "/fhir/Patient/1", claims(&["user/Patient.r"]), Allowed, Some("/fhir/Patient/{id}")),
-            ("GET", "/fhir/Patient/1", claims(&["user/Observation.rs"]), InsufficientScope, Some("/fhir/Patient/{id}")),
-            ("GET", "/fhir/Patient/1", claims(&[]), InsufficientScope, Some("/fhir/Patient/{id}")),
-            ("POST", "/fhir/Observation", claims(&["user/Observation.c"]), InsufficientScope, Some("/fhir/Observation")),
-            ("POST", "/fhir/Observation", claims(&["v1.patient.records.write", "user/Observation.c"]), Allowed, Some("/fhir/Observation")),
-            ("DELETE", "/fhir/Patient/1", claims(&["user/Patient.rs"]), NoMatchingRoute, None),
-            ("GET", "/fhir/Secret", claims(&["user/Patient.rs"]), NoMatchingRoute, None),
+            (
+                "GET",
+                "/fhir/metadata",
+                Authn::Missing,
+                PublicRoute,
+                Some("/fhir/metadata"),
+            ),
+            (
+                "GET",
+                "/fhir/metadata",
+                Authn::Invalid(TokenExpired),
+                PublicRoute,
+                Some("/fhir/metadata"),
+            ),
+            (
+                "GET",
+                "/fhir/Patient/1",
+                Authn::Missing,
+                MissingToken,
+                Some("/fhir/Patient/{id}"),
+            ),
+            (
+                "GET",
+                "/fhir/Patient/1",
+                Authn::Invalid(InvalidSignature),
+                InvalidSignature,
+                Some("/fhir/Patient/{id}"),
+            ),
+            (
+                "GET",
+                "/fhir/Patient/1",
+                claims(&["user/Patient.rs"]),
+                Allowed,
+                Some("/fhir/Patient/{id}"),
+            ),
+            (
+                "GET",
+                "/fhir/Patient/1",
+                claims(&["user/Patient.r"]),
+                Allowed,
+                Some("/fhir/Patient/{id}"),
+            ),
+            (
+                "GET",
+                "/fhir/Patient/1",
+                claims(&["user/Observation.rs"]),
+                InsufficientScope,
+                Some("/fhir/Patient/{id}"),
+            ),
+            (
+                "GET",
+                "/fhir/Patient/1",
+                claims(&[]),
+                InsufficientScope,
+                Some("/fhir/Patient/{id}"),
+            ),
+            (
+                "POST",
+                "/fhir/Observation",
+                claims(&["user/Observation.c"]),
+                InsufficientScope,
+                Some("/fhir/Observation"),
+            ),
+            (
+                "POST",
+                "/fhir/Observation",
+                claims(&["v1.patient.records.write", "user/Observation.c"]),
+                Allowed,
+                Some("/fhir/Observation"),
+            ),
+            (
+                "DELETE",
+                "/fhir/Patient/1",
+                claims(&["user/Patient.rs"]),
+                NoMatchingRoute,
+                None,
+            ),
+            (
+                "GET",
+                "/fhir/Secret",
+                claims(&["user/Patient.rs"]),
+                NoMatchingRoute,
+                None,
+            ),
             ("GET", "/fhir/Secret", Authn::Missing, MissingToken, None),
-            ("GET", "/fhir/Patient", claims(&["user/Patient.rs"]), NoMatchingRoute, None),
+            (
+                "GET",
+                "/fhir/Patient",
+                claims(&["user/Patient.rs"]),
+                NoMatchingRoute,
+                None,
+            ),
         ];
         for (method, path, authn, want, route) in cases {
-            let d = decide(&p, &RequestFacts { method, path, query: None }, &authn);
+            let d = decide(
+                &p,
+                &RequestFacts {
+                    method,
+                    path,
+                    query: None,
+                },
+                &authn,
+            );
             assert_eq!(d.reason, want, "{method} {path} {authn:?}");
             assert_eq!(d.is_allow(), want.is_allow(), "{method} {path}");
             assert_eq!(d.route.as_deref(), route, "{method} {path}");
@@ -214,17 +300,30 @@ routes:
     #[test]
     fn insufficient_scope_names_required_scopes() {
         let p = compile(&[PolicySource::new("p.yaml", POLICY)]).unwrap();
-        let d = decide(&p, &RequestFacts { method: "POST", path: "/fhir/Observation", query: None }, &claims(&[]));
+        let d = decide(
+            &p,
+            &RequestFacts {
+                method: "POST",
+                path: "/fhir/Observation",
+                query: None,
+            },
+            &claims(&[]),
+        );
         assert_eq!(
             d.www_authenticate().as_deref(),
-            Some("Bearer error=\"insufficient_scope\", scope=\"user/Observation.c v1.patient.records.write\"")
+            Some(
+                "Bearer error=\"insufficient_scope\", scope=\"user/Observation.c v1.patient.records.write\""
+            )
         );
         assert_eq!(d.deny_status(), 403);
     }
 
     #[test]
     fn www_authenticate_per_reason() {
-        assert_eq!(Decision::deny(Reason::MissingToken).www_authenticate().as_deref(), Some("Bearer"));
+        assert_eq!(
+            Decision::deny(Reason::MissingToken).www_authenticate().as_deref(),
+            Some("Bearer")
+        );
         assert_eq!(
             Decision::deny(Reason::TokenExpired).www_authenticate().as_deref(),
             Some("Bearer error=\"invalid_token\"")
@@ -236,8 +335,29 @@ routes:
     #[test]
     fn needs_token_only_off_public_routes() {
         let p = compile(&[PolicySource::new("p.yaml", POLICY)]).unwrap();
-        assert!(!needs_token(&p, &RequestFacts { method: "GET", path: "/fhir/metadata", query: None }));
-        assert!(needs_token(&p, &RequestFacts { method: "POST", path: "/fhir/metadata", query: None }));
-        assert!(needs_token(&p, &RequestFacts { method: "GET", path: "/nope", query: None }));
+        assert!(!needs_token(
+            &p,
+            &RequestFacts {
+                method: "GET",
+                path: "/fhir/metadata",
+                query: None
+            }
+        ));
+        assert!(needs_token(
+            &p,
+            &RequestFacts {
+                method: "POST",
+                path: "/fhir/metadata",
+                query: None
+            }
+        ));
+        assert!(needs_token(
+            &p,
+            &RequestFacts {
+                method: "GET",
+                path: "/nope",
+                query: None
+            }
+        ));
     }
 }

@@ -93,7 +93,11 @@ fn is_unreserved(b: u8) -> bool {
 /// Characters allowed literally in a path segment (RFC 3986 `pchar` minus
 /// `;` which we reject as a path parameter, and minus `%` handled apart).
 fn is_path_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@')
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+        )
 }
 
 /// True if decoding every escape once leaves a `%XX` escape behind
@@ -115,7 +119,8 @@ fn still_escaped_after_one_decode(bytes: &[u8]) -> bool {
         once.push(bytes[i]);
         i += 1;
     }
-    once.windows(3).any(|w| w[0] == b'%' && hex_val(w[1]).is_some() && hex_val(w[2]).is_some())
+    once.windows(3)
+        .any(|w| w[0] == b'%' && hex_val(w[1]).is_some() && hex_val(w[2]).is_some())
 }
 
 /// Canonicalise a raw request target (`/path?query`).
@@ -165,7 +170,10 @@ pub fn canonicalize(target: &str) -> Result<CanonicalTarget, PathError> {
                 }
             }
             Some(b'%') => {
-                let (h, l) = match (bytes.get(i + 1).copied().and_then(hex_val), bytes.get(i + 2).copied().and_then(hex_val)) {
+                let (h, l) = match (
+                    bytes.get(i + 1).copied().and_then(hex_val),
+                    bytes.get(i + 2).copied().and_then(hex_val),
+                ) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(PathError::InvalidEscape),
                 };
@@ -219,7 +227,11 @@ mod tests {
         let cases: &[(&str, &str, Option<&str>)] = &[
             ("/", "/", None),
             ("/fhir/Patient/123", "/fhir/Patient/123", None),
-            ("/fhir/Observation?patient=123&_count=10", "/fhir/Observation", Some("patient=123&_count=10")),
+            (
+                "/fhir/Observation?patient=123&_count=10",
+                "/fhir/Observation",
+                Some("patient=123&_count=10"),
+            ),
             ("/fhir/%50atient/1", "/fhir/Patient/1", None),
             ("/fhir/Patient/a%7eb", "/fhir/Patient/a~b", None),
             ("/fhir/Patient/a%3ab", "/fhir/Patient/a%3Ab", None),

@@ -81,7 +81,11 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key").field("kid", &self.kid).field("kind", &self.kind).field("alg", &self.alg).finish()
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish()
     }
 }
 
@@ -135,7 +139,10 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
         return Err(JwksError::TooLarge);
     }
     let doc = crate::strict_json::parse(bytes).map_err(|e| JwksError::NotJson(e.to_string()))?;
-    let keys = doc.get("keys").and_then(Value::as_array).ok_or(JwksError::NoKeysArray)?;
+    let keys = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or(JwksError::NoKeysArray)?;
     if keys.len() > MAX_KEYS {
         return Err(JwksError::TooManyKeys);
     }
@@ -149,7 +156,10 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
             None => None,
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
             Some(_) => {
-                return Err(JwksError::BadKey { kid: format!("#{i}"), message: "`kid` must be a non-empty string".into() })
+                return Err(JwksError::BadKey {
+                    kid: format!("#{i}"),
+                    message: "`kid` must be a non-empty string".into(),
+                })
             }
         };
         let label = kid.clone().unwrap_or_else(|| format!("#{i}"));
@@ -170,17 +180,27 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
             }
         }
         if let Some(ops) = obj.get("key_ops") {
-            let verify = ops.as_array().is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
+            let verify = ops
+                .as_array()
+                .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
             if !verify {
                 tracing::debug!(kid = %label, "skipping JWK without key_ops verify");
                 continue;
             }
         }
-        let bad = |message: String| JwksError::BadKey { kid: label.clone(), message };
+        let bad = |message: String| JwksError::BadKey {
+            kid: label.clone(),
+            message,
+        };
         let kind = match kty {
             "RSA" => {
-                let n = obj.get("n").and_then(Value::as_str).ok_or_else(|| bad("RSA key without `n`".into()))?;
-                let n = URL_SAFE_NO_PAD.decode(n).map_err(|_| bad("`n` is not base64url".into()))?;
+                let n = obj
+                    .get("n")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("RSA key without `n`".into()))?;
+                let n = URL_SAFE_NO_PAD
+                    .decode(n)
+                    .map_err(|_| bad("`n` is not base64url".into()))?;
                 let bits = rsa_bits(&n);
                 if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
                     return Err(JwksError::RsaSize { kid: label, bits });
@@ -214,7 +234,12 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
         };
         let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|e| bad(format!("invalid JWK: {e}")))?;
         let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| bad(format!("unusable key: {e}")))?;
-        let key = Arc::new(Key { kid: kid.clone(), kind, alg, decoding });
+        let key = Arc::new(Key {
+            kid: kid.clone(),
+            kind,
+            alg,
+            decoding,
+        });
         match kid {
             Some(k) => {
                 if set.by_kid.insert(k.clone(), key).is_some() {
@@ -256,7 +281,10 @@ mod tests {
         assert_eq!(set.kids(), vec!["a", "b"]);
         assert!(set.find(Some("a")).unwrap().accepts(Algorithm::ES256));
         assert!(!set.find(Some("a")).unwrap().accepts(Algorithm::RS256));
-        assert!(set.find(None).is_none(), "two keys: a token without kid matches none");
+        assert!(
+            set.find(None).is_none(),
+            "two keys: a token without kid matches none"
+        );
     }
 
     #[test]
@@ -266,27 +294,44 @@ mod tests {
         let mut wrong_alg = ec_jwk("w");
         wrong_alg["alg"] = json!("RS256");
         let small_rsa = json!({"kty":"RSA","kid":"r","n": URL_SAFE_NO_PAD.encode([0xffu8; 128]),"e":"AQAB"});
-        let cases: Vec<(Vec<u8>, fn(&JwksError) -> bool)> = vec![
+        type Check = fn(&JwksError) -> bool;
+        let cases: Vec<(Vec<u8>, Check)> = vec![
             (b"<html>".to_vec(), |e| matches!(e, JwksError::NotJson(_))),
             (b"{}".to_vec(), |e| matches!(e, JwksError::NoKeysArray)),
             (br#"{"keys":[]}"#.to_vec(), |e| matches!(e, JwksError::Empty)),
-            (json!({"keys":[private]}).to_string().into_bytes(), |e| matches!(e, JwksError::PrivateMember(_))),
-            (br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#.to_vec(), |e| {
-                matches!(e, JwksError::Symmetric(_))
+            (json!({"keys":[private]}).to_string().into_bytes(), |e| {
+                matches!(e, JwksError::PrivateMember(_))
             }),
-            (json!({"keys":[ec_jwk("d"), ec_jwk("d")]}).to_string().into_bytes(), |e| {
-                matches!(e, JwksError::DuplicateKid(_))
-            }),
+            (
+                br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#.to_vec(),
+                |e| matches!(e, JwksError::Symmetric(_)),
+            ),
+            (
+                json!({"keys":[ec_jwk("d"), ec_jwk("d")]})
+                    .to_string()
+                    .into_bytes(),
+                |e| matches!(e, JwksError::DuplicateKid(_)),
+            ),
             (json!({"keys":[small_rsa]}).to_string().into_bytes(), |e| {
                 matches!(e, JwksError::RsaSize { bits: 1024, .. })
             }),
-            (json!({"keys":[wrong_alg]}).to_string().into_bytes(), |e| matches!(e, JwksError::BadKey { .. })),
-            (br#"{"keys":[{"kid":"a"}],"keys":[]}"#.to_vec(), |e| matches!(e, JwksError::NotJson(_))),
-            (vec![b' '; MAX_JWKS_BYTES + 1], |e| matches!(e, JwksError::TooLarge)),
+            (json!({"keys":[wrong_alg]}).to_string().into_bytes(), |e| {
+                matches!(e, JwksError::BadKey { .. })
+            }),
+            (br#"{"keys":[{"kid":"a"}],"keys":[]}"#.to_vec(), |e| {
+                matches!(e, JwksError::NotJson(_))
+            }),
+            (vec![b' '; MAX_JWKS_BYTES + 1], |e| {
+                matches!(e, JwksError::TooLarge)
+            }),
         ];
         for (doc, check) in cases {
             let err = parse_jwks(&doc).unwrap_err();
-            assert!(check(&err), "unexpected error {err:?} for {}", String::from_utf8_lossy(&doc[..doc.len().min(80)]));
+            assert!(
+                check(&err),
+                "unexpected error {err:?} for {}",
+                String::from_utf8_lossy(&doc[..doc.len().min(80)])
+            );
         }
     }
 

@@ -15,7 +15,8 @@ pub struct TestKey {
 
 impl TestKey {
     pub fn es256(kid: &str) -> Self {
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).unwrap();
         let point = pair.public_key().as_ref();
         let jwk = json!({
@@ -23,7 +24,11 @@ impl TestKey {
             "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
             "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
         });
-        TestKey { kid: kid.into(), encoding: EncodingKey::from_ec_der(doc.as_ref()), jwk }
+        TestKey {
+            kid: kid.into(),
+            encoding: EncodingKey::from_ec_der(doc.as_ref()),
+            jwk,
+        }
     }
 
     pub fn sign(&self, claims: &Value) -> String {
@@ -44,5 +49,10 @@ pub fn jwks(keys: &[&TestKey]) -> String {
 
 /// A compact JWS from raw header/payload JSON text and signature bytes.
 pub fn forge_raw(header: &str, payload: &str, sig: &[u8]) -> String {
-    format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(sig))
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload),
+        URL_SAFE_NO_PAD.encode(sig)
+    )
 }

@@ -14,9 +14,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{watch, Mutex};
 
 use crate::jwks::{parse_jwks, KeySet, MAX_JWKS_BYTES};
-use crate::{
-    ConfigError, FetchObserver, FetchOutcome, IssuerConfig, KeySource, TokenError, VerifiedToken,
-};
+use crate::{ConfigError, FetchObserver, FetchOutcome, IssuerConfig, KeySource, TokenError, VerifiedToken};
 
 /// Bounds applied to a `Cache-Control: max-age` from the key server.
 const MIN_TTL: Duration = Duration::from_secs(60);
@@ -36,6 +34,8 @@ struct Snapshot {
 #[derive(Default)]
 struct FetchState {
     last_attempt: Option<Instant>,
+    /// Last refetch caused by an unknown `kid` (the cooldown clock).
+    last_kid_refetch: Option<Instant>,
     /// Consecutive failures since the last good fetch (for retry backoff).
     failures: u32,
 }
@@ -71,10 +71,16 @@ impl Validator {
                 return Err(ConfigError::NoAlgorithms(c.issuer));
             }
             if let Some(alg) = c.algorithms.iter().find(|a| a.family() == AlgorithmFamily::Hmac) {
-                return Err(ConfigError::ForbiddenAlgorithm { issuer: c.issuer.clone(), alg: *alg });
+                return Err(ConfigError::ForbiddenAlgorithm {
+                    issuer: c.issuer.clone(),
+                    alg: *alg,
+                });
             }
-            let issuer =
-                Arc::new(Issuer { config: c, keys: ArcSwapOption::empty(), fetch: Mutex::new(FetchState::default()) });
+            let issuer = Arc::new(Issuer {
+                config: c,
+                keys: ArcSwapOption::empty(),
+                fetch: Mutex::new(FetchState::default()),
+            });
             if map.insert(issuer.config.issuer.clone(), issuer.clone()).is_some() {
                 return Err(ConfigError::DuplicateIssuer(issuer.config.issuer.clone()));
             }
@@ -87,7 +93,12 @@ impl Validator {
             .user_agent(concat!("phigate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigError::Http(e.to_string()))?;
-        Ok(Self { issuers: map, order, http, observer })
+        Ok(Self {
+            issuers: map,
+            order,
+            http,
+            observer,
+        })
     }
 
     /// Configured issuers, in configuration order.
@@ -134,16 +145,12 @@ impl Validator {
             let now = Instant::now();
             let mut next = Duration::from_secs(300);
             for i in &self.order {
-                let due = i.next_refresh(now);
-                if due <= now {
-                    let mut st = i.fetch.lock().await;
-                    // Another task may have refreshed while we waited.
-                    if i.next_refresh(Instant::now()) <= Instant::now() {
-                        self.fetch_locked(i, &mut st).await;
-                    }
+                let mut st = i.fetch.lock().await;
+                if i.next_refresh(&st, now) <= now {
+                    self.fetch_locked(i, &mut st).await;
                 }
-                let due = i.next_refresh(Instant::now());
-                next = next.min(due.saturating_duration_since(Instant::now()));
+                let after = Instant::now();
+                next = next.min(i.next_refresh(&st, after).saturating_duration_since(after));
             }
             let wait = next.max(Duration::from_millis(200));
             tokio::select! {
@@ -195,7 +202,8 @@ impl Validator {
         v.set_issuer(&[&c.issuer]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v.validate_nbf = true;
-        let data = jsonwebtoken::decode::<Value>(token, &key.decoding, &v).map_err(|e| map_jwt_error(e.kind()))?;
+        let data =
+            jsonwebtoken::decode::<Value>(token, &key.decoding, &v).map_err(|e| map_jwt_error(e.kind()))?;
         // jsonwebtoken verified signature, exp, nbf, iss and aud; the payload
         // we parsed strictly is the one that was signed.
         drop(data);
@@ -207,7 +215,10 @@ impl Validator {
                 return Err(TokenError::NotYetValid);
             }
         }
-        let expires_at = claims.get("exp").and_then(Value::as_u64).ok_or(TokenError::Malformed)?;
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(TokenError::Malformed)?;
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_string);
         let client_id = claims
             .get("client_id")
@@ -230,7 +241,12 @@ impl Validator {
     fn precheck(&self, token: &str) -> Result<Pre, TokenError> {
         // Size cap first (largest configured cap), then the alphabet: a compact
         // JWS is base64url segments and dots, nothing else.
-        let cap = self.order.iter().map(|i| i.config.max_token_bytes).max().unwrap_or(crate::DEFAULT_MAX_TOKEN_BYTES);
+        let cap = self
+            .order
+            .iter()
+            .map(|i| i.config.max_token_bytes)
+            .max()
+            .unwrap_or(crate::DEFAULT_MAX_TOKEN_BYTES);
         if token.is_empty() || token.len() > cap {
             return Err(TokenError::Malformed);
         }
@@ -248,12 +264,16 @@ impl Validator {
         }
         let mut parts = token.split('.');
         let (h, p, s) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(h), Some(p), Some(s)) if !h.is_empty() && !p.is_empty() && !s.is_empty() => (h, p, s),
+            // An empty signature is left to fail later (as `alg: none` or as a bad signature).
+            (Some(h), Some(p), Some(s)) if !h.is_empty() && !p.is_empty() => (h, p, s),
             _ => return Err(TokenError::Malformed),
         };
         let _ = s;
         let header = decode_object(h)?;
-        let alg_name = header.get("alg").and_then(Value::as_str).ok_or(TokenError::Malformed)?;
+        let alg_name = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(TokenError::Malformed)?;
         if alg_name.eq_ignore_ascii_case("none") || alg_name.to_ascii_uppercase().starts_with("HS") {
             return Err(TokenError::UnsupportedAlgorithm);
         }
@@ -279,7 +299,10 @@ impl Validator {
         // `jwk`, `jku`, `x5u`, `x5c` headers are ignored: keys come only from
         // the issuer's configured key source.
         let payload = decode_object(p)?;
-        let iss = payload.get("iss").and_then(Value::as_str).ok_or(TokenError::MissingClaim("iss"))?;
+        let iss = payload
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(TokenError::MissingClaim("iss"))?;
         let issuer = self.issuers.get(iss).cloned().ok_or(TokenError::UnknownIssuer)?;
         let c = &issuer.config;
         if token.len() > c.max_token_bytes {
@@ -312,7 +335,12 @@ impl Validator {
         if !payload.contains_key("aud") {
             return Err(TokenError::MissingClaim("aud"));
         }
-        Ok(Pre { issuer, alg, kid, payload })
+        Ok(Pre {
+            issuer,
+            alg,
+            kid,
+            payload,
+        })
     }
 
     /// Refetch `issuer`'s keys unless a fetch happened within the cooldown.
@@ -320,9 +348,10 @@ impl Validator {
     async fn refetch_if_cool(&self, issuer: &Arc<Issuer>) {
         let mut st = issuer.fetch.lock().await;
         let cooldown = issuer.config.unknown_kid_cooldown;
-        if st.last_attempt.is_some_and(|t| t.elapsed() < cooldown) {
+        if st.last_kid_refetch.is_some_and(|t| t.elapsed() < cooldown) {
             return;
         }
+        st.last_kid_refetch = Some(Instant::now());
         self.fetch_locked(issuer, &mut st).await;
     }
 
@@ -348,7 +377,11 @@ impl Validator {
                     let ttl = max_age.map(|a| a.clamp(MIN_TTL, MAX_TTL)).unwrap_or(c.jwks_ttl);
                     let n = set.len();
                     tracing::info!(issuer = %c.issuer, keys = n, kids = ?set.kids(), ttl_s = ttl.as_secs(), "JWKS loaded");
-                    issuer.keys.store(Some(Arc::new(Snapshot { set, fetched_at: Instant::now(), ttl })));
+                    issuer.keys.store(Some(Arc::new(Snapshot {
+                        set,
+                        fetched_at: Instant::now(),
+                        ttl,
+                    })));
                     (FetchOutcome::Ok, n)
                 }
             },
@@ -408,25 +441,17 @@ impl Issuer {
         (now.saturating_duration_since(snap.fetched_at) <= limit).then_some(snap)
     }
 
-    /// When the refresher should next fetch this issuer's keys.
-    fn next_refresh(&self, now: Instant) -> Instant {
+    /// When the refresher should next fetch this issuer's keys: at once if
+    /// never attempted; after failures, with backoff (1 s doubling to 30 s);
+    /// otherwise at 80 % of the TTL after the last good fetch.
+    fn next_refresh(&self, st: &FetchState, now: Instant) -> Instant {
+        let retry = st.last_attempt.map(|t| t + backoff(st.failures));
         match self.keys.load().as_ref() {
-            None => {
-                // Not fetched yet: now; after failures, back off up to 30 s.
-                let st = self.fetch.try_lock();
-                match st {
-                    Ok(st) => match st.last_attempt {
-                        Some(t) => t + backoff(st.failures),
-                        None => now,
-                    },
-                    Err(_) => now + RETRY_WITHOUT_KEYS,
-                }
-            }
+            None => retry.unwrap_or(now),
             Some(s) => {
                 let planned = s.fetched_at + s.ttl.mul_f64(REFRESH_AT);
-                match self.fetch.try_lock() {
-                    // Failed refreshes retry with backoff, not in a tight loop.
-                    Ok(st) if st.failures > 0 => st.last_attempt.map_or(now, |t| t + backoff(st.failures)).max(planned),
+                match retry {
+                    Some(r) if st.failures > 0 => r.max(planned),
                     _ => planned,
                 }
             }
@@ -440,7 +465,9 @@ fn backoff(failures: u32) -> Duration {
 }
 
 fn decode_object(segment: &str) -> Result<Map<String, Value>, TokenError> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenError::Malformed)?;
     match crate::strict_json::parse(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(TokenError::Malformed),
@@ -448,11 +475,15 @@ fn decode_object(segment: &str) -> Result<Map<String, Value>, TokenError> {
 }
 
 async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let meta = tokio::fs::metadata(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.len() > MAX_JWKS_BYTES as u64 {
         return Err(format!("{}: larger than the JWKS size cap", path.display()));
     }
-    tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))
+    tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `max-age=N` from a Cache-Control value (`no-store`/`no-cache` → minimum).

@@ -114,15 +114,14 @@ impl Locator {
             // `node` indexes the mapping's own entry in `nodes`: its position
             // is corrected to the first key's, since the parser marks block
             // mappings at the first `:`.
-            Map { key: Option<String>, node: Option<usize> },
+            Map {
+                key: Option<String>,
+                node: Option<usize>,
+            },
         }
         let mut stack: Vec<Frame> = Vec::new();
         let mut path: Vec<OwnedSeg> = Vec::new();
-        loop {
-            let (event, marker) = match parser.next_token() {
-                Ok(ev) => ev,
-                Err(_) => break,
-            };
+        while let Ok((event, marker)) = parser.next_token() {
             let loc = Location {
                 line: marker.line(),
                 column: marker.col() + 1,
@@ -286,7 +285,10 @@ mod tests {
             l.locate(&[PathSeg::Key("items"), PathSeg::Index(0)]),
             Some(Location { line: 3, column: 5 })
         );
-        assert_eq!(l.locate(&[PathSeg::Key("name")]), Some(Location { line: 1, column: 7 }));
+        assert_eq!(
+            l.locate(&[PathSeg::Key("name")]),
+            Some(Location { line: 1, column: 7 })
+        );
         // Missing leaf falls back to the closest ancestor.
         assert_eq!(
             l.locate(&[PathSeg::Key("items"), PathSeg::Index(1), PathSeg::Key("nope")]),

@@ -29,7 +29,9 @@ impl JwksServer {
         let (s, f) = (state.clone(), fetches.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let (s, f) = (s.clone(), f.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
@@ -50,7 +52,11 @@ impl JwksServer {
                 });
             }
         });
-        JwksServer { uri, body: state, fetches }
+        JwksServer {
+            uri,
+            body: state,
+            fetches,
+        }
     }
     fn set(&self, status: u16, body: String) {
         *self.body.lock().unwrap() = (status, body);
@@ -110,7 +116,12 @@ async fn every_rule_has_its_own_error() {
     let hs = {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("k1".into());
-        jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(k.jwk.to_string().as_bytes())).unwrap()
+        jsonwebtoken::encode(
+            &h,
+            &claims(),
+            &EncodingKey::from_secret(k.jwk.to_string().as_bytes()),
+        )
+        .unwrap()
     };
     let sig = vec![1u8; 64];
     let payload = claims().to_string();
@@ -120,38 +131,155 @@ async fn every_rule_has_its_own_error() {
         ("jwe", "a.b.c.d.e".into(), TokenError::Malformed),
         ("dot flood", ".".repeat(8000), TokenError::Malformed),
         ("oversize", "a".repeat(9000), TokenError::Malformed),
-        ("alg none", forge_raw(r#"{"alg":"none"}"#, &payload, b""), TokenError::Malformed),
-        ("alg nOnE", forge_raw(r#"{"alg":"nOnE","kid":"k1"}"#, &payload, &sig), TokenError::UnsupportedAlgorithm),
+        (
+            "alg none",
+            forge_raw(r#"{"alg":"none"}"#, &payload, b""),
+            TokenError::UnsupportedAlgorithm,
+        ),
+        (
+            "empty signature",
+            forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, &payload, b""),
+            TokenError::InvalidSignature,
+        ),
+        (
+            "alg nOnE",
+            forge_raw(r#"{"alg":"nOnE","kid":"k1"}"#, &payload, &sig),
+            TokenError::UnsupportedAlgorithm,
+        ),
         ("hs256 with public key", hs, TokenError::UnsupportedAlgorithm),
-        ("alg not allowed", forge_raw(r#"{"alg":"ES384","kid":"k1"}"#, &payload, &sig), TokenError::UnsupportedAlgorithm),
-        ("rsa alg on ec key", forge_raw(r#"{"alg":"RS256","kid":"k1"}"#, &payload, &sig), TokenError::UnsupportedAlgorithm),
-        ("crit", forge_raw(r#"{"alg":"ES256","kid":"k1","crit":["x"],"x":1}"#, &payload, &sig), TokenError::Malformed),
-        ("nested", forge_raw(r#"{"alg":"ES256","kid":"k1","cty":"JWT"}"#, &payload, &sig), TokenError::Malformed),
-        ("bad typ", forge_raw(r#"{"alg":"ES256","kid":"k1","typ":"dpop+jwt"}"#, &payload, &sig), TokenError::Malformed),
-        ("dup header key", forge_raw(r#"{"alg":"ES256","alg":"none","kid":"k1"}"#, &payload, &sig), TokenError::Malformed),
-        ("dup payload key", forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, &format!(r#"{{"iss":"{ISS}","iss":"x"}}"#), &sig), TokenError::Malformed),
-        ("non-object payload", forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, "[1]", &sig), TokenError::Malformed),
-        ("zero signature (psychic)", forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, &payload, &[0u8; 64]), TokenError::InvalidSignature),
-        ("other key same kid", other.sign(&claims()), TokenError::InvalidSignature),
-        ("unknown kid", TestKey::es256("nope").sign(&claims()), TokenError::UnknownKey),
-        ("unknown issuer", k.sign(&with(&|c| c["iss"] = json!("https://idp.test/evil"))), TokenError::UnknownIssuer),
-        ("issuer prefix", k.sign(&with(&|c| c["iss"] = json!("https://idp.tes"))), TokenError::UnknownIssuer),
-        ("missing iss", k.sign(&with(&|c| { c.as_object_mut().unwrap().remove("iss"); })), TokenError::MissingClaim("iss")),
-        ("missing exp", k.sign(&with(&|c| { c.as_object_mut().unwrap().remove("exp"); })), TokenError::MissingClaim("exp")),
-        ("string exp", k.sign(&with(&|c| c["exp"] = json!(format!("{}", now + 300)))), TokenError::Malformed),
-        ("expired", k.sign(&with(&|c| c["exp"] = json!(now - 120))), TokenError::Expired),
-        ("nbf future", k.sign(&with(&|c| c["nbf"] = json!(now + 120))), TokenError::NotYetValid),
-        ("iat future", k.sign(&with(&|c| c["iat"] = json!(now + 120))), TokenError::NotYetValid),
-        ("wrong aud", k.sign(&with(&|c| c["aud"] = json!("someone-else"))), TokenError::WrongAudience),
-        ("aud array without us", k.sign(&with(&|c| c["aud"] = json!(["a", "b"]))), TokenError::WrongAudience),
-        ("missing aud", k.sign(&with(&|c| { c.as_object_mut().unwrap().remove("aud"); })), TokenError::MissingClaim("aud")),
+        (
+            "alg not allowed",
+            forge_raw(r#"{"alg":"ES384","kid":"k1"}"#, &payload, &sig),
+            TokenError::UnsupportedAlgorithm,
+        ),
+        (
+            "rsa alg on ec key",
+            forge_raw(r#"{"alg":"RS256","kid":"k1"}"#, &payload, &sig),
+            TokenError::UnsupportedAlgorithm,
+        ),
+        (
+            "crit",
+            forge_raw(r#"{"alg":"ES256","kid":"k1","crit":["x"],"x":1}"#, &payload, &sig),
+            TokenError::Malformed,
+        ),
+        (
+            "nested",
+            forge_raw(r#"{"alg":"ES256","kid":"k1","cty":"JWT"}"#, &payload, &sig),
+            TokenError::Malformed,
+        ),
+        (
+            "bad typ",
+            forge_raw(r#"{"alg":"ES256","kid":"k1","typ":"dpop+jwt"}"#, &payload, &sig),
+            TokenError::Malformed,
+        ),
+        (
+            "dup header key",
+            forge_raw(r#"{"alg":"ES256","alg":"none","kid":"k1"}"#, &payload, &sig),
+            TokenError::Malformed,
+        ),
+        (
+            "dup payload key",
+            forge_raw(
+                r#"{"alg":"ES256","kid":"k1"}"#,
+                &format!(r#"{{"iss":"{ISS}","iss":"x"}}"#),
+                &sig,
+            ),
+            TokenError::Malformed,
+        ),
+        (
+            "non-object payload",
+            forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, "[1]", &sig),
+            TokenError::Malformed,
+        ),
+        (
+            "zero signature (psychic)",
+            forge_raw(r#"{"alg":"ES256","kid":"k1"}"#, &payload, &[0u8; 64]),
+            TokenError::InvalidSignature,
+        ),
+        (
+            "other key same kid",
+            other.sign(&claims()),
+            TokenError::InvalidSignature,
+        ),
+        (
+            "unknown kid",
+            TestKey::es256("nope").sign(&claims()),
+            TokenError::UnknownKey,
+        ),
+        (
+            "unknown issuer",
+            k.sign(&with(&|c| c["iss"] = json!("https://idp.test/evil"))),
+            TokenError::UnknownIssuer,
+        ),
+        (
+            "issuer prefix",
+            k.sign(&with(&|c| c["iss"] = json!("https://idp.tes"))),
+            TokenError::UnknownIssuer,
+        ),
+        (
+            "missing iss",
+            k.sign(&with(&|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            })),
+            TokenError::MissingClaim("iss"),
+        ),
+        (
+            "missing exp",
+            k.sign(&with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            })),
+            TokenError::MissingClaim("exp"),
+        ),
+        (
+            "string exp",
+            k.sign(&with(&|c| c["exp"] = json!(format!("{}", now + 300)))),
+            TokenError::Malformed,
+        ),
+        (
+            "expired",
+            k.sign(&with(&|c| c["exp"] = json!(now - 120))),
+            TokenError::Expired,
+        ),
+        (
+            "nbf future",
+            k.sign(&with(&|c| c["nbf"] = json!(now + 120))),
+            TokenError::NotYetValid,
+        ),
+        (
+            "iat future",
+            k.sign(&with(&|c| c["iat"] = json!(now + 120))),
+            TokenError::NotYetValid,
+        ),
+        (
+            "wrong aud",
+            k.sign(&with(&|c| c["aud"] = json!("someone-else"))),
+            TokenError::WrongAudience,
+        ),
+        (
+            "aud array without us",
+            k.sign(&with(&|c| c["aud"] = json!(["a", "b"]))),
+            TokenError::WrongAudience,
+        ),
+        (
+            "missing aud",
+            k.sign(&with(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            })),
+            TokenError::MissingClaim("aud"),
+        ),
     ];
     for (name, token, want) in cases {
         assert_eq!(v.validate(&token).await, Err(want), "case `{name}`");
     }
     // Within leeway is fine.
-    assert!(v.validate(&k.sign(&with(&|c| c["exp"] = json!(now - 5)))).await.is_ok());
-    assert!(v.validate(&k.sign(&with(&|c| c["nbf"] = json!(now + 5)))).await.is_ok());
+    assert!(v
+        .validate(&k.sign(&with(&|c| c["exp"] = json!(now - 5))))
+        .await
+        .is_ok());
+    assert!(v
+        .validate(&k.sign(&with(&|c| c["nbf"] = json!(now + 5))))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -163,7 +291,10 @@ async fn headers_naming_other_keys_are_ignored() {
     h.kid = Some("k1".into());
     h.jku = Some("http://evil.example/jwks".into());
     h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap());
-    assert_eq!(v.validate(&attacker.sign_with_header(&h, &claims())).await, Err(TokenError::InvalidSignature));
+    assert_eq!(
+        v.validate(&attacker.sign_with_header(&h, &claims())).await,
+        Err(TokenError::InvalidSignature)
+    );
 }
 
 #[tokio::test]
@@ -178,7 +309,10 @@ async fn unknown_kid_refetches_once_per_cooldown_and_rotation_works() {
     let mut c = config(&s.uri);
     c.unknown_kid_cooldown = Duration::ZERO;
     let v0 = Validator::new(vec![c], Arc::new(NoopObserver)).unwrap();
-    assert!(v0.validate(&k2.sign(&claims())).await.is_ok(), "fetched on first use");
+    assert!(
+        v0.validate(&k2.sign(&claims())).await.is_ok(),
+        "fetched on first use"
+    );
     let before = s.fetches();
     // With the 30 s cooldown a flood of unknown kids causes at most one fetch.
     let v = Arc::new(v);
@@ -192,14 +326,22 @@ async fn unknown_kid_refetches_once_per_cooldown_and_rotation_works() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), Err(TokenError::UnknownKey));
     }
-    assert!(s.fetches() - before <= 1, "fetches during flood: {}", s.fetches() - before);
+    assert!(
+        s.fetches() - before <= 1,
+        "fetches during flood: {}",
+        s.fetches() - before
+    );
 }
 
 #[tokio::test]
 async fn garbage_update_keeps_previous_keys_and_outage_keeps_serving() {
     let k = TestKey::es256("k1");
     let (s, v) = setup(&[&k]).await;
-    for (status, body) in [(200, "<html>".to_string()), (200, r#"{"keys":[]}"#.into()), (500, jwks(&[&k]))] {
+    for (status, body) in [
+        (200, "<html>".to_string()),
+        (200, r#"{"keys":[]}"#.into()),
+        (500, jwks(&[&k])),
+    ] {
         s.set(status, body);
         assert!(!v.refresh_all().await);
         assert!(v.validate(&k.sign(&claims())).await.is_ok());
@@ -219,7 +361,10 @@ async fn no_keys_fails_closed_with_keys_unavailable() {
     let v = Validator::new(vec![config(&s.uri)], Arc::new(NoopObserver)).unwrap();
     assert!(!v.refresh_all().await);
     assert!(!v.is_ready());
-    assert_eq!(v.validate(&k.sign(&claims())).await, Err(TokenError::KeysUnavailable));
+    assert_eq!(
+        v.validate(&k.sign(&claims())).await,
+        Err(TokenError::KeysUnavailable)
+    );
 }
 
 #[tokio::test]
@@ -235,14 +380,53 @@ async fn jwks_file_source_and_config_errors() {
     assert!(v.validate(&k.sign(&claims())).await.is_ok());
     let mut hs = c.clone();
     hs.algorithms = vec![Algorithm::HS256];
-    assert!(matches!(Validator::new(vec![hs], Arc::new(NoopObserver)), Err(ConfigError::ForbiddenAlgorithm { .. })));
-    assert!(matches!(Validator::new(vec![c.clone(), c], Arc::new(NoopObserver)), Err(ConfigError::DuplicateIssuer(_))));
+    assert!(matches!(
+        Validator::new(vec![hs], Arc::new(NoopObserver)),
+        Err(ConfigError::ForbiddenAlgorithm { .. })
+    ));
+    assert!(matches!(
+        Validator::new(vec![c.clone(), c], Arc::new(NoopObserver)),
+        Err(ConfigError::DuplicateIssuer(_))
+    ));
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn cache_control_parsing() {
-    assert_eq!(parse_max_age("public, max-age=120"), Some(Duration::from_secs(120)));
+    assert_eq!(
+        parse_max_age("public, max-age=120"),
+        Some(Duration::from_secs(120))
+    );
     assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
     assert_eq!(parse_max_age("private"), None);
+}
+
+#[tokio::test]
+async fn refresher_fetches_keys_and_stops_on_shutdown() {
+    let k = TestKey::es256("k1");
+    let s = JwksServer::start("not yet".into()).await;
+    let v = Arc::new(Validator::new(vec![config(&s.uri)], Arc::new(NoopObserver)).unwrap());
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn({
+        let v = v.clone();
+        async move { v.run_refresher(rx).await }
+    });
+    // The first fetch is refused; the refresher retries and picks up good keys.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!v.is_ready());
+    s.set(200, jwks(&[&k]));
+    let mut ready = false;
+    for _ in 0..100 {
+        if v.is_ready() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "refresher never loaded keys (fetches: {})", s.fetches());
+    tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
