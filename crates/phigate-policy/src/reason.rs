@@ -10,38 +10,57 @@ use std::fmt;
 /// Why a request was allowed or denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
-    // --- allow ---
-    /// A token with the required scopes matched a route.
+    /// A token with the required scopes matched a route. (200)
     Allowed,
-    /// The matched route is `public: true`; no token needed.
+    /// The matched route is `public: true`; no token needed. (200)
     PublicRoute,
-
-    // --- deny: request shape (400) ---
-    /// The request target failed canonicalisation.
+    /// Emergency access: the request would have been denied, the token carries the break-glass scope and a valid justification was given. (200)
+    BreakGlass,
+    /// The request target failed canonicalisation. (400)
     BadRequestPath,
-    /// More than one `Authorization` header, or an unusable one.
+    /// More than one `Authorization` header, or an unusable one. (400)
     MalformedAuthorization,
-
-    // --- deny: authentication (401) ---
+    /// No bearer token. (401)
     MissingToken,
+    /// Not a well-formed compact JWS (or a forbidden header such as `crit`). (401)
     MalformedToken,
+    /// `alg` none, HS*, not allowed for the issuer, or not matching the key. (401)
     UnsupportedAlgorithm,
+    /// `iss` is not a configured issuer. (401)
     UnknownIssuer,
+    /// `kid` not in the issuer's key set (after the allowed refetch). (401)
     UnknownKey,
+    /// Signature does not verify. (401)
     InvalidSignature,
+    /// `exp` is past (beyond leeway). (401)
     TokenExpired,
+    /// `nbf` or `iat` in the future (beyond leeway). (401)
     TokenNotYetValid,
+    /// `aud` does not name this gateway. (401)
     WrongAudience,
+    /// A required claim (`exp`, `iss`, `aud`) is absent. (401)
     MissingClaim,
-
-    // --- deny: authorisation (403) ---
+    /// The token's authentication is too weak or too old for the route (`require_acr`, `require_amr`, `max_auth_age`); RFC 9470. (401)
+    StepUpRequired,
+    /// The token lacks the scopes the route requires. (403)
     InsufficientScope,
+    /// No route matches method + path (default deny). (403)
     NoMatchingRoute,
-
-    // --- deny: fail closed (503) ---
-    /// The issuer's keys have never been fetched (or are too old to trust).
+    /// A `patient/` scope used outside the token's patient compartment (or where it cannot be verified). (403)
+    OutsidePatientCompartment,
+    /// A claim condition (`when.claims`) does not hold. (403)
+    ConditionFailed,
+    /// The request falls outside the route's time window. (403)
+    OutsideTimeWindow,
+    /// A FHIR-aware route received a request that maps to no FHIR interaction phigate can authorise. (403)
+    UnmappedInteraction,
+    /// Break-glass was attempted but refused (a write, or an invalid justification). (403)
+    BreakGlassRejected,
+    /// Too many invalid tokens from this client address. (429)
+    RateLimited,
+    /// The issuer's keys have never been fetched (or are too old to trust). (503)
     KeysUnavailable,
-    /// The audit pipeline cannot take the record; PHI access is refused.
+    /// The audit pipeline cannot take the record; PHI access is refused. (503)
     AuditUnavailable,
 }
 
@@ -50,6 +69,7 @@ impl Reason {
     pub const ALL: &'static [Reason] = &[
         Reason::Allowed,
         Reason::PublicRoute,
+        Reason::BreakGlass,
         Reason::BadRequestPath,
         Reason::MalformedAuthorization,
         Reason::MissingToken,
@@ -62,8 +82,15 @@ impl Reason {
         Reason::TokenNotYetValid,
         Reason::WrongAudience,
         Reason::MissingClaim,
+        Reason::StepUpRequired,
         Reason::InsufficientScope,
         Reason::NoMatchingRoute,
+        Reason::OutsidePatientCompartment,
+        Reason::ConditionFailed,
+        Reason::OutsideTimeWindow,
+        Reason::UnmappedInteraction,
+        Reason::BreakGlassRejected,
+        Reason::RateLimited,
         Reason::KeysUnavailable,
         Reason::AuditUnavailable,
     ];
@@ -73,6 +100,7 @@ impl Reason {
         match self {
             Reason::Allowed => "allowed",
             Reason::PublicRoute => "public_route",
+            Reason::BreakGlass => "break_glass",
             Reason::BadRequestPath => "bad_request_path",
             Reason::MalformedAuthorization => "malformed_authorization",
             Reason::MissingToken => "missing_token",
@@ -85,35 +113,39 @@ impl Reason {
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::WrongAudience => "wrong_audience",
             Reason::MissingClaim => "missing_claim",
+            Reason::StepUpRequired => "step_up_required",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::NoMatchingRoute => "no_matching_route",
+            Reason::OutsidePatientCompartment => "outside_patient_compartment",
+            Reason::ConditionFailed => "condition_failed",
+            Reason::OutsideTimeWindow => "outside_time_window",
+            Reason::UnmappedInteraction => "unmapped_interaction",
+            Reason::BreakGlassRejected => "break_glass_rejected",
+            Reason::RateLimited => "rate_limited",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::AuditUnavailable => "audit_unavailable",
         }
     }
 
+    /// Parse a snake_case name (policy tests, tooling).
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.as_str() == name)
+    }
+
     /// True for the reasons that let a request through.
     pub const fn is_allow(self) -> bool {
-        matches!(self, Reason::Allowed | Reason::PublicRoute)
+        matches!(self, Reason::Allowed | Reason::PublicRoute | Reason::BreakGlass)
     }
 
     /// The HTTP status a denial with this reason is answered with
     /// (allowed requests carry the upstream's status instead).
     pub const fn deny_status(self) -> u16 {
         match self {
-            Reason::Allowed | Reason::PublicRoute => 200,
+            Reason::Allowed | Reason::PublicRoute | Reason::BreakGlass => 200,
             Reason::BadRequestPath | Reason::MalformedAuthorization => 400,
-            Reason::MissingToken
-            | Reason::MalformedToken
-            | Reason::UnsupportedAlgorithm
-            | Reason::UnknownIssuer
-            | Reason::UnknownKey
-            | Reason::InvalidSignature
-            | Reason::TokenExpired
-            | Reason::TokenNotYetValid
-            | Reason::WrongAudience
-            | Reason::MissingClaim => 401,
-            Reason::InsufficientScope | Reason::NoMatchingRoute => 403,
+            Reason::MissingToken | Reason::MalformedToken | Reason::UnsupportedAlgorithm | Reason::UnknownIssuer | Reason::UnknownKey | Reason::InvalidSignature | Reason::TokenExpired | Reason::TokenNotYetValid | Reason::WrongAudience | Reason::MissingClaim | Reason::StepUpRequired => 401,
+            Reason::InsufficientScope | Reason::NoMatchingRoute | Reason::OutsidePatientCompartment | Reason::ConditionFailed | Reason::OutsideTimeWindow | Reason::UnmappedInteraction | Reason::BreakGlassRejected => 403,
+            Reason::RateLimited => 429,
             Reason::KeysUnavailable | Reason::AuditUnavailable => 503,
         }
     }
@@ -121,7 +153,14 @@ impl Reason {
     /// True for the reasons that describe an invalid bearer token (answered
     /// with `WWW-Authenticate: Bearer error="invalid_token"`).
     pub const fn is_invalid_token(self) -> bool {
-        self.deny_status() == 401 && !matches!(self, Reason::MissingToken)
+        self.deny_status() == 401 && !matches!(self, Reason::MissingToken | Reason::StepUpRequired)
+    }
+
+    /// Denials that shadow mode (`report_only`) may turn into allows: what a
+    /// policy decides about an authenticated-or-not caller. Request-shape and
+    /// fail-closed infrastructure denials are never shadowed.
+    pub const fn is_shadowable(self) -> bool {
+        !self.is_allow() && !matches!(self.deny_status(), 400 | 429 | 503)
     }
 }
 
