@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use phigate_gateway::config::{self, LogFormat};
 use phigate_gateway::{policy_loader, DevOptions};
 
+mod policy_cmd;
+
 /// phigate: a HIPAA-minded authorization gateway for FHIR/EHR APIs.
 #[derive(Debug, Parser)]
 #[command(name = "phigate", version, about)]
@@ -65,10 +67,53 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Compile policy directories and report every error as file:line:column.
+    /// Compile policy directories (or files) and report every error as
+    /// file:line:column, plus warnings (broad scopes, unknown SMART resource
+    /// types, unused roles, overlapping or unreachable routes). Exit 1 on errors.
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Run the `*.test.yaml` files next to the policies; prints `N passed, M failed`.
+    Test {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Explain the decision for one request: the rule that matched, what it
+    /// required, what the token had, the decision and the reason.
+    Explain {
+        /// Policy directory (or file).
+        #[arg(long)]
+        policies: PathBuf,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request target, e.g. `/fhir/Observation?patient=123`.
+        #[arg(long)]
+        path: String,
+        /// A granted scope (repeatable). Any of --scope/--role/--claim means a valid token.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A claim `name=value` (repeatable); `[...]`, `{...}`, true/false are JSON, anything else a string.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// A request header `name=value` (repeatable; e.g. the break-glass header).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Explain as if the token had been rejected with this reason (e.g. token_expired).
+        #[arg(long)]
+        invalid: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the policy file JSON Schema, or write both schemas into a directory.
+    Schema {
+        /// Write `policy.schema.json` and `policy-test.schema.json` here.
+        #[arg(long)]
+        write: Option<PathBuf>,
     },
 }
 
@@ -143,31 +188,7 @@ pub fn main_entry() -> ExitCode {
                 dev_key,
             }))
         }
-        Command::Policy {
-            command: PolicyCommand::Check { paths },
-        } => {
-            let mut failed = false;
-            for p in paths {
-                match policy_loader::load_dir(&p) {
-                    Ok(set) => println!(
-                        "{}: ok, {} route(s), version {}",
-                        p.display(),
-                        set.routes().len(),
-                        set.version()
-                    ),
-                    Err(d) => {
-                        print_diagnostics(&d);
-                        eprintln!("{}: {} error(s)", p.display(), d.len());
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
+        Command::Policy { command } => crate::policy_cmd::run(command),
         Command::Config {
             command: ConfigCommand::Check { path },
         } => {
