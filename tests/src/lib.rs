@@ -205,6 +205,22 @@ shutdown_grace: 1s
         std::fs::read_to_string(&self.audit_file).unwrap_or_default()
     }
 
+    /// The policy directory the gateway watches (`<temp dir>/policies`,
+    /// holding the start-up policy as `test.yaml`).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// The gateway's process id, to send it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the gateway process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }

@@ -19,6 +19,7 @@ pub mod dev;
 pub mod metrics;
 pub mod policy_loader;
 pub mod proxy;
+pub mod reload;
 mod server;
 
 pub use server::{dev, serve, DevOptions};

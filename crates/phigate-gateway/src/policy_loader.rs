@@ -1,12 +1,12 @@
 //! Reading policy files from disk (the pure core compiles them).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use phigate_policy::{Diagnostic, PolicySet, PolicySource};
 
-/// Policy files in `dir`: `*.yaml` and `*.yml`, sorted by name, excluding
-/// policy test files (`*.test.yaml`).
-pub fn read_dir(dir: &Path) -> Result<Vec<PolicySource>, Vec<Diagnostic>> {
+/// Paths of the policy files in `dir`: `*.yaml` and `*.yml`, sorted, excluding
+/// policy test files (`*.test.yaml`) and hidden files (editors' swap files).
+pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     let name = dir.display().to_string();
     let entries = std::fs::read_dir(dir).map_err(|e| {
         vec![Diagnostic::new(
@@ -27,16 +27,26 @@ pub fn read_dir(dir: &Path) -> Result<Vec<PolicySource>, Vec<Diagnostic>> {
         }
     }
     paths.sort();
+    Ok(paths)
+}
+
+/// Read one policy file as a [`PolicySource`] named by its path.
+pub fn read_file(path: &Path) -> Result<PolicySource, Diagnostic> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(PolicySource::new(name, text)),
+        Err(e) => Err(Diagnostic::new(name, None, format!("cannot read: {e}"))),
+    }
+}
+
+/// Every policy file in `dir` (see [`policy_files`]), read; all read errors together.
+pub fn read_dir(dir: &Path) -> Result<Vec<PolicySource>, Vec<Diagnostic>> {
     let mut sources = Vec::new();
     let mut errors = Vec::new();
-    for p in paths {
-        match std::fs::read_to_string(&p) {
-            Ok(text) => sources.push(PolicySource::new(p.display().to_string(), text)),
-            Err(e) => errors.push(Diagnostic::new(
-                p.display().to_string(),
-                None,
-                format!("cannot read: {e}"),
-            )),
+    for p in policy_files(dir)? {
+        match read_file(&p) {
+            Ok(source) => sources.push(source),
+            Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() {

@@ -21,6 +21,7 @@ use crate::config::{GatewayConfig, LogFormat, UpstreamConfig};
 use crate::dev::{DevIssuer, DEV_AUDIENCE, DEV_ISSUER};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Shared};
+use crate::reload::{self, PolicyWatcher, Reloader};
 use crate::{policy_loader, GatewayError};
 
 /// Keeps every issuer's key set fresh (pingora background service).
@@ -50,14 +51,16 @@ impl BackgroundService for AuditService {
 }
 
 /// Run the gateway with a validated configuration and compiled policy until
-/// a shutdown signal (SIGTERM: graceful, SIGINT: fast).
+/// a shutdown signal (SIGTERM: graceful, SIGINT: fast). Unless
+/// `config.policies` is empty (an embedded policy), the policy directory is
+/// watched and reloaded on change or `SIGHUP` (see [`crate::reload`]).
 pub fn serve(
     config: GatewayConfig,
     policy: PolicySet,
     dev: Option<Arc<DevIssuer>>,
 ) -> Result<(), GatewayError> {
     let metrics = Arc::new(Metrics::new());
-    metrics.policy_info.with_label_values(&[policy.version()]).set(1);
+    metrics.policy_started(policy.version());
     let observer: Arc<dyn FetchObserver> = metrics.clone();
     let validator = Arc::new(Validator::new(config.issuers.clone(), observer)?);
     let (audit, worker) = AuditWriter::open(&config.audit_file, config.audit_queue_size)?;
@@ -77,6 +80,16 @@ pub fn serve(
         metrics,
         upstream: config.upstream.clone(),
     });
+
+    // An empty path means an embedded policy (dev mode without --policies):
+    // nothing on disk to watch.
+    let watcher = if config.policies.as_os_str().is_empty() {
+        None
+    } else {
+        let reloader = Reloader::new(&config.policies, shared.clone(), shared.metrics.clone());
+        reload::install_sighup_handler()?;
+        Some(PolicyWatcher::new(reloader, reload::DEFAULT_POLL_INTERVAL))
+    };
 
     let conf = ServerConf {
         threads: config.threads,
@@ -105,6 +118,9 @@ pub fn serve(
         "audit writer",
         AuditService(Mutex::new(Some(worker))),
     ));
+    if let Some(watcher) = watcher {
+        server.add_service(background_service("policy watcher", watcher));
+    }
 
     server.run(RunArgs::default());
     Ok(())
