@@ -21,7 +21,11 @@ fn main() {
     // (group, baseline id, [ids compared with it])
     let comparisons: &[(&str, &str, &[&str])] = &[
         ("decide", "routes/10", &["routes/1000", "routes/10000"]),
-        ("decide", "fhir_patient_search/10", &["fhir_patient_search/1000", "fhir_patient_search/10000"]),
+        (
+            "decide",
+            "fhir_patient_search/10",
+            &["fhir_patient_search/1000", "fhir_patient_search/10000"],
+        ),
     ];
     let mut missing = false;
     for (group, base, others) in comparisons {

@@ -34,6 +34,20 @@ pub struct AuditRecord {
     pub remote_addr: Option<String>,
     /// Hash of the policy that made the decision.
     pub policy_version: String,
+    /// The patient this access concerns, when known (token `patient` claim,
+    /// or the Patient id / single patient reference of the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    /// Emergency (break-glass) access was used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// The break-glass justification (when one was presented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
+    /// Shadow mode: `deny` when a `report_only` rule would have denied this
+    /// allowed request (`reason` holds the would-be denial's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<String>,
 }
 
 /// The current time as RFC 3339 UTC with millisecond precision.

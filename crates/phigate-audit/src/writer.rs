@@ -244,6 +244,10 @@ mod tests {
             duration_ms: 1.5,
             remote_addr: Some("127.0.0.1:1".into()),
             policy_version: "sha256:x".into(),
+            patient: None,
+            break_glass: false,
+            justification: None,
+            shadow_decision: None,
         }
     }
 

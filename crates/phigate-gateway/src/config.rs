@@ -63,6 +63,12 @@ pub struct IssuerFile {
     pub jwks_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub unknown_kid_cooldown: Option<Duration>,
+    /// Claim holding scopes (default: `scope`, then `scp`).
+    #[serde(default)]
+    pub scope_claim: Option<String>,
+    /// Claim holding roles, dotted path (default `roles`; e.g. `realm_access.roles`).
+    #[serde(default)]
+    pub roles_claim: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +253,17 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             }
             if let Some(t) = f.unknown_kid_cooldown {
                 c.unknown_kid_cooldown = t;
+            }
+            for (key, value) in [("scope_claim", &f.scope_claim), ("roles_claim", &f.roles_claim)] {
+                if let Some(v) = value {
+                    if v.is_empty() || v.split('.').any(str::is_empty) {
+                        err(&at(key), format!("`{v}` is not a claim name or dotted path"));
+                    }
+                }
+            }
+            c.scope_claim = f.scope_claim.clone();
+            if let Some(r) = &f.roles_claim {
+                c.roles_claim = r.clone();
             }
             issuers.push(c);
         }

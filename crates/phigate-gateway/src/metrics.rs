@@ -4,9 +4,11 @@
 //! stable vocabulary), route label (from the policy), status class, issuer.
 //! Never a subject, patient, path or token.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use phigate_audit::AuditStats;
@@ -25,7 +27,12 @@ pub struct Metrics {
     pub audit_fail_closed: IntCounter,
     pub audit_write_errors: IntCounter,
     pub policy_info: IntGaugeVec,
+    pub policy_reloads: IntCounterVec,
+    pub policy_last_reload_success: IntGauge,
+    pub policy_last_reload_timestamp: Gauge,
     pub decide_seconds: Histogram,
+    pub break_glass: IntCounter,
+    pub shadow_denials: IntCounterVec,
 }
 
 fn build<T: prometheus::core::Collector + Clone + 'static>(
@@ -118,6 +125,23 @@ impl Metrics {
                     "Requests refused with 503 because the audit pipeline could not take their record",
                 ),
             ),
+            break_glass: build(
+                &r,
+                IntCounter::new(
+                    "phigate_break_glass_total",
+                    "Requests allowed through break-glass (emergency access)",
+                ),
+            ),
+            shadow_denials: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "phigate_shadow_denials_total",
+                        "Requests a report_only rule would have denied (let through), by would-be reason and route",
+                    ),
+                    &["reason", "route"],
+                ),
+            ),
             audit_write_errors: build(
                 &r,
                 IntCounter::new(
@@ -133,6 +157,30 @@ impl Metrics {
                         "The loaded policy version (value is always 1)",
                     ),
                     &["version"],
+                ),
+            ),
+            policy_reloads: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "phigate_policy_reload_total",
+                        "Policy reload attempts by result (ok, error)",
+                    ),
+                    &["result"],
+                ),
+            ),
+            policy_last_reload_success: build(
+                &r,
+                IntGauge::new(
+                    "phigate_policy_last_reload_success",
+                    "1 if the last policy load or reload succeeded, 0 if it was rejected",
+                ),
+            ),
+            policy_last_reload_timestamp: build(
+                &r,
+                Gauge::new(
+                    "phigate_policy_last_reload_timestamp_seconds",
+                    "Unix time of the last policy load or reload attempt",
                 ),
             ),
             decide_seconds: build(
@@ -161,6 +209,38 @@ impl Metrics {
         }
     }
 
+    /// Record the policy loaded at start-up: `policy_info{version}` is 1, the
+    /// load counts as a successful (non-reload) attempt, and both reload
+    /// results are exported at 0 so `increase()` works from the first scrape.
+    pub fn policy_started(&self, version: &str) {
+        self.policy_info.with_label_values(&[version]).set(1);
+        for result in ["ok", "error"] {
+            self.policy_reloads.with_label_values(&[result]);
+        }
+        self.policy_last_reload_success.set(1);
+        self.policy_last_reload_timestamp.set(unix_now());
+    }
+
+    /// Record a successful reload. When the version changed, `policy_info`
+    /// moves from `old` to `new` (the old label is removed, not left at 0).
+    pub fn policy_reload_ok(&self, old: &str, new: &str) {
+        if old != new {
+            self.policy_info.with_label_values(&[new]).set(1);
+            // Absent only if it was never set; nothing to remove then.
+            let _ = self.policy_info.remove_label_values(&[old]);
+        }
+        self.policy_reloads.with_label_values(&["ok"]).inc();
+        self.policy_last_reload_success.set(1);
+        self.policy_last_reload_timestamp.set(unix_now());
+    }
+
+    /// Record a rejected reload; the previous policy stays in force.
+    pub fn policy_reload_failed(&self) {
+        self.policy_reloads.with_label_values(&["error"]).inc();
+        self.policy_last_reload_success.set(0);
+        self.policy_last_reload_timestamp.set(unix_now());
+    }
+
     /// Bring scrape-time values up to date and encode the text exposition format.
     pub fn render(&self, audit: &AuditStats, queue_depth: usize) -> Vec<u8> {
         let written = audit.written();
@@ -180,6 +260,13 @@ impl Metrics {
         }
         buf
     }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl Default for Metrics {
@@ -214,6 +301,29 @@ mod tests {
             "phigate_requests_total{decision=\"allow\",reason=\"allowed\",route=\"/fhir/Patient/{id}\"} 1"
         ));
         assert!(text.contains("phigate_audit_queue_depth 3"));
+    }
+
+    #[test]
+    fn policy_reload_moves_the_info_label_and_counts_results() {
+        let m = Metrics::new();
+        m.policy_started("sha256:aaaa");
+        let text = String::from_utf8(m.render(&AuditStats::default(), 0)).unwrap();
+        assert!(text.contains("phigate_policy_reload_total{result=\"ok\"} 0"));
+        assert!(text.contains("phigate_policy_reload_total{result=\"error\"} 0"));
+        assert!(text.contains("phigate_policy_last_reload_success 1"));
+
+        m.policy_reload_failed();
+        m.policy_reload_ok("sha256:aaaa", "sha256:bbbb");
+        let text = String::from_utf8(m.render(&AuditStats::default(), 0)).unwrap();
+        assert!(text.contains("phigate_policy_info{version=\"sha256:bbbb\"} 1"));
+        assert!(
+            !text.contains("sha256:aaaa"),
+            "old version label removed:\n{text}"
+        );
+        assert!(text.contains("phigate_policy_reload_total{result=\"ok\"} 1"));
+        assert!(text.contains("phigate_policy_reload_total{result=\"error\"} 1"));
+        assert!(text.contains("phigate_policy_last_reload_success 1"));
+        assert!(m.policy_last_reload_timestamp.get() > 0.0);
     }
 
     #[test]

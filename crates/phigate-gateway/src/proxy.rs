@@ -47,6 +47,8 @@ pub struct RequestCtx {
     target: Option<CanonicalTarget>,
     decision: Option<Decision>,
     claims: Option<Claims>,
+    /// The break-glass justification header, when the policy enables break-glass.
+    justification: Option<String>,
     policy_version: String,
     audit_slot: Option<AuditSlot>,
     upstream_status: Option<u16>,
@@ -138,14 +140,28 @@ fn wire_target(head: &[u8]) -> Option<&[u8]> {
 
 /// The policy core's view of a verified token.
 pub fn claims_of(t: &VerifiedToken) -> Claims {
-    {
-        Claims {
-            issuer: t.issuer.clone(),
-            subject: t.subject.clone(),
-            client_id: t.client_id.clone(),
-            scopes: t.scopes.clone(),
-        }
+    Claims {
+        issuer: t.issuer.clone(),
+        subject: t.subject.clone(),
+        client_id: t.client_id.clone(),
+        scopes: t.scopes.clone(),
+        roles: t.roles.clone(),
+        claims: std::sync::Arc::new(t.claims.clone()),
     }
+}
+
+/// A justification as recorded: control characters replaced, at most 500 characters.
+fn sanitize_justification(j: &str) -> String {
+    j.chars()
+        .take(500)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Gateway {
@@ -184,11 +200,18 @@ impl Gateway {
         };
         ctx.path = target.path.clone();
 
-        let facts = RequestFacts {
-            method: &ctx.method,
-            path: &target.path,
-            query: target.query.as_deref(),
-        };
+        let justification = policy.break_glass().map(|bg| {
+            let mut values = session.req_header().headers.get_all(bg.header.as_str()).iter();
+            match (values.next(), values.next()) {
+                (Some(v), None) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                // Repeated headers are ambiguous: an (invalid) empty justification.
+                (Some(_), Some(_)) => String::new(),
+                (None, _) => String::from("\0absent"),
+            }
+        });
+        ctx.justification = justification.filter(|j| j != "\0absent");
+        let mut facts = RequestFacts::new(&ctx.method, &target.path, target.query.as_deref(), unix_now());
+        facts.break_glass_justification = ctx.justification.as_deref();
         let authn = if phigate_policy::needs_token(&policy, &facts) {
             match bearer_token(&session.req_header().headers) {
                 BearerHeader::Absent | BearerHeader::NotBearer => Authn::Missing,
@@ -229,6 +252,7 @@ impl ProxyHttp for Gateway {
             target: None,
             decision: None,
             claims: None,
+            justification: None,
             policy_version: String::new(),
             audit_slot: None,
             upstream_status: None,
@@ -365,7 +389,23 @@ impl ProxyHttp for Gateway {
             duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             remote_addr: session.client_addr().map(|a| a.to_string()),
             policy_version: std::mem::take(&mut ctx.policy_version),
+            patient: decision.patient.clone(),
+            break_glass: decision.break_glass,
+            justification: ctx.justification.take().map(|j| sanitize_justification(&j)),
+            shadow_decision: decision.shadow.map(|_| "deny".to_string()),
         };
+        if decision.break_glass {
+            m.break_glass.inc();
+            tracing::warn!(
+                request_id = %record.request_id,
+                sub = record.sub.as_deref().unwrap_or("-"),
+                route = record.route.as_deref().unwrap_or("none"),
+                "break-glass access"
+            );
+        }
+        if let Some(would) = decision.shadow {
+            m.shadow_denials.with_label_values(&[would.as_str(), route]).inc();
+        }
         tracing::info!(
             request_id = %record.request_id,
             decision = %record.decision,

@@ -30,7 +30,10 @@ pub struct PolicySource {
 
 impl PolicySource {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
-        Self { name: name.into(), text: text.into() }
+        Self {
+            name: name.into(),
+            text: text.into(),
+        }
     }
 }
 
@@ -78,28 +81,36 @@ pub fn scope_satisfied(required: &str, granted: &[String], granted_smart: &[smar
     if granted.iter().any(|g| g == required) {
         return true;
     }
-    let Ok(req) = smart::parse(required) else { return false };
+    let Ok(req) = smart::parse(required) else {
+        return false;
+    };
     if req.is_granular() {
         // Filters cannot be compared structurally: exact match only (above).
         return false;
     }
     // Granted scopes add up: every required permission must be granted by some
     // non-granular scope of the same context covering the resource type.
-    [smart::Perm::C, smart::Perm::R, smart::Perm::U, smart::Perm::D, smart::Perm::S]
-        .into_iter()
-        .filter(|p| req.perms.contains(*p))
-        .all(|p| {
-            granted_smart.iter().any(|g| {
-                g.context == req.context
-                    && !g.is_granular()
-                    && g.perms.contains(p)
-                    && match (&req.resource, &g.resource) {
-                        (_, None) => true,
-                        (Some(r), Some(t)) => r == t,
-                        (None, Some(_)) => false,
-                    }
-            })
+    [
+        smart::Perm::C,
+        smart::Perm::R,
+        smart::Perm::U,
+        smart::Perm::D,
+        smart::Perm::S,
+    ]
+    .into_iter()
+    .filter(|p| req.perms.contains(*p))
+    .all(|p| {
+        granted_smart.iter().any(|g| {
+            g.context == req.context
+                && !g.is_granular()
+                && g.perms.contains(p)
+                && match (&req.resource, &g.resource) {
+                    (_, None) => true,
+                    (Some(r), Some(t)) => r == t,
+                    (None, Some(_)) => false,
+                }
         })
+    })
 }
 
 /// Step-up authentication requirements (RFC 9470).
@@ -184,7 +195,8 @@ impl BreakGlass {
         }
         if let Some(codes) = &self.reason_codes {
             let ok = codes.iter().any(|c| {
-                t.strip_prefix(c.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', ' ']))
+                t.strip_prefix(c.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', ' ']))
             });
             if !ok {
                 return Err("justification does not start with an accepted reason code");
@@ -406,7 +418,10 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
         };
 
         if file.version != 1 {
-            errors.push(at(&[PathSeg::Key("version")], format!("unsupported version {}, expected 1", file.version)));
+            errors.push(at(
+                &[PathSeg::Key("version")],
+                format!("unsupported version {}, expected 1", file.version),
+            ));
         }
         if let Some(settings) = &file.settings {
             if let Some(m) = settings.roles_mode {
@@ -427,7 +442,10 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
                 continue;
             }
             if name.is_empty() || scopes.is_empty() {
-                errors.push(at(&p, format!("role `{name}` needs a name and at least one scope")));
+                errors.push(at(
+                    &p,
+                    format!("role `{name}` needs a name and at least one scope"),
+                ));
             }
             for s in scopes {
                 if let Err(m) = check_scope_syntax(s) {
@@ -449,18 +467,36 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
                     errors.push(at(&field("scope"), m));
                     ok = false;
                 }
-                if bg.header.is_empty() || !bg.header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                    errors.push(at(&field("header"), format!("`{}` is not a valid header name", bg.header)));
+                if bg.header.is_empty()
+                    || !bg
+                        .header
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    errors.push(at(
+                        &field("header"),
+                        format!("`{}` is not a valid header name", bg.header),
+                    ));
                     ok = false;
                 }
                 let max_length = bg.max_length.unwrap_or(DEFAULT_JUSTIFICATION_MAX);
                 if max_length == 0 || max_length > 4096 {
-                    errors.push(at(&field("max_length"), "max_length must be between 1 and 4096".into()));
+                    errors.push(at(
+                        &field("max_length"),
+                        "max_length must be between 1 and 4096".into(),
+                    ));
                     ok = false;
                 }
                 if let Some(codes) = &bg.reason_codes {
-                    if codes.is_empty() || codes.iter().any(|c| c.is_empty() || c.contains(char::is_whitespace)) {
-                        errors.push(at(&field("reason_codes"), "reason codes must be non-empty words".into()));
+                    if codes.is_empty()
+                        || codes
+                            .iter()
+                            .any(|c| c.is_empty() || c.contains(char::is_whitespace))
+                    {
+                        errors.push(at(
+                            &field("reason_codes"),
+                            "reason codes must be non-empty words".into(),
+                        ));
                         ok = false;
                     }
                 }
@@ -505,7 +541,10 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
                     if route.report_only {
                         warnings.push(at(
                             &route_path,
-                            format!("route `{}` is report_only: its denials are logged, not enforced", route.label),
+                            format!(
+                                "route `{}` is report_only: its denials are logged, not enforced",
+                                route.label
+                            ),
                         ));
                     }
                     let idx = routes.len();
@@ -519,7 +558,10 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
                             continue;
                         }
                         if let Err(e) = routers.entry(m).or_default().insert(pattern.clone(), idx) {
-                            errors.push(at(&field("path"), format!("route {m} {} conflicts: {e}", spec.path)));
+                            errors.push(at(
+                                &field("path"),
+                                format!("route {m} {} conflicts: {e}", spec.path),
+                            ));
                             continue;
                         }
                         seen.insert((m, pattern.clone()), origin.clone());
@@ -534,13 +576,21 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
     }
 
     if let Some((bg, origin)) = &break_glass {
-        scope_warnings(&bg.scope, &mut warnings, || Diagnostic::new(origin, None, String::new()));
+        scope_warnings(&bg.scope, &mut warnings, || {
+            Diagnostic::new(origin, None, String::new())
+        });
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     overlap_warnings(&routes, &mut warnings);
-    unused_role_warnings(&routes, &roles, &role_origin, break_glass.as_ref().map(|b| &b.0), &mut warnings);
+    unused_role_warnings(
+        &routes,
+        &roles,
+        &role_origin,
+        break_glass.as_ref().map(|b| &b.0),
+        &mut warnings,
+    );
     Ok(PolicySet {
         routes,
         routers,
@@ -554,7 +604,11 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
 
 /// RFC 6749 scope-token syntax, plus SMART syntax for `patient/`, `user/`, `system/` scopes.
 fn check_scope_syntax(scope: &str) -> Result<(), String> {
-    if scope.is_empty() || scope.bytes().any(|b| b <= 0x20 || b >= 0x7f || b == b'"' || b == b'\\') {
+    if scope.is_empty()
+        || scope
+            .bytes()
+            .any(|b| b <= 0x20 || b >= 0x7f || b == b'"' || b == b'\\')
+    {
         return Err(format!("invalid scope {scope:?} (RFC 6749 scope-token)"));
     }
     if smart::looks_like_smart(scope) {
@@ -571,12 +625,16 @@ fn scope_warnings(scope: &str, warnings: &mut Vec<Diagnostic>, at: impl Fn() -> 
         warnings.push(d);
     };
     if is_broad_scope(scope) {
-        warn(format!("scope `{scope}` is very broad; prefer resource- and action-specific scopes (minimum necessary)"));
+        warn(format!(
+            "scope `{scope}` is very broad; prefer resource- and action-specific scopes (minimum necessary)"
+        ));
     }
     if let Ok(s) = smart::parse(scope) {
         if let Some(t) = &s.resource {
             if !smart::is_known_resource_type(t) {
-                warn(format!("scope `{scope}` names `{t}`, which is not a FHIR R4 resource type"));
+                warn(format!(
+                    "scope `{scope}` names `{t}`, which is not a FHIR R4 resource type"
+                ));
             }
         }
     }
@@ -587,22 +645,26 @@ pub fn is_broad_scope(scope: &str) -> bool {
     if scope.contains('*') {
         return true;
     }
-    scope.split(['.', '/', ':', '_', '-']).any(|part| part.eq_ignore_ascii_case("all"))
+    scope
+        .split(['.', '/', ':', '_', '-'])
+        .any(|part| part.eq_ignore_ascii_case("all"))
 }
 
 /// Public routes carved out of a protected `**` prefix are worth a second look.
 fn overlap_warnings(routes: &[Route], warnings: &mut Vec<Diagnostic>) {
-    for wide in routes.iter().filter(|r| r.template.ends_with("/**") && r.access != Access::Public) {
+    for wide in routes
+        .iter()
+        .filter(|r| r.template.ends_with("/**") && r.access != Access::Public)
+    {
         let prefix = &wide.template[..wide.template.len() - 2];
         // SMART requires the capability statement to be public: expected, not a hole.
         let metadata = match &wide.access {
             Access::Fhir { base } => format!("{base}/metadata"),
             _ => String::new(),
         };
-        for r in routes
-            .iter()
-            .filter(|r| r.access == Access::Public && r.template.starts_with(prefix) && r.template != metadata)
-        {
+        for r in routes.iter().filter(|r| {
+            r.access == Access::Public && r.template.starts_with(prefix) && r.template != metadata
+        }) {
             if r.methods.iter().any(|m| wide.methods.contains(m)) {
                 warnings.push(Diagnostic::new(
                     r.origin.clone(),
@@ -629,12 +691,18 @@ fn overlap_warnings(routes: &[Route], warnings: &mut Vec<Diagnostic>) {
                 .join("/");
             let rel = sample.strip_prefix(base.as_str()).unwrap_or("/");
             let rel = if rel.is_empty() { "/" } else { rel };
-            let reachable = r.methods.iter().any(|m| crate::fhir::classify(m, rel, None).is_ok());
+            let reachable = r
+                .methods
+                .iter()
+                .any(|m| crate::fhir::classify(m, rel, None).is_ok());
             if !reachable {
                 warnings.push(Diagnostic::new(
                     r.origin.clone(),
                     None,
-                    format!("route `{}` is unreachable: no request it matches is a FHIR interaction", r.label),
+                    format!(
+                        "route `{}` is unreachable: no request it matches is a FHIR interaction",
+                        r.label
+                    ),
                 ));
             }
         }
@@ -680,52 +748,90 @@ fn compile_route(
     origin: String,
 ) -> Result<(Route, String, Vec<&'static str>), RouteProblems> {
     let mut problems: RouteProblems = Vec::new();
-    let pattern = to_matchit(&spec.path).map_err(|e| problems.push(("path", e))).ok();
+    let pattern = to_matchit(&spec.path)
+        .map_err(|e| problems.push(("path", e)))
+        .ok();
 
     let mut methods: Vec<&'static str> = Vec::new();
     if spec.methods.is_empty() {
-        problems.push(("methods", "at least one method is required (use [\"*\"] for any)".into()));
+        problems.push((
+            "methods",
+            "at least one method is required (use [\"*\"] for any)".into(),
+        ));
     }
     for m in &spec.methods {
         if m == "*" {
             methods.extend_from_slice(METHODS);
         } else if m == "HEAD" {
-            problems.push(("methods", "HEAD is authorised exactly like GET; list GET instead".into()));
+            problems.push((
+                "methods",
+                "HEAD is authorised exactly like GET; list GET instead".into(),
+            ));
         } else if let Some(known) = METHODS.iter().find(|k| **k == m) {
             methods.push(known);
         } else {
             problems.push((
                 "methods",
-                format!("unknown method '{m}' (expected one of {}, or \"*\")", METHODS.join(", ")),
+                format!(
+                    "unknown method '{m}' (expected one of {}, or \"*\")",
+                    METHODS.join(", ")
+                ),
             ));
         }
     }
     methods.sort_unstable();
     methods.dedup();
 
-    let declared = [spec.public, spec.scopes.is_some(), spec.fhir.is_some()].iter().filter(|b| **b).count();
+    let declared = [spec.public, spec.scopes.is_some(), spec.fhir.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     let access = if declared > 1 {
-        problems.push(("public", "declare exactly one of `public: true`, `scopes` or `fhir`".into()));
+        problems.push((
+            "public",
+            "declare exactly one of `public: true`, `scopes` or `fhir`".into(),
+        ));
         None
     } else if spec.public {
-        if spec.when.is_some() || spec.require_acr.is_some() || spec.require_amr.is_some() || spec.max_auth_age.is_some() {
-            problems.push(("public", "a public route cannot have conditions or step-up requirements".into()));
+        if spec.when.is_some()
+            || spec.require_acr.is_some()
+            || spec.require_amr.is_some()
+            || spec.max_auth_age.is_some()
+        {
+            problems.push((
+                "public",
+                "a public route cannot have conditions or step-up requirements".into(),
+            ));
         }
         Some(Access::Public)
     } else if let Some(f) = &spec.fhir {
         let base = f.base.trim_end_matches('/');
         if !f.base.starts_with('/') || base.contains(['{', '}', '*']) {
-            problems.push(("fhir", format!("FHIR base `{}` must be a literal path like /fhir", f.base)));
+            problems.push((
+                "fhir",
+                format!("FHIR base `{}` must be a literal path like /fhir", f.base),
+            ));
         } else if !(spec.path == base || spec.path.starts_with(&format!("{base}/"))) {
-            problems.push(("fhir", format!("route path `{}` is not under the FHIR base `{}`", spec.path, f.base)));
+            problems.push((
+                "fhir",
+                format!(
+                    "route path `{}` is not under the FHIR base `{}`",
+                    spec.path, f.base
+                ),
+            ));
         }
-        Some(Access::Fhir { base: base.to_string() })
+        Some(Access::Fhir {
+            base: base.to_string(),
+        })
     } else if let Some(s) = &spec.scopes {
         let (list, req) = match (&s.all_of, &s.any_of) {
             (Some(v), None) => (v.as_slice(), RequiredScopes::AllOf(v.clone())),
             (None, Some(v)) => (v.as_slice(), RequiredScopes::AnyOf(v.clone())),
             _ => {
-                problems.push(("scopes", "`scopes` needs exactly one of `all_of` or `any_of`".into()));
+                problems.push((
+                    "scopes",
+                    "`scopes` needs exactly one of `all_of` or `any_of`".into(),
+                ));
                 (&[][..], RequiredScopes::AllOf(Vec::new()))
             }
         };
@@ -739,12 +845,18 @@ fn compile_route(
         }
         Some(Access::Scopes(req))
     } else {
-        problems.push(("path", "route must declare `scopes`, `fhir` or `public: true`".into()));
+        problems.push((
+            "path",
+            "route must declare `scopes`, `fhir` or `public: true`".into(),
+        ));
         None
     };
     if let Some(name) = &spec.name {
         if name.is_empty() || name.len() > 128 || name.bytes().any(|b| b <= 0x20 || b >= 0x7f || b == b'"') {
-            problems.push(("name", "route name must be 1-128 printable ASCII characters".into()));
+            problems.push((
+                "name",
+                "route name must be 1-128 printable ASCII characters".into(),
+            ));
         }
     }
 
@@ -761,7 +873,13 @@ fn compile_route(
                 (Some(o), None) => Some((ConditionOp::Equals, o)),
                 (None, Some(o)) => Some((ConditionOp::Contains, o)),
                 _ => {
-                    problems.push(("when", format!("condition on `{}` needs exactly one of `equals` or `contains`", c.claim)));
+                    problems.push((
+                        "when",
+                        format!(
+                            "condition on `{}` needs exactly one of `equals` or `contains`",
+                            c.claim
+                        ),
+                    ));
                     None
                 }
             };
@@ -774,18 +892,34 @@ fn compile_route(
                     (Some(v), None, None) => Some(Operand::Value(v.clone())),
                     (None, Some(p), None) => {
                         if !params.contains(&p.as_str()) {
-                            problems.push(("when", format!("path parameter `{p}` is not in the route template `{}`", spec.path)));
+                            problems.push((
+                                "when",
+                                format!(
+                                    "path parameter `{p}` is not in the route template `{}`",
+                                    spec.path
+                                ),
+                            ));
                         }
                         Some(Operand::Param(p.clone()))
                     }
                     (None, None, Some(q)) if !q.is_empty() => Some(Operand::Query(q.clone())),
                     _ => {
-                        problems.push(("when", format!("operand for `{}` needs exactly one of `value`, `param` or `query`", c.claim)));
+                        problems.push((
+                            "when",
+                            format!(
+                                "operand for `{}` needs exactly one of `value`, `param` or `query`",
+                                c.claim
+                            ),
+                        ));
                         None
                     }
                 };
                 if let Some(operand) = operand {
-                    conditions.push(ClaimCondition { claim: path, op, operand });
+                    conditions.push(ClaimCondition {
+                        claim: path,
+                        op,
+                        operand,
+                    });
                 }
             }
         }
@@ -800,19 +934,27 @@ fn compile_route(
     let mut step_up = StepUp::default();
     if let Some(acr) = &spec.require_acr {
         if acr.is_empty() || acr.iter().any(String::is_empty) {
-            problems.push(("require_acr", "require_acr needs at least one non-empty value".into()));
+            problems.push((
+                "require_acr",
+                "require_acr needs at least one non-empty value".into(),
+            ));
         }
         step_up.acr = acr.clone();
     }
     if let Some(amr) = &spec.require_amr {
         if amr.is_empty() || amr.iter().any(String::is_empty) {
-            problems.push(("require_amr", "require_amr needs at least one non-empty value".into()));
+            problems.push((
+                "require_amr",
+                "require_amr needs at least one non-empty value".into(),
+            ));
         }
         step_up.amr = amr.clone();
     }
     if let Some(age) = &spec.max_auth_age {
         match humantime::parse_duration(age) {
-            Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(7 * 24 * 3600) => step_up.max_age = Some(d),
+            Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(7 * 24 * 3600) => {
+                step_up.max_age = Some(d)
+            }
             Ok(_) => problems.push(("max_auth_age", "max_auth_age must be between 1s and 7d".into())),
             Err(e) => problems.push(("max_auth_age", format!("`{age}` is not a duration like 15m: {e}"))),
         }
@@ -841,8 +983,12 @@ fn compile_route(
 }
 
 fn compile_time_window(t: &file::TimeWindowSpec) -> Result<TimeWindow, String> {
-    let tz = jiff::tz::TimeZone::get(&t.timezone)
-        .map_err(|_| format!("unknown time zone `{}` (use an IANA name like America/New_York)", t.timezone))?;
+    let tz = jiff::tz::TimeZone::get(&t.timezone).map_err(|_| {
+        format!(
+            "unknown time zone `{}` (use an IANA name like America/New_York)",
+            t.timezone
+        )
+    })?;
     let days = match &t.days {
         None => None,
         Some(list) => {
@@ -869,11 +1015,18 @@ fn compile_time_window(t: &file::TimeWindowSpec) -> Result<TimeWindow, String> {
     let hours = match &t.hours {
         None => None,
         Some(h) => {
-            let (a, b) = h.split_once('-').ok_or_else(|| format!("`{h}` is not HH:MM-HH:MM"))?;
+            let (a, b) = h
+                .split_once('-')
+                .ok_or_else(|| format!("`{h}` is not HH:MM-HH:MM"))?;
             let hm = |s: &str| -> Result<u16, String> {
-                let (hh, mm) = s.trim().split_once(':').ok_or_else(|| format!("`{s}` is not HH:MM"))?;
-                let (hh, mm): (u16, u16) =
-                    (hh.parse().map_err(|_| format!("`{s}` is not HH:MM"))?, mm.parse().map_err(|_| format!("`{s}` is not HH:MM"))?);
+                let (hh, mm) = s
+                    .trim()
+                    .split_once(':')
+                    .ok_or_else(|| format!("`{s}` is not HH:MM"))?;
+                let (hh, mm): (u16, u16) = (
+                    hh.parse().map_err(|_| format!("`{s}` is not HH:MM"))?,
+                    mm.parse().map_err(|_| format!("`{s}` is not HH:MM"))?,
+                );
                 if hh > 24 || mm > 59 || (hh == 24 && mm != 0) {
                     return Err(format!("`{s}` is not a time of day"));
                 }
@@ -888,7 +1041,10 @@ fn compile_time_window(t: &file::TimeWindowSpec) -> Result<TimeWindow, String> {
     };
     let date = |s: &Option<String>, k: &str| -> Result<Option<jiff::civil::Date>, String> {
         s.as_ref()
-            .map(|v| v.parse::<jiff::civil::Date>().map_err(|_| format!("`{k}: {v}` is not a date like 2026-01-31")))
+            .map(|v| {
+                v.parse::<jiff::civil::Date>()
+                    .map_err(|_| format!("`{k}: {v}` is not a date like 2026-01-31"))
+            })
             .transpose()
     };
     let (from, until) = (date(&t.from, "from")?, date(&t.until, "until")?);
@@ -897,13 +1053,22 @@ fn compile_time_window(t: &file::TimeWindowSpec) -> Result<TimeWindow, String> {
             return Err("`from` is after `until`".into());
         }
     }
-    Ok(TimeWindow { tz_name: t.timezone.clone(), tz, days, hours, from, until })
+    Ok(TimeWindow {
+        tz_name: t.timezone.clone(),
+        tz,
+        days,
+        hours,
+        from,
+        until,
+    })
 }
 
 impl TimeWindow {
     /// Whether the instant `unix_secs` falls inside the window.
     pub fn contains(&self, unix_secs: i64) -> bool {
-        let Ok(ts) = jiff::Timestamp::from_second(unix_secs) else { return false };
+        let Ok(ts) = jiff::Timestamp::from_second(unix_secs) else {
+            return false;
+        };
         let local = ts.to_zoned(self.tz.clone());
         let date = local.date();
         if self.from.is_some_and(|f| date < f) || self.until.is_some_and(|u| date > u) {

@@ -27,7 +27,13 @@ pub struct RequestFacts<'a> {
 
 impl<'a> RequestFacts<'a> {
     pub fn new(method: &'a str, path: &'a str, query: Option<&'a str>, now: i64) -> Self {
-        Self { method, path, query, now, break_glass_justification: None }
+        Self {
+            method,
+            path,
+            query,
+            now,
+            break_glass_justification: None,
+        }
     }
 }
 
@@ -56,7 +62,10 @@ impl Claims {
 
     /// The SMART launch context patient (`patient` claim).
     pub fn patient(&self) -> Option<&str> {
-        self.claims.get("patient").and_then(Value::as_str).filter(|p| !p.is_empty())
+        self.claims
+            .get("patient")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
     }
 }
 
@@ -135,7 +144,11 @@ impl Decision {
     }
 
     fn allow(reason: Reason, route: &Route) -> Self {
-        Self { outcome: Outcome::Allow, route: Some(route.label.clone()), ..Self::deny(reason) }
+        Self {
+            outcome: Outcome::Allow,
+            route: Some(route.label.clone()),
+            ..Self::deny(reason)
+        }
     }
 
     fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -200,13 +213,19 @@ impl Decision {
 /// bypass. Finally a `report_only` route turns a denial into an allow that
 /// carries `shadow`.
 pub fn decide(policy: &PolicySet, facts: &RequestFacts<'_>, authn: &Authn) -> Decision {
-    let method = if facts.method == "HEAD" { "GET" } else { facts.method };
+    let method = if facts.method == "HEAD" {
+        "GET"
+    } else {
+        facts.method
+    };
     let m = policy.match_with_params(method, facts.path);
     let d = decide_inner(policy, facts, method, m.as_ref(), authn);
     match &m {
-        Some(m) if m.route.report_only && !d.is_allow() && d.reason.is_shadowable() => {
-            Decision { outcome: Outcome::Allow, shadow: Some(d.reason), ..d }
-        }
+        Some(m) if m.route.report_only && !d.is_allow() && d.reason.is_shadowable() => Decision {
+            outcome: Outcome::Allow,
+            shadow: Some(d.reason),
+            ..d
+        },
         _ => d,
     }
 }
@@ -352,11 +371,17 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
     let deny = |reason: Reason, detail: String| {
         let mut d = with_route(Decision::deny(reason), Some(route)).with_detail(detail);
         d.scopes_required = hint.clone();
-        d.patient = claims.patient().map(str::to_string).or_else(|| request_patient.clone());
+        d.patient = claims
+            .patient()
+            .map(str::to_string)
+            .or_else(|| request_patient.clone());
         d
     };
     if candidates.is_empty() {
-        return deny(Reason::InsufficientScope, format!("no SMART scope grants `{p}` on {ty}"));
+        return deny(
+            Reason::InsufficientScope,
+            format!("no SMART scope grants `{p}` on {ty}"),
+        );
     }
     let allow = |patient: Option<String>| {
         let mut d = Decision::allow(Reason::Allowed, route);
@@ -367,10 +392,21 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
     let is_search = req.interaction == Interaction::Search;
     let filters_ok = |g: &SmartScope| !g.is_granular() || (is_search && filters_accept(g, &req.params));
     // user/ and system/ scopes are not compartment-bound.
-    if candidates.iter().any(|g| g.context != Context::Patient && filters_ok(g)) {
-        return allow(claims.patient().map(str::to_string).or_else(|| request_patient.clone()));
+    if candidates
+        .iter()
+        .any(|g| g.context != Context::Patient && filters_ok(g))
+    {
+        return allow(
+            claims
+                .patient()
+                .map(str::to_string)
+                .or_else(|| request_patient.clone()),
+        );
     }
-    let patient_scoped: Vec<&&SmartScope> = candidates.iter().filter(|g| g.context == Context::Patient).collect();
+    let patient_scoped: Vec<&&SmartScope> = candidates
+        .iter()
+        .filter(|g| g.context == Context::Patient)
+        .collect();
     if patient_scoped.is_empty() {
         return deny(
             Reason::InsufficientScope,
@@ -380,7 +416,10 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
         );
     }
     let Some(patient) = claims.patient() else {
-        return deny(Reason::OutsidePatientCompartment, "patient/ scope but the token has no `patient` claim".into());
+        return deny(
+            Reason::OutsidePatientCompartment,
+            "patient/ scope but the token has no `patient` claim".into(),
+        );
     };
     if let Err(why) = in_compartment(req, ty, patient) {
         return deny(Reason::OutsidePatientCompartment, why);
@@ -388,7 +427,10 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
     if patient_scoped.iter().any(|g| filters_ok(g)) {
         return allow(Some(patient.to_string()));
     }
-    deny(Reason::InsufficientScope, format!("granular patient scopes for {ty} do not cover this search"))
+    deny(
+        Reason::InsufficientScope,
+        format!("granular patient scopes for {ty} do not cover this search"),
+    )
 }
 
 /// Whether a request stays inside the token's patient compartment.
@@ -400,7 +442,9 @@ fn in_compartment(req: &FhirRequest, ty: &str, patient: &str) -> Result<(), Stri
         let refs = fhir::patient_refs(req);
         match refs.as_slice() {
             [only] if only == patient => Ok(()),
-            [] => Err(format!("a patient-scoped search on {ty} must name the token's patient")),
+            [] => Err(format!(
+                "a patient-scoped search on {ty} must name the token's patient"
+            )),
             [_] => Err("the search names a different patient".into()),
             _ => Err("the search must name exactly one patient".into()),
         }
@@ -452,7 +496,10 @@ fn failed_condition(
     facts: &RequestFacts<'_>,
     claims: &Claims,
 ) -> Option<String> {
-    route.conditions.iter().find_map(|c| (!condition_holds(c, params, facts, claims)).then(|| describe(c)))
+    route
+        .conditions
+        .iter()
+        .find_map(|c| (!condition_holds(c, params, facts, claims)).then(|| describe(c)))
 }
 
 fn describe(c: &ClaimCondition) -> String {
@@ -468,12 +515,18 @@ fn describe(c: &ClaimCondition) -> String {
     format!("claim `{}` must {op} {operand}", c.claim.join("."))
 }
 
-fn condition_holds(c: &ClaimCondition, params: &[(&str, String)], facts: &RequestFacts<'_>, claims: &Claims) -> bool {
+fn condition_holds(
+    c: &ClaimCondition,
+    params: &[(&str, String)],
+    facts: &RequestFacts<'_>,
+    claims: &Claims,
+) -> bool {
     let operand: Option<String> = match &c.operand {
         Operand::Value(v) => Some(v.clone()),
         Operand::Param(p) => params.iter().find(|(n, _)| n == p).map(|(_, v)| v.clone()),
         Operand::Query(q) => {
-            let mut found = form_urlencoded::parse(facts.query.unwrap_or("").as_bytes()).filter(|(k, _)| k == q);
+            let mut found =
+                form_urlencoded::parse(facts.query.unwrap_or("").as_bytes()).filter(|(k, _)| k == q);
             match (found.next(), found.next()) {
                 (Some((_, v)), None) => Some(v.into_owned()),
                 _ => None, // absent or repeated: fail closed
@@ -514,7 +567,12 @@ fn step_up_challenge(route: &Route, now: i64, claims: &Claims) -> Option<StepUpC
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),
         };
-        let lacking: Vec<&str> = s.amr.iter().map(String::as_str).filter(|m| !amr.contains(m)).collect();
+        let lacking: Vec<&str> = s
+            .amr
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !amr.contains(m))
+            .collect();
         if !lacking.is_empty() {
             missing.push(format!("authentication methods required: {}", lacking.join(", ")));
         }

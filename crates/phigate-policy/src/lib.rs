@@ -9,16 +9,16 @@
 
 mod compile;
 mod decide;
-pub mod smart;
 pub mod fhir;
 pub mod file;
 mod path;
 mod reason;
+pub mod smart;
 pub mod testing;
 
 pub use compile::{
-    compile, is_broad_scope, scope_satisfied, Access, BreakGlass, ClaimCondition, ConditionOp, Operand, PolicySet,
-    PolicySource, RequiredScopes, Route, RouteMatch, StepUp, TimeWindow, METHODS,
+    compile, is_broad_scope, scope_satisfied, Access, BreakGlass, ClaimCondition, ConditionOp, Operand,
+    PolicySet, PolicySource, RequiredScopes, Route, RouteMatch, StepUp, TimeWindow, METHODS,
 };
 pub use decide::{decide, needs_token, Authn, Claims, Decision, Outcome, RequestFacts, StepUpChallenge};
 pub use path::{canonicalize, CanonicalTarget, PathError};

@@ -143,8 +143,24 @@ impl Reason {
         match self {
             Reason::Allowed | Reason::PublicRoute | Reason::BreakGlass => 200,
             Reason::BadRequestPath | Reason::MalformedAuthorization => 400,
-            Reason::MissingToken | Reason::MalformedToken | Reason::UnsupportedAlgorithm | Reason::UnknownIssuer | Reason::UnknownKey | Reason::InvalidSignature | Reason::TokenExpired | Reason::TokenNotYetValid | Reason::WrongAudience | Reason::MissingClaim | Reason::StepUpRequired => 401,
-            Reason::InsufficientScope | Reason::NoMatchingRoute | Reason::OutsidePatientCompartment | Reason::ConditionFailed | Reason::OutsideTimeWindow | Reason::UnmappedInteraction | Reason::BreakGlassRejected => 403,
+            Reason::MissingToken
+            | Reason::MalformedToken
+            | Reason::UnsupportedAlgorithm
+            | Reason::UnknownIssuer
+            | Reason::UnknownKey
+            | Reason::InvalidSignature
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid
+            | Reason::WrongAudience
+            | Reason::MissingClaim
+            | Reason::StepUpRequired => 401,
+            Reason::InsufficientScope
+            | Reason::NoMatchingRoute
+            | Reason::OutsidePatientCompartment
+            | Reason::ConditionFailed
+            | Reason::OutsideTimeWindow
+            | Reason::UnmappedInteraction
+            | Reason::BreakGlassRejected => 403,
             Reason::RateLimited => 429,
             Reason::KeysUnavailable | Reason::AuditUnavailable => 503,
         }

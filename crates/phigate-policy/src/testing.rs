@@ -106,7 +106,12 @@ pub struct TestResult {
 
 /// Parse `text` (a test file named `file`) and run every case against `policy`.
 /// `now` is used when a case has no `at`.
-pub fn run_tests(policy: &PolicySet, file: &str, text: &str, now: i64) -> Result<Vec<TestResult>, Vec<Diagnostic>> {
+pub fn run_tests(
+    policy: &PolicySet,
+    file: &str,
+    text: &str,
+    now: i64,
+) -> Result<Vec<TestResult>, Vec<Diagnostic>> {
     let parsed: TestFile = phigate_yaml::parse(file, text).map_err(|d| vec![d])?;
     let loc = Locator::new(text);
     let mut errors = Vec::new();
@@ -119,7 +124,13 @@ pub fn run_tests(policy: &PolicySet, file: &str, text: &str, now: i64) -> Result
         };
         let mut bad = |k: &'static str, m: String| errors.push(Diagnostic::new(file, loc.locate(&at(k)), m));
         if !matches!(case.expect.decision.as_str(), "allow" | "deny") {
-            bad("expect", format!("decision must be `allow` or `deny`, not `{}`", case.expect.decision));
+            bad(
+                "expect",
+                format!(
+                    "decision must be `allow` or `deny`, not `{}`",
+                    case.expect.decision
+                ),
+            );
             continue;
         }
         if let Some(r) = &case.expect.reason {
@@ -145,7 +156,14 @@ pub fn run_tests(policy: &PolicySet, file: &str, text: &str, now: i64) -> Result
                 continue;
             }
         };
-        let d = evaluate(policy, &case.request.method, &case.request.path, &case.request.headers, &authn, when);
+        let d = evaluate(
+            policy,
+            &case.request.method,
+            &case.request.path,
+            &case.request.headers,
+            &authn,
+            when,
+        );
         let mut problems = Vec::new();
         let got = d.outcome.as_str();
         if got != case.expect.decision {
@@ -164,7 +182,10 @@ pub fn run_tests(policy: &PolicySet, file: &str, text: &str, now: i64) -> Result
         }
         if let Some(st) = case.expect.status {
             if d.is_allow() || d.deny_status() != st {
-                problems.push(format!("status {}, expected {st}", if d.is_allow() { 200 } else { d.deny_status() }));
+                problems.push(format!(
+                    "status {}, expected {st}",
+                    if d.is_allow() { 200 } else { d.deny_status() }
+                ));
             }
         }
         if !problems.is_empty() {
@@ -206,7 +227,10 @@ pub fn build_authn(token: Option<&TestToken>, now: i64) -> Result<Authn, String>
     Ok(Authn::Valid(Claims {
         issuer: "policy-test".into(),
         subject: claims.get("sub").and_then(Value::as_str).map(str::to_string),
-        client_id: claims.get("client_id").and_then(Value::as_str).map(str::to_string),
+        client_id: claims
+            .get("client_id")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         scopes: t.scopes.clone(),
         roles: t.roles.clone(),
         claims: Arc::new(claims),
@@ -228,7 +252,10 @@ pub fn evaluate(
     let method = method.to_ascii_uppercase();
     let mut facts = RequestFacts::new(&method, &t.path, t.query.as_deref(), now);
     let justification = policy.break_glass().and_then(|bg| {
-        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(&bg.header)).map(|(_, v)| v.as_str())
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&bg.header))
+            .map(|(_, v)| v.as_str())
     });
     facts.break_glass_justification = justification;
     decide(policy, &facts, authn)
@@ -267,8 +294,12 @@ pub fn explain(
 ) -> Explanation {
     let d = evaluate(policy, method, target, headers, authn, now);
     let canonical = canonicalize(target).ok();
-    let path = canonical.as_ref().map_or_else(|| target.to_string(), |t| t.path.clone());
-    let route = canonical.as_ref().and_then(|t| policy.match_route(&method.to_ascii_uppercase(), &t.path));
+    let path = canonical
+        .as_ref()
+        .map_or_else(|| target.to_string(), |t| t.path.clone());
+    let route = canonical
+        .as_ref()
+        .and_then(|t| policy.match_route(&method.to_ascii_uppercase(), &t.path));
     let mut requires = Vec::new();
     if let Some(r) = route {
         requires.push(match &r.access {
@@ -281,10 +312,18 @@ pub fn explain(
             ),
         });
         for c in &r.conditions {
-            requires.push(format!("claim `{}` {:?} {:?}", c.claim.join("."), c.op, c.operand));
+            requires.push(format!(
+                "claim `{}` {:?} {:?}",
+                c.claim.join("."),
+                c.op,
+                c.operand
+            ));
         }
         if let Some(w) = &r.time {
-            requires.push(format!("time window in {} (days/hours/dates as configured)", w.tz_name));
+            requires.push(format!(
+                "time window in {} (days/hours/dates as configured)",
+                w.tz_name
+            ));
         }
         if let Some(s) = &r.step_up {
             if !s.acr.is_empty() {
@@ -341,7 +380,8 @@ mod tests {
     use super::*;
     use crate::{compile, PolicySource};
 
-    const POLICY: &str = "version: 1\nroutes:\n  - methods: [GET]\n    path: /x/{id}\n    scopes: { any_of: [a] }\n";
+    const POLICY: &str =
+        "version: 1\nroutes:\n  - methods: [GET]\n    path: /x/{id}\n    scopes: { any_of: [a] }\n";
 
     #[test]
     fn runs_cases_and_reports_failures_with_origin() {
@@ -352,15 +392,24 @@ mod tests {
         assert!(r[0].passed, "{:?}", r[0]);
         assert!(!r[1].passed);
         assert_eq!(r[1].origin, "t.test.yaml:6:5");
-        assert!(r[1].message.contains("decision deny, expected allow"), "{}", r[1].message);
+        assert!(
+            r[1].message.contains("decision deny, expected allow"),
+            "{}",
+            r[1].message
+        );
         assert!(r[2].passed && r[3].passed, "{r:?}");
     }
 
     #[test]
     fn invalid_test_files_are_diagnosed() {
         let p = compile(&[PolicySource::new("p.yaml", POLICY)]).unwrap();
-        let e = run_tests(&p, "t.yaml", "tests:\n  - name: x\n    request: { method: GET, path: /x }\n    expect: { decision: maybe }\n", 0)
-            .unwrap_err();
+        let e = run_tests(
+            &p,
+            "t.yaml",
+            "tests:\n  - name: x\n    request: { method: GET, path: /x }\n    expect: { decision: maybe }\n",
+            0,
+        )
+        .unwrap_err();
         assert!(e[0].to_string().starts_with("t.yaml:4:"), "{}", e[0]);
         let e = run_tests(&p, "t.yaml", "tests:\n  - name: x\n    requets: {}\n", 0).unwrap_err();
         assert!(e[0].to_string().contains("unknown field"), "{}", e[0]);
@@ -369,18 +418,31 @@ mod tests {
     #[test]
     fn explanation_names_route_and_requirement() {
         let p = compile(&[PolicySource::new("p.yaml", POLICY)]).unwrap();
-        let authn = build_authn(Some(&TestToken { scopes: vec!["b".into()], ..Default::default() }), 0).unwrap();
+        let authn = build_authn(
+            Some(&TestToken {
+                scopes: vec!["b".into()],
+                ..Default::default()
+            }),
+            0,
+        )
+        .unwrap();
         let e = explain(&p, "get", "/x/1", &BTreeMap::new(), &authn, 0);
         assert_eq!(e.route.as_deref(), Some("/x/{id}"));
         assert_eq!(e.origin.as_deref(), Some("p.yaml:3:5"));
         assert_eq!(e.requires, vec!["any of scopes: a"]);
-        assert_eq!((e.decision.as_str(), e.reason.as_str(), e.status), ("deny", "insufficient_scope", 403));
+        assert_eq!(
+            (e.decision.as_str(), e.reason.as_str(), e.status),
+            ("deny", "insufficient_scope", 403)
+        );
     }
 
     #[test]
     fn committed_schemas_are_up_to_date() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
-        for (file, now) in [("policy.schema.json", policy_schema()), ("policy-test.schema.json", test_schema())] {
+        for (file, now) in [
+            ("policy.schema.json", policy_schema()),
+            ("policy-test.schema.json", test_schema()),
+        ] {
             let committed = std::fs::read_to_string(root.join(file)).unwrap_or_default();
             assert!(
                 committed == now,

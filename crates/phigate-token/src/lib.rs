@@ -68,6 +68,9 @@ pub struct IssuerConfig {
     pub max_stale: Duration,
     /// Claim holding scopes; `None` reads `scope` (space-delimited) then `scp`.
     pub scope_claim: Option<String>,
+    /// Claim holding the caller's roles; dots walk into objects
+    /// (`realm_access.roles`). Default `roles`.
+    pub roles_claim: String,
     /// Accepted `typ` header values (case-insensitive, `application/` prefix
     /// ignored); a missing `typ` is accepted unless `require_typ` is set.
     pub allowed_typ: Vec<String>,
@@ -92,6 +95,7 @@ impl IssuerConfig {
             fetch_timeout: Duration::from_secs(5),
             max_stale: Duration::from_secs(3600),
             scope_claim: None,
+            roles_claim: "roles".into(),
             allowed_typ: vec!["at+jwt".into(), "JWT".into()],
             require_typ: false,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
@@ -107,6 +111,8 @@ pub struct VerifiedToken {
     /// `client_id` (RFC 9068), else `azp`.
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
+    /// Roles from the issuer's role claim (array of strings, or a space-separated string).
+    pub roles: Vec<String>,
     /// `exp` as seconds since the epoch.
     pub expires_at: u64,
     pub kid: Option<String>,

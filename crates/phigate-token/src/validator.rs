@@ -226,11 +226,13 @@ impl Validator {
             .and_then(Value::as_str)
             .map(str::to_string);
         let scopes = extract_scopes(&claims, c.scope_claim.as_deref());
+        let roles = extract_roles(&claims, &c.roles_claim);
         Ok(VerifiedToken {
             issuer: c.issuer.clone(),
             subject,
             client_id,
             scopes,
+            roles,
             expires_at,
             kid: pre.kid,
             claims,
@@ -519,6 +521,19 @@ fn extract_scopes(claims: &Map<String, Value>, claim: Option<&str>) -> Vec<Strin
         }
     }
     Vec::new()
+}
+
+fn extract_roles(claims: &Map<String, Value>, path: &str) -> Vec<String> {
+    let mut parts = path.split('.');
+    let mut cur = parts.next().and_then(|first| claims.get(first));
+    for p in parts {
+        cur = cur.and_then(Value::as_object).and_then(|o| o.get(p));
+    }
+    match cur {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::String(s)) => s.split_ascii_whitespace().map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn map_jwt_error(kind: &ErrorKind) -> TokenError {

@@ -14,9 +14,19 @@ pub fn run(command: PolicyCommand) -> ExitCode {
     match command {
         PolicyCommand::Check { paths } => check(&paths),
         PolicyCommand::Test { paths } => test(&paths),
-        PolicyCommand::Explain { policies, method, path, scopes, roles, claims, headers, invalid, json } => {
-            explain(&policies, &method, &path, scopes, roles, &claims, &headers, invalid, json)
-        }
+        PolicyCommand::Explain {
+            policies,
+            method,
+            path,
+            scopes,
+            roles,
+            claims,
+            headers,
+            invalid,
+            json,
+        } => explain(
+            &policies, &method, &path, scopes, roles, &claims, &headers, invalid, json,
+        ),
         PolicyCommand::Schema { write } => schema(write.as_deref()),
     }
 }
@@ -25,7 +35,8 @@ pub fn run(command: PolicyCommand) -> ExitCode {
 fn load(path: &Path) -> Result<PolicySet, Vec<Diagnostic>> {
     if path.is_file() {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| vec![Diagnostic::new(&name, None, format!("cannot read: {e}"))])?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::new(&name, None, format!("cannot read: {e}"))])?;
         phigate_policy::compile(&[PolicySource::new(name, text)])
     } else {
         policy_loader::load_dir(path)
@@ -72,13 +83,18 @@ fn warning(d: &Diagnostic) -> String {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Test files for a path: a `*.test.yaml` file itself, or every one in a directory.
 fn test_files(path: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
     if path.is_file() {
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
         return Ok((dir, vec![path.to_path_buf()]));
     }
     let entries = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -220,7 +236,13 @@ fn explain(
         }
     }
     let has_token = !scopes.is_empty() || !roles.is_empty() || !claim_map.is_empty() || invalid.is_some();
-    let token = has_token.then(|| TestToken { scopes, roles, claims: claim_map, auth_age: None, invalid });
+    let token = has_token.then_some(TestToken {
+        scopes,
+        roles,
+        claims: claim_map,
+        auth_age: None,
+        invalid,
+    });
     let now = now();
     let authn = match testing::build_authn(token.as_ref(), now) {
         Ok(a) => a,
@@ -243,7 +265,10 @@ fn explain(
         }
         if has_token {
             println!("token:      scopes [{}]", e.token_scopes.join(" "));
-            println!("effective:  scopes [{}] (after roles)", e.effective_scopes.join(" "));
+            println!(
+                "effective:  scopes [{}] (after roles)",
+                e.effective_scopes.join(" ")
+            );
         } else {
             println!("token:      none");
         }
@@ -274,9 +299,10 @@ fn schema(write: Option<&Path>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(dir) => {
-            for (name, text) in
-                [("policy.schema.json", testing::policy_schema()), ("policy-test.schema.json", testing::test_schema())]
-            {
+            for (name, text) in [
+                ("policy.schema.json", testing::policy_schema()),
+                ("policy-test.schema.json", testing::test_schema()),
+            ] {
                 let path = dir.join(name);
                 if let Err(e) = std::fs::write(&path, text) {
                     eprintln!("{}: {e}", path.display());

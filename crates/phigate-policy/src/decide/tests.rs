@@ -184,16 +184,31 @@ fn decision_table() {
     for (method, target, authn, bg, want, name) in &cases {
         let d = run(&p, method, target, authn, *bg);
         if d.reason != *want || d.is_allow() != want.is_allow() {
-            failures.push(format!("{name}: {method} {target} → {:?} ({:?}), want {want:?}", d.reason, d.detail));
+            failures.push(format!(
+                "{name}: {method} {target} → {:?} ({:?}), want {want:?}",
+                d.reason, d.detail
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn break_glass_is_marked_and_carries_the_patient() {
     let p = policy();
-    let d = run(&p, "GET", "/fhir/Patient/9", &token(&["emergency.phi.read"], json!({})), Some("ETREAT: x"));
+    let d = run(
+        &p,
+        "GET",
+        "/fhir/Patient/9",
+        &token(&["emergency.phi.read"], json!({})),
+        Some("ETREAT: x"),
+    );
     assert!(d.is_allow() && d.break_glass);
     assert_eq!(d.patient.as_deref(), Some("9"));
     assert_eq!(d.route.as_deref(), Some("patient-read"));
@@ -220,7 +235,14 @@ fn shadow_mode_allows_and_reports() {
 fn time_window_edges() {
     let p = policy();
     let t = token(&["billing.info.access"], json!({"org": "o1", "acr": "urn:loa:3"}));
-    let at = |now: i64| decide(&p, &RequestFacts::new("GET", "/api/billing", Some("org=o1"), now), &t).reason;
+    let at = |now: i64| {
+        decide(
+            &p,
+            &RequestFacts::new("GET", "/api/billing", Some("org=o1"), now),
+            &t,
+        )
+        .reason
+    };
     // 2026-11-25 is a Wednesday; Berlin is UTC+1 in November.
     assert_eq!(at(NOW), Reason::Allowed); // 11:00 local
     assert_eq!(at(NOW - 3 * 3600 + 60), Reason::Allowed); // 07:01 UTC = 08:01 local
@@ -235,31 +257,67 @@ fn roles_cap_mode_intersects() {
     let text = POLICY.replacen("version: 1\n", "version: 1\nsettings: { roles_mode: cap }\n", 1);
     let p = compile(&[PolicySource::new("p.yaml", &text)]).unwrap();
     let ok = json!({"roles": ["nurse"], "tenant": "acme", "patient": "123"});
-    let d = run(&p, "GET", "/api/v1/patients/123/records", &token(&["v1.patient.records.read"], ok), None);
+    let d = run(
+        &p,
+        "GET",
+        "/api/v1/patients/123/records",
+        &token(&["v1.patient.records.read"], ok),
+        None,
+    );
     assert_eq!(d.reason, Reason::Allowed);
     let no_role = json!({"tenant": "acme", "patient": "123"});
-    let d = run(&p, "GET", "/api/v1/patients/123/records", &token(&["v1.patient.records.read"], no_role), None);
+    let d = run(
+        &p,
+        "GET",
+        "/api/v1/patients/123/records",
+        &token(&["v1.patient.records.read"], no_role),
+        None,
+    );
     assert_eq!(d.reason, Reason::InsufficientScope, "cap: no role, no scopes");
     let only_role = json!({"roles": ["nurse"], "tenant": "acme", "patient": "123"});
-    let d = run(&p, "GET", "/api/v1/patients/123/records", &token(&[], only_role), None);
+    let d = run(
+        &p,
+        "GET",
+        "/api/v1/patients/123/records",
+        &token(&[], only_role),
+        None,
+    );
     assert_eq!(d.reason, Reason::InsufficientScope, "cap: roles never add scopes");
 }
 
 #[test]
 fn www_authenticate_per_reason() {
     let p = policy();
-    let d = run(&p, "DELETE", "/fhir/Patient/1", &token(&["user/Patient.d"], json!({"amr": ["pwd"]})), None);
+    let d = run(
+        &p,
+        "DELETE",
+        "/fhir/Patient/1",
+        &token(&["user/Patient.d"], json!({"amr": ["pwd"]})),
+        None,
+    );
     let h = d.www_authenticate().unwrap();
-    assert!(h.starts_with("Bearer error=\"insufficient_user_authentication\""), "{h}");
+    assert!(
+        h.starts_with("Bearer error=\"insufficient_user_authentication\""),
+        "{h}"
+    );
     assert!(h.contains("max_age=900"), "{h}");
-    let d = run(&p, "GET", "/api/billing?org=o1", &token(&["billing.info.access"], json!({"org": "o1"})), None);
+    let d = run(
+        &p,
+        "GET",
+        "/api/billing?org=o1",
+        &token(&["billing.info.access"], json!({"org": "o1"})),
+        None,
+    );
     assert!(d.www_authenticate().unwrap().contains("acr_values=\"urn:loa:3\""));
     let d = run(&p, "GET", "/fhir/Patient/1", &token(&[], json!({})), None);
     assert_eq!(
         d.www_authenticate().as_deref(),
         Some("Bearer error=\"insufficient_scope\", scope=\"user/Patient.r patient/Patient.r\"")
     );
-    assert_eq!(Decision::deny(Reason::MissingToken).www_authenticate().as_deref(), Some("Bearer"));
+    assert_eq!(
+        Decision::deny(Reason::MissingToken).www_authenticate().as_deref(),
+        Some("Bearer")
+    );
     assert_eq!(
         Decision::deny(Reason::TokenExpired).www_authenticate().as_deref(),
         Some("Bearer error=\"invalid_token\"")
@@ -292,9 +350,21 @@ fn explicit_scope_routes_use_smart_semantics() {
 #[test]
 fn head_is_authorised_as_get_and_needs_token() {
     let p = policy();
-    let d = run(&p, "HEAD", "/fhir/Patient/1", &token(&["user/Patient.r"], json!({})), None);
+    let d = run(
+        &p,
+        "HEAD",
+        "/fhir/Patient/1",
+        &token(&["user/Patient.r"], json!({})),
+        None,
+    );
     assert_eq!(d.reason, Reason::Allowed);
-    assert!(!needs_token(&p, &RequestFacts::new("HEAD", "/fhir/metadata", None, NOW)));
-    assert!(needs_token(&p, &RequestFacts::new("POST", "/fhir/metadata", None, NOW)));
+    assert!(!needs_token(
+        &p,
+        &RequestFacts::new("HEAD", "/fhir/metadata", None, NOW)
+    ));
+    assert!(needs_token(
+        &p,
+        &RequestFacts::new("POST", "/fhir/metadata", None, NOW)
+    ));
     assert!(needs_token(&p, &RequestFacts::new("GET", "/nope", None, NOW)));
 }

@@ -392,6 +392,16 @@ async fn jwks_file_source_and_config_errors() {
 }
 
 #[test]
+fn roles_from_dotted_claim_paths() {
+    let m = json!({"roles": ["a", "b"], "realm_access": {"roles": ["nurse"]}, "r": "x y"});
+    let m = m.as_object().unwrap();
+    assert_eq!(extract_roles(m, "roles"), vec!["a", "b"]);
+    assert_eq!(extract_roles(m, "realm_access.roles"), vec!["nurse"]);
+    assert_eq!(extract_roles(m, "r"), vec!["x", "y"]);
+    assert!(extract_roles(m, "missing.path").is_empty());
+}
+
+#[test]
 fn cache_control_parsing() {
     assert_eq!(
         parse_max_age("public, max-age=120"),
