@@ -67,8 +67,11 @@ impl RequiredScopes {
     /// exact-match strings with no implicit hierarchy; SMART scopes are parsed,
     /// so `user/Patient.read` (v1) or `user/*.cruds` satisfy `user/Patient.rs`.
     pub fn is_satisfied_by(&self, granted: &[String]) -> bool {
-        let smart = smart::granted(granted);
-        let has = |s: &String| scope_satisfied(s, granted, &smart);
+        // Exact matches need no parsing; SMART scopes are parsed only when needed.
+        let smart = std::cell::OnceCell::new();
+        let has = |s: &String| {
+            granted.iter().any(|g| g == s) || scope_satisfied(s, granted, smart.get_or_init(|| smart::granted(granted)))
+        };
         match self {
             RequiredScopes::AllOf(req) => req.iter().all(has),
             RequiredScopes::AnyOf(req) => req.iter().any(has),
@@ -301,9 +304,12 @@ impl PolicySet {
     }
 
     /// Effective scopes of a token, after roles (see [`RolesMode`]).
-    pub fn effective_scopes(&self, scopes: &[String], roles: &[String]) -> Vec<String> {
+    pub fn effective_scopes<'a>(&self, scopes: &'a [String], roles: &[String]) -> std::borrow::Cow<'a, [String]> {
         let from_roles = || roles.iter().filter_map(|r| self.roles.get(r)).flatten();
-        match self.roles_mode {
+        if self.roles_mode == RolesMode::Grant && from_roles().next().is_none() {
+            return std::borrow::Cow::Borrowed(scopes);
+        }
+        std::borrow::Cow::Owned(match self.roles_mode {
             RolesMode::Grant => {
                 let mut out: Vec<String> = scopes.to_vec();
                 for s in from_roles() {
@@ -323,7 +329,7 @@ impl PolicySet {
                     .cloned()
                     .collect()
             }
-        }
+        })
     }
 }
 
