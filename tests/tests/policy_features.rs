@@ -156,6 +156,63 @@ fn smart_scopes_compartment_step_up_break_glass_and_shadow() {
         Some("break_glass_rejected"),
     );
 
+    // Batch/transaction: every entry authorised; body forwarded intact.
+    let bundle = |second: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "GET", "url": "Patient/42"}},
+            {"resource": {"resourceType": "Observation", "status": "final"}, "request": {"method": "POST", "url": second}},
+        ]})
+        .to_string()
+    };
+    let writer = format!(
+        "Bearer {}",
+        token(&e, "user/Patient.r user/Observation.c", json!({}))
+    );
+    let ok = bundle("Observation");
+    let r = http::request(
+        e.gw.proxy,
+        "POST",
+        "/fhir",
+        &[("Authorization", &writer)],
+        ok.as_bytes(),
+    )
+    .unwrap();
+    check(&r, 201, None); // the test upstream answers POSTs with 201
+    let forwarded = e
+        .upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.target == "/fhir")
+        .unwrap();
+    assert_eq!(
+        &forwarded.body[..],
+        ok.as_bytes(),
+        "bundle forwarded byte for byte"
+    );
+    let bad = bundle("Encounter");
+    let r = http::request(
+        e.gw.proxy,
+        "POST",
+        "/fhir",
+        &[("Authorization", &writer)],
+        bad.as_bytes(),
+    )
+    .unwrap();
+    check(&r, 403, Some("insufficient_scope"));
+    let huge = format!(
+        r#"{{"resourceType":"Bundle","type":"batch","pad":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let r = http::request(
+        e.gw.proxy,
+        "POST",
+        "/fhir",
+        &[("Authorization", &writer)],
+        huge.as_bytes(),
+    )
+    .unwrap();
+    check(&r, 413, Some("payload_too_large"));
+
     // Shadow mode: would-be deny is let through and reported.
     check(
         &send(&e, "GET", "/reports/1", &token(&e, "other", json!({})), &[]),

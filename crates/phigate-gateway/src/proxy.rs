@@ -138,6 +138,39 @@ fn wire_target(head: &[u8]) -> Option<&[u8]> {
     (version.starts_with(b"HTTP/") && parts.next().is_none() && !target.is_empty()).then_some(target)
 }
 
+/// Read a body that must be inspected before forwarding, up to
+/// [`phigate_policy::MAX_INSPECTED_BODY`] (pingora's replay buffer).
+async fn read_inspected_body(session: &mut Session) -> std::result::Result<Vec<u8>, Reason> {
+    let limit = phigate_policy::MAX_INSPECTED_BODY;
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Reason::PayloadTooLarge);
+    }
+    session.enable_retry_buffering();
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(Reason::PayloadTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return Err(Reason::BadRequestBody),
+        }
+    }
+    if session.as_downstream().retry_buffer_truncated() {
+        return Err(Reason::PayloadTooLarge);
+    }
+    Ok(body)
+}
+
 /// The policy core's view of a verified token.
 pub fn claims_of(t: &VerifiedToken) -> Claims {
     Claims {
@@ -228,6 +261,16 @@ impl Gateway {
         } else {
             Authn::Missing
         };
+        // FHIR batch/transaction: every entry is authorised, so the (bounded)
+        // body is read here; pingora replays it to the upstream.
+        let body;
+        if matches!(authn, Authn::Valid(_)) && phigate_policy::needs_body(&policy, &facts) {
+            body = match read_inspected_body(session).await {
+                Ok(b) => b,
+                Err(reason) => return Decision::deny(reason),
+            };
+            facts.body = Some(&body);
+        }
         let started = Instant::now();
         let decision = phigate_policy::decide(&policy, &facts, &authn);
         self.shared

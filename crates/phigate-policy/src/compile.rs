@@ -70,7 +70,8 @@ impl RequiredScopes {
         // Exact matches need no parsing; SMART scopes are parsed only when needed.
         let smart = std::cell::OnceCell::new();
         let has = |s: &String| {
-            granted.iter().any(|g| g == s) || scope_satisfied(s, granted, smart.get_or_init(|| smart::granted(granted)))
+            granted.iter().any(|g| g == s)
+                || scope_satisfied(s, granted, smart.get_or_init(|| smart::granted(granted)))
         };
         match self {
             RequiredScopes::AllOf(req) => req.iter().all(has),
@@ -304,7 +305,11 @@ impl PolicySet {
     }
 
     /// Effective scopes of a token, after roles (see [`RolesMode`]).
-    pub fn effective_scopes<'a>(&self, scopes: &'a [String], roles: &[String]) -> std::borrow::Cow<'a, [String]> {
+    pub fn effective_scopes<'a>(
+        &self,
+        scopes: &'a [String],
+        roles: &[String],
+    ) -> std::borrow::Cow<'a, [String]> {
         let from_roles = || roles.iter().filter_map(|r| self.roles.get(r)).flatten();
         if self.roles_mode == RolesMode::Grant && from_roles().next().is_none() {
             return std::borrow::Cow::Borrowed(scopes);

@@ -23,6 +23,9 @@ pub struct RequestFacts<'a> {
     /// The break-glass justification header, when the policy enables
     /// break-glass and the request carries exactly one such header.
     pub break_glass_justification: Option<&'a str>,
+    /// The request body, only when [`needs_body`] asked for it (FHIR
+    /// batch/transaction bundles, whose entries are each authorised).
+    pub body: Option<&'a [u8]>,
 }
 
 impl<'a> RequestFacts<'a> {
@@ -33,6 +36,7 @@ impl<'a> RequestFacts<'a> {
             query,
             now,
             break_glass_justification: None,
+            body: None,
         }
     }
 }
@@ -274,6 +278,9 @@ fn decide_inner(
             match fhir::classify(method, rel, facts.query) {
                 Err(e) => with_route(Decision::deny(Reason::UnmappedInteraction), Some(route))
                     .with_detail(format!("not an authorisable FHIR interaction: {e}")),
+                Ok(req) if req.interaction == Interaction::Batch => {
+                    batch_decision(route, facts.body, claims, &scopes)
+                }
                 Ok(req) => {
                     is_read |= req.interaction == Interaction::Search;
                     fhir_decision(route, &req, claims, &scopes)
@@ -592,6 +599,109 @@ fn step_up_challenge(route: &Route, now: i64, claims: &Claims) -> Option<StepUpC
         max_age: s.max_age.map(|d| d.as_secs()),
         description: missing.join("; "),
     })
+}
+
+/// Largest batch/transaction body phigate inspects (pingora replays at most
+/// this much to the upstream after reading it); larger bundles are refused.
+pub const MAX_INSPECTED_BODY: usize = 64 * 1024;
+/// Most entries a batch/transaction may have.
+pub const MAX_BUNDLE_ENTRIES: usize = 500;
+
+/// Whether deciding this request needs its body: a POST to the base of a
+/// FHIR-aware route (a batch or transaction bundle).
+pub fn needs_body(policy: &PolicySet, facts: &RequestFacts<'_>) -> bool {
+    let Some(route) = policy.match_route(facts.method, facts.path) else {
+        return false;
+    };
+    match &route.access {
+        Access::Fhir { base } => {
+            let rel = facts.path.strip_prefix(base.as_str()).unwrap_or("/");
+            let rel = if rel.is_empty() { "/" } else { rel };
+            matches!(fhir::classify(facts.method, rel, facts.query), Ok(r) if r.interaction == Interaction::Batch)
+        }
+        _ => false,
+    }
+}
+
+/// Authorise every entry of a batch/transaction bundle; the first denial wins.
+fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &[String]) -> Decision {
+    let unmapped =
+        |why: String| with_route(Decision::deny(Reason::UnmappedInteraction), Some(route)).with_detail(why);
+    let Some(body) = body else {
+        return unmapped("batch/transaction body was not available for inspection".into());
+    };
+    let Ok(bundle) = serde_json::from_slice::<Value>(body) else {
+        return unmapped("batch/transaction body is not a JSON Bundle".into());
+    };
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
+        || !matches!(
+            bundle.get("type").and_then(Value::as_str),
+            Some("batch" | "transaction")
+        )
+    {
+        return unmapped("POST to the FHIR base must be a batch or transaction Bundle".into());
+    }
+    let entries = match bundle.get("entry") {
+        None => return Decision::allow(Reason::Allowed, route),
+        Some(Value::Array(e)) if e.len() <= MAX_BUNDLE_ENTRIES => e,
+        Some(_) => {
+            return unmapped(format!(
+                "`entry` must be an array of at most {MAX_BUNDLE_ENTRIES} entries"
+            ))
+        }
+    };
+    let mut patients: Vec<String> = Vec::new();
+    let mut required: Vec<String> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let request = entry.get("request");
+        let method = request.and_then(|r| r.get("method")).and_then(Value::as_str);
+        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str);
+        let (Some(method), Some(url)) = (method, url) else {
+            return unmapped(format!("entry {i}: request.method and request.url are required"));
+        };
+        // Entry URLs are relative to the base (`Patient/1`, `Observation?patient=1`);
+        // absolute URLs could point anywhere and are refused.
+        if url.contains("://") || url.starts_with('/') {
+            return unmapped(format!(
+                "entry {i}: request.url must be relative to the FHIR base"
+            ));
+        }
+        let Ok(target) = crate::canonicalize(&format!("/{url}")) else {
+            return unmapped(format!(
+                "entry {i}: request.url `{url}` is not a clean relative reference"
+            ));
+        };
+        let req = match fhir::classify(method, &target.path, target.query.as_deref()) {
+            Ok(r) if r.interaction == Interaction::Batch => {
+                return unmapped(format!("entry {i}: nested batch/transaction"));
+            }
+            Ok(r) => r,
+            Err(e) => return unmapped(format!("entry {i}: {e}")),
+        };
+        let d = fhir_decision(route, &req, claims, scopes);
+        if !d.is_allow() {
+            let detail = format!(
+                "entry {i} ({method} {url}): {}",
+                d.detail.clone().unwrap_or_default()
+            );
+            return d.with_detail(detail);
+        }
+        if let Some(p) = d.patient {
+            if !patients.contains(&p) {
+                patients.push(p);
+            }
+        }
+        for r in d.scopes_required {
+            if !required.contains(&r) {
+                required.push(r);
+            }
+        }
+    }
+    let mut d = Decision::allow(Reason::Allowed, route);
+    d.scopes_required = required;
+    // One patient across all entries is recorded; several are not named in one field.
+    d.patient = if patients.len() == 1 { patients.pop() } else { None };
+    d
 }
 
 /// Whether a request needs a validated token to be decided, so the gateway

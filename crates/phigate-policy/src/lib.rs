@@ -20,7 +20,10 @@ pub use compile::{
     compile, is_broad_scope, scope_satisfied, Access, BreakGlass, ClaimCondition, ConditionOp, Operand,
     PolicySet, PolicySource, RequiredScopes, Route, RouteMatch, StepUp, TimeWindow, METHODS,
 };
-pub use decide::{decide, needs_token, Authn, Claims, Decision, Outcome, RequestFacts, StepUpChallenge};
+pub use decide::{
+    decide, needs_body, needs_token, Authn, Claims, Decision, Outcome, RequestFacts, StepUpChallenge,
+    MAX_BUNDLE_ENTRIES, MAX_INSPECTED_BODY,
+};
 pub use path::{canonicalize, CanonicalTarget, PathError};
 pub use phigate_yaml::{Diagnostic, Location};
 pub use reason::Reason;

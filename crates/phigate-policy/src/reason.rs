@@ -20,6 +20,10 @@ pub enum Reason {
     BadRequestPath,
     /// More than one `Authorization` header, or an unusable one. (400)
     MalformedAuthorization,
+    /// A body phigate must inspect could not be read (client error, truncated). (400)
+    BadRequestBody,
+    /// A body phigate must inspect (FHIR batch/transaction) exceeds the inspection limit. (413)
+    PayloadTooLarge,
     /// No bearer token. (401)
     MissingToken,
     /// Not a well-formed compact JWS (or a forbidden header such as `crit`). (401)
@@ -72,6 +76,8 @@ impl Reason {
         Reason::BreakGlass,
         Reason::BadRequestPath,
         Reason::MalformedAuthorization,
+        Reason::BadRequestBody,
+        Reason::PayloadTooLarge,
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::UnsupportedAlgorithm,
@@ -103,6 +109,8 @@ impl Reason {
             Reason::BreakGlass => "break_glass",
             Reason::BadRequestPath => "bad_request_path",
             Reason::MalformedAuthorization => "malformed_authorization",
+            Reason::BadRequestBody => "bad_request_body",
+            Reason::PayloadTooLarge => "payload_too_large",
             Reason::MissingToken => "missing_token",
             Reason::MalformedToken => "malformed_token",
             Reason::UnsupportedAlgorithm => "unsupported_algorithm",
@@ -142,7 +150,8 @@ impl Reason {
     pub const fn deny_status(self) -> u16 {
         match self {
             Reason::Allowed | Reason::PublicRoute | Reason::BreakGlass => 200,
-            Reason::BadRequestPath | Reason::MalformedAuthorization => 400,
+            Reason::BadRequestPath | Reason::MalformedAuthorization | Reason::BadRequestBody => 400,
+            Reason::PayloadTooLarge => 413,
             Reason::MissingToken
             | Reason::MalformedToken
             | Reason::UnsupportedAlgorithm
@@ -176,7 +185,7 @@ impl Reason {
     /// policy decides about an authenticated-or-not caller. Request-shape and
     /// fail-closed infrastructure denials are never shadowed.
     pub const fn is_shadowable(self) -> bool {
-        !self.is_allow() && !matches!(self.deny_status(), 400 | 429 | 503)
+        !self.is_allow() && !matches!(self.deny_status(), 400 | 413 | 429 | 503)
     }
 }
 

@@ -341,7 +341,10 @@ pub fn explain(
         }
     }
     let (token_scopes, effective_scopes) = match authn {
-        Authn::Valid(c) => (c.scopes.clone(), policy.effective_scopes(&c.scopes, &c.roles).into_owned()),
+        Authn::Valid(c) => (
+            c.scopes.clone(),
+            policy.effective_scopes(&c.scopes, &c.roles).into_owned(),
+        ),
         _ => (Vec::new(), Vec::new()),
     };
     Explanation {

@@ -368,3 +368,77 @@ fn head_is_authorised_as_get_and_needs_token() {
     ));
     assert!(needs_token(&p, &RequestFacts::new("GET", "/nope", None, NOW)));
 }
+
+#[test]
+fn batch_and_transaction_entries_are_each_authorised() {
+    let text = POLICY.replace(
+        "  - name: patient-read\n",
+        "  - name: fhir-batch\n    methods: [POST]\n    path: /fhir\n    fhir: { base: /fhir }\n  - name: patient-read\n",
+    );
+    let p = compile(&[PolicySource::new("p.yaml", &text)]).unwrap();
+    let decide_body = |body: &str, authn: &Authn| {
+        let mut f = RequestFacts::new("POST", "/fhir", None, NOW);
+        assert!(needs_body(&p, &f));
+        f.body = Some(body.as_bytes());
+        decide(&p, &f, authn)
+    };
+    let bundle =
+        |entries: &str| format!(r#"{{"resourceType":"Bundle","type":"transaction","entry":[{entries}]}}"#);
+    let get = |url: &str| format!(r#"{{"request":{{"method":"GET","url":"{url}"}}}}"#);
+    let post = |url: &str| {
+        format!(
+            r#"{{"resource":{{"resourceType":"Observation"}},"request":{{"method":"POST","url":"{url}"}}}}"#
+        )
+    };
+    let user = token(&["user/Patient.r", "user/Observation.c"], json!({}));
+    let ok = bundle(&format!("{},{}", get("Patient/1"), post("Observation")));
+    assert_eq!(decide_body(&ok, &user).reason, Reason::Allowed);
+    let d = decide_body(
+        &bundle(&format!("{},{}", get("Patient/1"), get("Encounter/2"))),
+        &user,
+    );
+    assert_eq!(d.reason, Reason::InsufficientScope);
+    assert!(
+        d.detail.unwrap().starts_with("entry 1"),
+        "names the failing entry"
+    );
+    let pt = token(
+        &["patient/Patient.rs", "patient/Observation.rs"],
+        json!({"patient": "123"}),
+    );
+    let own = bundle(&format!(
+        "{},{}",
+        get("Patient/123"),
+        get("Observation?patient=123")
+    ));
+    let d = decide_body(&own, &pt);
+    assert_eq!((d.reason, d.patient.as_deref()), (Reason::Allowed, Some("123")));
+    let other = bundle(&format!(
+        "{},{}",
+        get("Patient/123"),
+        get("Observation?patient=999")
+    ));
+    assert_eq!(decide_body(&other, &pt).reason, Reason::OutsidePatientCompartment);
+    for bad in [
+        "not json".to_string(),
+        r#"{"resourceType":"Bundle","type":"collection"}"#.to_string(),
+        bundle(&get("http://evil.example/fhir/Patient/1")),
+        bundle(&get("Patient/../Secret/1")),
+        bundle(r#"{"request":{"method":"POST","url":""}}"#),
+        bundle(r#"{"request":{"url":"Patient/1"}}"#),
+    ] {
+        assert_eq!(
+            decide_body(&bad, &user).reason,
+            Reason::UnmappedInteraction,
+            "{bad}"
+        );
+    }
+    // Without the body the bundle cannot be checked.
+    let f = RequestFacts::new("POST", "/fhir", None, NOW);
+    assert_eq!(decide(&p, &f, &user).reason, Reason::UnmappedInteraction);
+    // Other requests never need a body.
+    assert!(!needs_body(
+        &p,
+        &RequestFacts::new("POST", "/fhir/Observation", None, NOW)
+    ));
+}
