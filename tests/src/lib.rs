@@ -81,8 +81,12 @@ pub struct GatewayOptions<'a> {
     pub jwks_uri: String,
     pub upstream: SocketAddr,
     pub policy: &'a str,
+    /// Extra keys for the issuer (4-space indented lines); `unknown_kid_cooldown`
+    /// here replaces the harness default of 1s.
     pub extra_issuer_yaml: &'a str,
     pub audit_queue_size: usize,
+    /// Extra top-level keys (e.g. `rate_limit: …`).
+    pub extra_yaml: &'a str,
 }
 
 impl Gateway {
@@ -124,17 +128,23 @@ issuers:
   - issuer: {ISSUER}
     audiences: [{AUDIENCE}]
     jwks_uri: {jwks}
-    unknown_kid_cooldown: 1s
-{extra}
+{cooldown}{extra}
 policies: policies
 audit:
   file: audit.jsonl
   queue_size: {queue}
 shutdown_grace: 1s
+{top}
 "#,
                 upstream = opts.upstream,
                 jwks = opts.jwks_uri,
                 extra = opts.extra_issuer_yaml,
+                cooldown = if opts.extra_issuer_yaml.contains("unknown_kid_cooldown") {
+                    ""
+                } else {
+                    "    unknown_kid_cooldown: 1s\n"
+                },
+                top = opts.extra_yaml,
                 queue = opts.audit_queue_size,
             );
             std::fs::write(dir.path().join("gateway.yaml"), config).unwrap();

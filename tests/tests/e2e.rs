@@ -26,6 +26,7 @@ fn env_with(policy: &str) -> Env {
         policy,
         extra_issuer_yaml: "",
         audit_queue_size: 1000,
+        extra_yaml: "",
     });
     gw.wait_ready();
     Env {
@@ -471,6 +472,7 @@ fn readyz_waits_for_keys_and_missing_keys_fail_closed_with_503() {
         policy: TEST_POLICY,
         extra_issuer_yaml: "",
         audit_queue_size: 100,
+        extra_yaml: "",
     });
     // The JWKS server is answering 503: never ready.
     assert!(eventually(Duration::from_secs(5), || (jwks.fetches() >= 2).then_some(())).is_some());

@@ -35,6 +35,7 @@ fn env() -> Env {
         policy: &policy,
         extra_issuer_yaml: "",
         audit_queue_size: 1000,
+        extra_yaml: "",
     });
     gw.wait_ready();
     Env {

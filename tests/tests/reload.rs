@@ -47,6 +47,7 @@ fn env() -> Env {
         policy: TEST_POLICY,
         extra_issuer_yaml: "",
         audit_queue_size: 1000,
+        extra_yaml: "",
     });
     gw.wait_ready();
     Env {

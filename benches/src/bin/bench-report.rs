@@ -40,6 +40,9 @@ fn main() {
         println!("{group}/{base}: {b:.1} ns (baseline)");
         for o in *others {
             match mean_ns(&root.join(group).join(o)) {
+                Some(v) if v < b => {
+                    println!("{group}/{o}: {v:.1} ns  = {:.3}x baseline ({:.1}x faster)", v / b, b / v)
+                }
                 Some(v) => println!("{group}/{o}: {v:.1} ns  = {:.2}x baseline", v / b),
                 None => {
                     eprintln!("{group}/{o}: no results");

@@ -64,6 +64,7 @@ impl Admin {
         }
         match path {
             "/metrics" => {
+                self.shared.metrics.observe_validator(&self.shared.validator);
                 let body = self
                     .shared
                     .metrics

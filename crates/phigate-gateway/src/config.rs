@@ -30,6 +30,23 @@ pub struct GatewayFile {
     /// How long a graceful shutdown waits for in-flight requests (default 5 s).
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
+    /// Verified-token cache size in entries (default 10000; 0 disables).
+    #[serde(default)]
+    pub token_cache_entries: Option<usize>,
+    /// Rate limit on invalid tokens per client address.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Invalid-token attempts allowed per client address per window (default 20; 0 disables).
+    #[serde(default)]
+    pub invalid_tokens: Option<u32>,
+    /// Window length (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +80,21 @@ pub struct IssuerFile {
     pub jwks_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub unknown_kid_cooldown: Option<Duration>,
+    /// Use OIDC discovery (`<issuer>/.well-known/openid-configuration`) to find the JWKS.
+    #[serde(default)]
+    pub discovery: Option<bool>,
+    /// How long last-known-good keys keep serving when refreshes fail (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub max_stale: Option<Duration>,
+    /// Require a `typ` header (RFC 9068: `at+jwt`).
+    #[serde(default)]
+    pub require_typ: Option<bool>,
+    /// Accepted `typ` values (default `[at+jwt, JWT]`).
+    #[serde(default)]
+    pub allowed_typ: Option<Vec<String>>,
+    /// Tokens larger than this are refused before decoding (default 8192 bytes).
+    #[serde(default)]
+    pub max_token_bytes: Option<usize>,
     /// Claim holding scopes (default: `scope`, then `scp`).
     #[serde(default)]
     pub scope_claim: Option<String>,
@@ -109,6 +141,21 @@ pub struct GatewayConfig {
     pub log_format: LogFormat,
     pub threads: usize,
     pub shutdown_grace: Duration,
+    pub token_cache_entries: usize,
+    pub rate_limit: RateLimit,
+}
+
+/// Invalid-token rate limit per client address (`invalid_tokens` = 0 disables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub invalid_tokens: u32,
+    pub window: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { invalid_tokens: 20, window: Duration::from_secs(10) }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +254,16 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             );
         }
         let source = match (&f.jwks_uri, &f.jwks_file) {
+            (None, None) if f.discovery == Some(true) => {
+                if !(f.issuer.starts_with("https://") || f.issuer.starts_with("http://")) {
+                    err(&at("discovery"), "OIDC discovery needs an http(s) issuer URL".into());
+                }
+                Some(KeySource::Discovery)
+            }
+            (Some(_), _) | (_, Some(_)) if f.discovery == Some(true) => {
+                err(&at("discovery"), "`discovery: true` excludes `jwks_uri` and `jwks_file`".into());
+                None
+            }
             (Some(u), None) => {
                 if !(u.starts_with("https://") || u.starts_with("http://")) {
                     err(&at("jwks_uri"), format!("`{u}` must be an http(s) URL"));
@@ -217,7 +274,7 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             _ => {
                 err(
                     &at("issuer"),
-                    "exactly one of `jwks_uri` or `jwks_file` is required".into(),
+                    "exactly one of `jwks_uri`, `jwks_file` or `discovery: true` is required".into(),
                 );
                 None
             }
@@ -262,6 +319,24 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
                 }
             }
             c.scope_claim = f.scope_claim.clone();
+            if let Some(m) = f.max_stale {
+                c.max_stale = m;
+            }
+            if let Some(r) = f.require_typ {
+                c.require_typ = r;
+            }
+            if let Some(t) = &f.allowed_typ {
+                if t.is_empty() {
+                    err(&at("allowed_typ"), "allowed_typ must list at least one value".into());
+                }
+                c.allowed_typ = t.clone();
+            }
+            if let Some(n) = f.max_token_bytes {
+                if !(512..=65536).contains(&n) {
+                    err(&at("max_token_bytes"), "max_token_bytes must be between 512 and 65536".into());
+                }
+                c.max_token_bytes = n;
+            }
             if let Some(r) = &f.roles_claim {
                 c.roles_claim = r.clone();
             }
@@ -275,6 +350,18 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             &[PathSeg::Key("audit"), PathSeg::Key("queue_size")],
             "queue_size must be at least 1".into(),
         );
+    }
+    let mut rate_limit = RateLimit::default();
+    if let Some(r) = &file.rate_limit {
+        if let Some(n) = r.invalid_tokens {
+            rate_limit.invalid_tokens = n;
+        }
+        if let Some(w) = r.window {
+            if w < Duration::from_secs(1) || w > Duration::from_secs(3600) {
+                err(&[PathSeg::Key("rate_limit"), PathSeg::Key("window")], "window must be between 1s and 1h".into());
+            }
+            rate_limit.window = w;
+        }
     }
     let threads = file.threads.unwrap_or(2);
     if threads == 0 {
@@ -298,6 +385,8 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             log_format: file.log.format.unwrap_or_default(),
             threads,
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(5)),
+            token_cache_entries: file.token_cache_entries.unwrap_or(phigate_token::DEFAULT_CACHE_ENTRIES),
+            rate_limit,
         }),
         _ => Err(errors),
     }

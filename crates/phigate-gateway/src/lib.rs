@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod dev;
+pub mod limiter;
 pub mod metrics;
 pub mod policy_loader;
 pub mod proxy;

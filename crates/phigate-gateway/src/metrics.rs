@@ -7,7 +7,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
@@ -32,6 +32,10 @@ pub struct Metrics {
     pub policy_last_reload_timestamp: Gauge,
     pub decide_seconds: Histogram,
     pub break_glass: IntCounter,
+    pub rate_limited: IntCounter,
+    pub token_cache_hits: IntCounter,
+    pub token_cache_misses: IntCounter,
+    pub jwks_age: GaugeVec,
     pub shadow_denials: IntCounterVec,
 }
 
@@ -123,6 +127,31 @@ impl Metrics {
                 IntCounter::new(
                     "phigate_audit_fail_closed_total",
                     "Requests refused with 503 because the audit pipeline could not take their record",
+                ),
+            ),
+            rate_limited: build(
+                &r,
+                IntCounter::new(
+                    "phigate_rate_limited_total",
+                    "Requests refused with 429 after too many invalid tokens from the client address",
+                ),
+            ),
+            token_cache_hits: build(
+                &r,
+                IntCounter::new("phigate_token_cache_hits_total", "Validations answered from the verified-token cache"),
+            ),
+            token_cache_misses: build(
+                &r,
+                IntCounter::new(
+                    "phigate_token_cache_misses_total",
+                    "Validations that needed signature verification",
+                ),
+            ),
+            jwks_age: build(
+                &r,
+                GaugeVec::new(
+                    Opts::new("phigate_jwks_age_seconds", "Seconds since the issuer's keys were last fetched successfully"),
+                    &["issuer"],
                 ),
             ),
             break_glass: build(
@@ -242,6 +271,25 @@ impl Metrics {
     }
 
     /// Bring scrape-time values up to date and encode the text exposition format.
+    /// Copy the validator's counters and key ages into the registry (called before a scrape).
+    pub fn observe_validator(&self, v: &phigate_token::Validator) {
+        use std::sync::atomic::Ordering;
+        let sync = |c: &IntCounter, now: u64| {
+            let seen = c.get();
+            if now > seen {
+                c.inc_by(now - seen);
+            }
+        };
+        sync(&self.token_cache_hits, v.cache_stats().hits.load(Ordering::Relaxed));
+        sync(&self.token_cache_misses, v.cache_stats().misses.load(Ordering::Relaxed));
+        for (issuer, keys, age) in v.key_status() {
+            self.jwks_keys.with_label_values(&[issuer.as_str()]).set(keys as i64);
+            if let Some(age) = age {
+                self.jwks_age.with_label_values(&[issuer.as_str()]).set(age.as_secs_f64());
+            }
+        }
+    }
+
     pub fn render(&self, audit: &AuditStats, queue_depth: usize) -> Vec<u8> {
         let written = audit.written();
         let seen = self.audit_records.get();

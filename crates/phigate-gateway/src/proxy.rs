@@ -30,6 +30,7 @@ pub struct Shared {
     pub audit: AuditWriter,
     pub metrics: Arc<Metrics>,
     pub upstream: UpstreamConfig,
+    pub limiter: crate::limiter::InvalidTokenLimiter,
 }
 
 /// The `ProxyHttp` implementation.
@@ -179,7 +180,7 @@ pub fn claims_of(t: &VerifiedToken) -> Claims {
         client_id: t.client_id.clone(),
         scopes: t.scopes.clone(),
         roles: t.roles.clone(),
-        claims: std::sync::Arc::new(t.claims.clone()),
+        claims: t.claims.clone(),
     }
 }
 
@@ -245,17 +246,29 @@ impl Gateway {
         ctx.justification = justification.filter(|j| j != "\0absent");
         let mut facts = RequestFacts::new(&ctx.method, &target.path, target.query.as_deref(), unix_now());
         facts.break_glass_justification = ctx.justification.as_deref();
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let authn = if phigate_policy::needs_token(&policy, &facts) {
             match bearer_token(&session.req_header().headers) {
                 BearerHeader::Absent | BearerHeader::NotBearer => Authn::Missing,
                 BearerHeader::Ambiguous => return Decision::deny(Reason::MalformedAuthorization),
+                BearerHeader::Token(_) if client_ip.is_some_and(|ip| self.shared.limiter.is_limited(ip)) => {
+                    self.shared.metrics.rate_limited.inc();
+                    return Decision::deny(Reason::RateLimited);
+                }
                 BearerHeader::Token(t) => match self.shared.validator.validate(t).await {
                     Ok(v) => {
                         let claims = claims_of(&v);
                         ctx.claims = Some(claims.clone());
                         Authn::Valid(claims)
                     }
-                    Err(e) => Authn::Invalid(token_reason(&e)),
+                    Err(e) => {
+                        if e != TokenError::KeysUnavailable {
+                            if let Some(ip) = client_ip {
+                                self.shared.limiter.record_failure(ip);
+                            }
+                        }
+                        Authn::Invalid(token_reason(&e))
+                    }
                 },
             }
         } else {

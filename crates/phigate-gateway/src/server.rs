@@ -62,7 +62,8 @@ pub fn serve(
     let metrics = Arc::new(Metrics::new());
     metrics.policy_started(policy.version());
     let observer: Arc<dyn FetchObserver> = metrics.clone();
-    let validator = Arc::new(Validator::new(config.issuers.clone(), observer)?);
+    let validator =
+        Arc::new(Validator::new(config.issuers.clone(), observer)?.with_cache_capacity(config.token_cache_entries));
     let (audit, worker) = AuditWriter::open(&config.audit_file, config.audit_queue_size)?;
     tracing::info!(
         listen = %config.listen,
@@ -79,6 +80,7 @@ pub fn serve(
         audit,
         metrics,
         upstream: config.upstream.clone(),
+        limiter: crate::limiter::InvalidTokenLimiter::new(config.rate_limit),
     });
 
     // An empty path means an embedded policy (dev mode without --policies):
@@ -175,6 +177,8 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
         log_format: LogFormat::Pretty,
         threads: 2,
         shutdown_grace: Duration::from_secs(1),
+        token_cache_entries: phigate_token::DEFAULT_CACHE_ENTRIES,
+        rate_limit: crate::config::RateLimit::default(),
     };
     print_banner(&opts, upstream, policy.version());
     serve(config, policy, Some(issuer))

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{parse_jwks, JwksError, Key, KeyKind, KeySet, MAX_JWKS_BYTES};
-pub use validator::Validator;
+pub use validator::{CacheStats, Validator, DEFAULT_CACHE_ENTRIES};
 
 /// Largest token accepted, checked before any decoding (bytes).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub enum KeySource {
     /// Fetched over HTTP(S) and refreshed.
     JwksUri(String),
+    /// OIDC discovery: `<issuer>/.well-known/openid-configuration` names the
+    /// `jwks_uri` (its `issuer` must equal the configured issuer exactly).
+    Discovery,
     /// Read from a local JWKS file (re-read on refresh).
     JwksFile(PathBuf),
 }
@@ -40,6 +43,7 @@ impl std::fmt::Display for KeySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KeySource::JwksUri(u) => f.write_str(u),
+            KeySource::Discovery => f.write_str("oidc-discovery"),
             KeySource::JwksFile(p) => write!(f, "file:{}", p.display()),
         }
     }
@@ -116,8 +120,8 @@ pub struct VerifiedToken {
     /// `exp` as seconds since the epoch.
     pub expires_at: u64,
     pub kid: Option<String>,
-    /// The whole payload, for claim conditions.
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The whole payload, for claim conditions (shared, never copied per request).
+    pub claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Why a token was refused. Each variant maps to one audit `reason`.

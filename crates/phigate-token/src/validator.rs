@@ -2,7 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -23,6 +24,31 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const RETRY_WITHOUT_KEYS: Duration = Duration::from_secs(1);
 /// Refresh this fraction of the TTL after a fetch (ahead of expiry).
 const REFRESH_AT: f64 = 0.8;
+/// Default size of the verified-token cache (entries).
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+/// Most remembered unknown `kid`s per issuer (negative cache).
+const NEGATIVE_KIDS: usize = 1024;
+/// Largest OIDC discovery document accepted.
+const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
+
+/// A successful validation, remembered until the token expires or its key
+/// leaves the key set. Keyed by SHA-256 of the token (the token itself is
+/// never stored).
+struct CachedToken {
+    digest: [u8; 32],
+    token: Arc<VerifiedToken>,
+    issuer: Arc<Issuer>,
+    key: Arc<crate::Key>,
+    /// `exp` + leeway, seconds since the epoch.
+    valid_until: u64,
+}
+
+/// Verified-token cache counters.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
 
 /// Keys currently served for one issuer.
 struct Snapshot {
@@ -44,6 +70,10 @@ struct Issuer {
     config: IssuerConfig,
     keys: ArcSwapOption<Snapshot>,
     fetch: Mutex<FetchState>,
+    /// Unknown kids seen since the last refetch (answered without waiting).
+    negative: StdMutex<HashMap<String, Instant>>,
+    /// `jwks_uri` found by OIDC discovery.
+    discovered: StdMutex<Option<String>>,
 }
 
 /// Validates bearer tokens for a fixed set of issuers. Cheap to share (`Arc`).
@@ -52,6 +82,8 @@ pub struct Validator {
     order: Vec<Arc<Issuer>>,
     http: reqwest::Client,
     observer: Arc<dyn FetchObserver>,
+    cache: Option<tinyufo::TinyUfo<[u8; 32], Arc<CachedToken>>>,
+    cache_stats: CacheStats,
 }
 
 impl Validator {
@@ -80,6 +112,8 @@ impl Validator {
                 config: c,
                 keys: ArcSwapOption::empty(),
                 fetch: Mutex::new(FetchState::default()),
+                negative: StdMutex::new(HashMap::new()),
+                discovered: StdMutex::new(None),
             });
             if map.insert(issuer.config.issuer.clone(), issuer.clone()).is_some() {
                 return Err(ConfigError::DuplicateIssuer(issuer.config.issuer.clone()));
@@ -98,7 +132,20 @@ impl Validator {
             order,
             http,
             observer,
+            cache: Some(tinyufo::TinyUfo::new(DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_ENTRIES)),
+            cache_stats: CacheStats::default(),
         })
+    }
+
+    /// Size the verified-token cache (entries); 0 disables it.
+    pub fn with_cache_capacity(mut self, entries: usize) -> Self {
+        self.cache = (entries > 0).then(|| tinyufo::TinyUfo::new(entries, entries));
+        self
+    }
+
+    /// Verified-token cache hits and misses.
+    pub fn cache_stats(&self) -> &CacheStats {
+        &self.cache_stats
     }
 
     /// Configured issuers, in configuration order.
@@ -165,7 +212,53 @@ impl Validator {
     }
 
     /// Validate a compact JWS bearer token.
-    pub async fn validate(&self, token: &str) -> Result<VerifiedToken, TokenError> {
+    ///
+    /// A token validated before is answered from the verified-token cache
+    /// (keyed by its SHA-256) as long as it has not expired and the key that
+    /// verified it is still in the issuer's current, usable key set.
+    pub async fn validate(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
+        let cap = self.max_token_bytes();
+        if token.is_empty() || token.len() > cap {
+            return Err(TokenError::Malformed);
+        }
+        let digest = self.cache.as_ref().map(|_| sha256(token.as_bytes()));
+        if let (Some(cache), Some(d)) = (&self.cache, &digest) {
+            if let Some(hit) = cache.get(d) {
+                if hit.digest == *d && self.still_valid(&hit) {
+                    self.cache_stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(hit.token.clone());
+                }
+                cache.remove(d);
+            }
+            self.cache_stats.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        let (verified, issuer, key) = self.validate_uncached(token).await?;
+        let verified = Arc::new(verified);
+        if let (Some(cache), Some(d)) = (&self.cache, digest) {
+            let valid_until = verified.expires_at.saturating_add(issuer.config.leeway.as_secs());
+            let entry = CachedToken { digest: d, token: verified.clone(), issuer, key, valid_until };
+            cache.put(d, Arc::new(entry), 1);
+        }
+        Ok(verified)
+    }
+
+    fn max_token_bytes(&self) -> usize {
+        self.order.iter().map(|i| i.config.max_token_bytes).max().unwrap_or(crate::DEFAULT_MAX_TOKEN_BYTES)
+    }
+
+    /// A cached validation still holds: not expired, key still current and usable.
+    fn still_valid(&self, c: &CachedToken) -> bool {
+        if jsonwebtoken::get_current_timestamp() > c.valid_until {
+            return false;
+        }
+        let Some(snap) = c.issuer.usable_keys(Instant::now()) else { return false };
+        snap.set.find(c.token.kid.as_deref()).is_some_and(|k| Arc::ptr_eq(k, &c.key))
+    }
+
+    async fn validate_uncached(
+        &self,
+        token: &str,
+    ) -> Result<(VerifiedToken, Arc<Issuer>, Arc<crate::Key>), TokenError> {
         let pre = self.precheck(token)?;
         let issuer = pre.issuer;
         let now = Instant::now();
@@ -180,18 +273,21 @@ impl Validator {
         };
         let kid = pre.kid.as_deref();
         if snap.set.find(kid).is_none() {
-            if let Some(k) = kid {
-                if k.len() > 256 {
-                    return Err(TokenError::UnknownKey);
-                }
+            let Some(k) = kid else { return Err(TokenError::UnknownKey) };
+            if k.len() > 256 || issuer.recently_unknown(k) {
+                return Err(TokenError::UnknownKey);
             }
             self.refetch_if_cool(&issuer).await;
             match issuer.usable_keys(Instant::now()) {
                 Some(s) => snap = s,
                 None => return Err(TokenError::KeysUnavailable),
             }
+            if snap.set.find(kid).is_none() {
+                issuer.remember_unknown(k);
+                return Err(TokenError::UnknownKey);
+            }
         }
-        let key = snap.set.find(kid).ok_or(TokenError::UnknownKey)?;
+        let key = snap.set.find(kid).cloned().ok_or(TokenError::UnknownKey)?;
         if !key.accepts(pre.alg) {
             return Err(TokenError::UnsupportedAlgorithm);
         }
@@ -202,11 +298,10 @@ impl Validator {
         v.set_issuer(&[&c.issuer]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v.validate_nbf = true;
-        let data =
-            jsonwebtoken::decode::<Value>(token, &key.decoding, &v).map_err(|e| map_jwt_error(e.kind()))?;
+        jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &key.decoding, &v)
+            .map_err(|e| map_jwt_error(e.kind()))?;
         // jsonwebtoken verified signature, exp, nbf, iss and aud; the payload
         // we parsed strictly is the one that was signed.
-        drop(data);
         let claims = pre.payload;
         let now_s = jsonwebtoken::get_current_timestamp();
         if let Some(iat) = claims.get("iat") {
@@ -227,7 +322,7 @@ impl Validator {
             .map(str::to_string);
         let scopes = extract_scopes(&claims, c.scope_claim.as_deref());
         let roles = extract_roles(&claims, &c.roles_claim);
-        Ok(VerifiedToken {
+        let verified = VerifiedToken {
             issuer: c.issuer.clone(),
             subject,
             client_id,
@@ -235,8 +330,9 @@ impl Validator {
             roles,
             expires_at,
             kid: pre.kid,
-            claims,
-        })
+            claims: Arc::new(claims),
+        };
+        Ok((verified, issuer, key))
     }
 
     /// Structural checks before any key lookup or cryptography.
@@ -363,6 +459,19 @@ impl Validator {
         let c = &issuer.config;
         let fetched = match &c.key_source {
             KeySource::JwksUri(uri) => self.fetch_http(uri, c.fetch_timeout).await,
+            KeySource::Discovery => match self.discover(issuer).await {
+                Ok(uri) => {
+                    let r = self.fetch_http(&uri, c.fetch_timeout).await;
+                    if r.is_err() {
+                        // Re-discover next time: the jwks_uri may have moved.
+                        if let Ok(mut d) = issuer.discovered.lock() {
+                            *d = None;
+                        }
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            },
             KeySource::JwksFile(path) => read_file(path).await.map(|b| (b, None)),
         };
         let (outcome, count) = match fetched {
@@ -397,14 +506,48 @@ impl Validator {
         outcome == FetchOutcome::Ok
     }
 
+    /// The `jwks_uri` from the issuer's OIDC discovery document (cached).
+    async fn discover(&self, issuer: &Issuer) -> Result<String, String> {
+        if let Some(u) = issuer.discovered.lock().ok().and_then(|d| d.clone()) {
+            return Ok(u);
+        }
+        let c = &issuer.config;
+        let url = format!("{}/.well-known/openid-configuration", c.issuer.trim_end_matches('/'));
+        let (body, _) = self.fetch_http_capped(&url, c.fetch_timeout, MAX_DISCOVERY_BYTES).await?;
+        let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("discovery document is not JSON: {e}"))?;
+        if doc.get("issuer").and_then(Value::as_str) != Some(c.issuer.as_str()) {
+            return Err("discovery document names a different issuer".into());
+        }
+        let jwks_uri = doc.get("jwks_uri").and_then(Value::as_str).ok_or("discovery document has no jwks_uri")?;
+        let parsed = url::Url::parse(jwks_uri).map_err(|e| format!("jwks_uri `{jwks_uri}`: {e}"))?;
+        let issuer_https = c.issuer.starts_with("https://");
+        if parsed.scheme() != "https" && (issuer_https || parsed.scheme() != "http") {
+            return Err(format!("jwks_uri `{jwks_uri}` must use https"));
+        }
+        tracing::info!(issuer = %c.issuer, jwks_uri, "OIDC discovery");
+        if let Ok(mut d) = issuer.discovered.lock() {
+            *d = Some(jwks_uri.to_string());
+        }
+        Ok(jwks_uri.to_string())
+    }
+
     async fn fetch_http(&self, uri: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>), String> {
+        self.fetch_http_capped(uri, timeout, MAX_JWKS_BYTES).await
+    }
+
+    async fn fetch_http_capped(
+        &self,
+        uri: &str,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<(Vec<u8>, Option<Duration>), String> {
         let fut = async {
             let mut resp = self.http.get(uri).send().await.map_err(|e| e.to_string())?;
             if resp.status() != reqwest::StatusCode::OK {
                 return Err(format!("HTTP status {}", resp.status()));
             }
-            if resp.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
-                return Err("response larger than the JWKS size cap".into());
+            if resp.content_length().is_some_and(|n| n > cap as u64) {
+                return Err("response larger than the size cap".into());
             }
             let max_age = resp
                 .headers()
@@ -413,8 +556,8 @@ impl Validator {
                 .and_then(parse_max_age);
             let mut body = Vec::new();
             while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-                if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                    return Err("response larger than the JWKS size cap".into());
+                if body.len() + chunk.len() > cap {
+                    return Err("response larger than the size cap".into());
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -435,6 +578,21 @@ struct Pre {
 }
 
 impl Issuer {
+    /// Whether `kid` missed since the last refetch, within the cooldown.
+    fn recently_unknown(&self, kid: &str) -> bool {
+        let cooldown = self.config.unknown_kid_cooldown;
+        self.negative.lock().map_or(false, |n| n.get(kid).is_some_and(|t| t.elapsed() < cooldown))
+    }
+
+    fn remember_unknown(&self, kid: &str) {
+        if let Ok(mut n) = self.negative.lock() {
+            if n.len() >= NEGATIVE_KIDS {
+                n.clear();
+            }
+            n.insert(kid.to_string(), Instant::now());
+        }
+    }
+
     /// Keys that may still be used at `now`: fetched, and not older than
     /// TTL + last-known-good bound.
     fn usable_keys(&self, now: Instant) -> Option<Arc<Snapshot>> {
@@ -464,6 +622,13 @@ impl Issuer {
 fn backoff(failures: u32) -> Duration {
     let secs = 1u64 << failures.saturating_sub(1).min(5);
     Duration::from_secs(secs.min(30)).max(RETRY_WITHOUT_KEYS)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 fn decode_object(segment: &str) -> Result<Map<String, Value>, TokenError> {

@@ -440,3 +440,207 @@ async fn refresher_fetches_keys_and_stops_on_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn verified_tokens_are_cached_until_key_removal_or_expiry() {
+    let k = TestKey::es256("k1");
+    let (s, v) = setup(&[&k]).await;
+    let token = k.sign(&claims());
+    let first = v.validate(&token).await.unwrap();
+    let second = v.validate(&token).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &second), "second validation served from the cache");
+    assert_eq!(v.cache_stats().hits.load(Ordering::Relaxed), 1);
+
+    // Failures are never cached as success: a tampered token keeps failing.
+    let mut bad = token.clone();
+    bad.pop();
+    bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+    for _ in 0..2 {
+        assert!(v.validate(&bad).await.is_err());
+    }
+
+    // The key leaves the key set: the cached entry is no longer honoured.
+    let k2 = TestKey::es256("k2");
+    s.set(200, jwks(&[&k2]));
+    assert!(v.refresh_all().await);
+    assert_eq!(v.validate(&token).await, Err(TokenError::UnknownKey));
+
+    // An entry is only valid until exp (+ leeway).
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut c = claims();
+    c["exp"] = json!(now + 1);
+    let mut cfg = config(&s.uri);
+    cfg.leeway = Duration::ZERO;
+    let v = Validator::new(vec![cfg], Arc::new(NoopObserver)).unwrap();
+    s.set(200, jwks(&[&k2]));
+    assert!(v.refresh_all().await);
+    let short = k2.sign(&c);
+    assert!(v.validate(&short).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(v.validate(&short).await, Err(TokenError::Expired));
+}
+
+#[tokio::test]
+async fn oidc_discovery_is_followed_and_checked() {
+    let k = TestKey::es256("k1");
+    let jwks_server = JwksServer::start(jwks(&[&k])).await;
+    // A discovery server whose issuer is its own base URL.
+    let disco = JwksServer::start(String::new()).await;
+    let base = disco.uri.trim_end_matches("/jwks.json").to_string();
+    disco.set(200, json!({"issuer": base, "jwks_uri": jwks_server.uri}).to_string());
+    let mut c = IssuerConfig::new(base.clone(), vec![AUD.into()], KeySource::Discovery);
+    c.unknown_kid_cooldown = Duration::from_secs(30);
+    let v = Validator::new(vec![c.clone()], Arc::new(NoopObserver)).unwrap();
+    assert!(v.refresh_all().await, "discovery + JWKS fetch");
+    let mut cl = claims();
+    cl["iss"] = json!(base);
+    assert!(v.validate(&k.sign(&cl)).await.is_ok());
+    // A discovery document for another issuer is refused.
+    disco.set(200, json!({"issuer": "https://evil.example", "jwks_uri": jwks_server.uri}).to_string());
+    let v = Validator::new(vec![c], Arc::new(NoopObserver)).unwrap();
+    assert!(!v.refresh_all().await);
+    assert_eq!(v.validate(&k.sign(&cl)).await, Err(TokenError::KeysUnavailable));
+}
+
+#[tokio::test]
+async fn repeated_unknown_kid_is_answered_from_the_negative_cache() {
+    let k = TestKey::es256("k1");
+    let (s, v) = setup(&[&k]).await;
+    let stranger = TestKey::es256("stranger").sign(&claims());
+    let before = s.fetches();
+    for _ in 0..50 {
+        assert_eq!(v.validate(&stranger).await, Err(TokenError::UnknownKey));
+    }
+    assert_eq!(s.fetches() - before, 1, "one refetch, then the negative cache answers");
+}
+
+#[tokio::test]
+async fn more_attacks_are_refused() {
+    let k = TestKey::es256("k1");
+    let (_s, v) = setup(&[&k]).await;
+    let payload = claims().to_string();
+    let h = r#"{"alg":"ES256","kid":"k1"}"#;
+    // Psychic signature (CVE-2022-21449) in raw and DER encodings.
+    let der_zero = [0x30u8, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00];
+    for sig in [&[0u8; 64][..], &der_zero[..]] {
+        assert_eq!(v.validate(&forge_raw(h, &payload, sig)).await, Err(TokenError::InvalidSignature));
+    }
+    // HS256 keyed with the issuer's public key as a PEM (SPKI) secret.
+    let x = URL_SAFE_NO_PAD.decode(k.jwk["x"].as_str().unwrap()).unwrap();
+    let y = URL_SAFE_NO_PAD.decode(k.jwk["y"].as_str().unwrap()).unwrap();
+    let mut spki = hex_decode("3059301306072a8648ce3d020106082a8648ce3d030107034200");
+    spki.push(4);
+    spki.extend_from_slice(&x);
+    spki.extend_from_slice(&y);
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&spki)
+    );
+    let mut hh = Header::new(Algorithm::HS256);
+    hh.kid = Some("k1".into());
+    let hs = jsonwebtoken::encode(&hh, &claims(), &EncodingKey::from_secret(pem.as_bytes())).unwrap();
+    assert_eq!(v.validate(&hs).await, Err(TokenError::UnsupportedAlgorithm));
+    // x5u / x5c headers are ignored: the configured key still decides.
+    let other = TestKey::es256("k1");
+    let mut h2 = Header::new(Algorithm::ES256);
+    h2.kid = Some("k1".into());
+    h2.x5u = Some("http://evil.example/cert.pem".into());
+    h2.x5c = Some(vec!["MIIB".into()]);
+    assert_eq!(v.validate(&other.sign_with_header(&h2, &claims())).await, Err(TokenError::InvalidSignature));
+    assert!(v.validate(&k.sign_with_header(&h2, &claims())).await.is_ok(), "ignored, not fatal");
+    // A payload that is not an object, a token of thousands of dots.
+    assert_eq!(v.validate(&forge_raw(h, "\"str\"", &[1; 64])).await, Err(TokenError::Malformed));
+    assert_eq!(v.validate(&format!("a{}b", ".".repeat(5000))).await, Err(TokenError::Malformed));
+    // exp as a string is not a NumericDate.
+    let mut c = claims();
+    c["exp"] = json!("9999999999");
+    assert_eq!(v.validate(&k.sign(&c)).await, Err(TokenError::Malformed));
+}
+
+#[tokio::test]
+async fn typ_can_be_required_to_be_at_jwt() {
+    let k = TestKey::es256("k1");
+    let server = JwksServer::start(jwks(&[&k])).await;
+    let mut c = config(&server.uri);
+    c.require_typ = true;
+    c.allowed_typ = vec!["at+jwt".into()];
+    let v = Validator::new(vec![c], Arc::new(NoopObserver)).unwrap();
+    assert!(v.refresh_all().await);
+    assert!(v.validate(&k.sign(&claims())).await.is_ok(), "at+jwt accepted");
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("k1".into());
+    h.typ = Some("JWT".into());
+    assert_eq!(v.validate(&k.sign_with_header(&h, &claims())).await, Err(TokenError::Malformed));
+    h.typ = None;
+    assert_eq!(v.validate(&k.sign_with_header(&h, &claims())).await, Err(TokenError::Malformed));
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    struct Fixture {
+        rt: tokio::runtime::Runtime,
+        validator: Validator,
+        good: String,
+        _server: JwksServer,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+        F.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let k = TestKey::es256("k1");
+            let server = rt.block_on(JwksServer::start(jwks(&[&k])));
+            let mut c = config(&server.uri);
+            c.unknown_kid_cooldown = Duration::from_secs(3600);
+            let validator = Validator::new(vec![c], Arc::new(NoopObserver)).unwrap().with_cache_capacity(0);
+            assert!(rt.block_on(validator.refresh_all()));
+            let good = k.sign(&claims());
+            Fixture { rt, validator, good, _server: server }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Random bytes never panic and are never accepted.
+        #[test]
+        fn random_input_is_rejected(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let f = fixture();
+            let s = String::from_utf8_lossy(&bytes).into_owned();
+            prop_assert!(f.rt.block_on(f.validator.validate(&s)).is_err());
+        }
+
+        /// Any mutation of a real token is rejected (only the signed original passes).
+        #[test]
+        fn mutated_tokens_are_rejected(pos in 0usize..4096, byte in any::<u8>(), op in 0u8..3) {
+            let f = fixture();
+            let mut t = f.good.clone().into_bytes();
+            let i = pos % t.len();
+            match op {
+                0 => t[i] = byte,
+                1 => { t.insert(i, byte); }
+                _ => { t.remove(i); }
+            }
+            let s = String::from_utf8_lossy(&t).into_owned();
+            let r = f.rt.block_on(f.validator.validate(&s));
+            if s == f.good {
+                prop_assert!(r.is_ok());
+            } else if r.is_ok() {
+                // base64url has slack bits in the last character of a segment:
+                // a mutation there decodes to the same bytes, i.e. the same signed token.
+                let same = |a: &str, b: &str| {
+                    a.split('.').map(|p| URL_SAFE_NO_PAD.decode(p).ok()).collect::<Vec<_>>()
+                        == b.split('.').map(|p| URL_SAFE_NO_PAD.decode(p).ok()).collect::<Vec<_>>()
+                };
+                prop_assert!(same(&s, &f.good), "accepted a token that is not the signed one: {s}");
+            }
+        }
+    }
+}
