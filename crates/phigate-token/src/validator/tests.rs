@@ -644,3 +644,22 @@ mod properties {
         }
     }
 }
+
+#[tokio::test]
+async fn keys_are_looked_up_per_issuer() {
+    let a_key = TestKey::es256("a-key");
+    let b_key = TestKey::es256("b-key");
+    let a = JwksServer::start(jwks(&[&a_key])).await;
+    let b = JwksServer::start(jwks(&[&b_key])).await;
+    let mut ca = config(&a.uri);
+    ca.issuer = "https://a.test".into();
+    let mut cb = config(&b.uri);
+    cb.issuer = "https://b.test".into();
+    let v = Validator::new(vec![ca, cb], Arc::new(NoopObserver)).unwrap();
+    assert!(v.refresh_all().await);
+    let mut c = claims();
+    c["iss"] = json!("https://a.test");
+    assert!(v.validate(&a_key.sign(&c)).await.is_ok());
+    // Signed by issuer B's key but claiming issuer A: B's kid is unknown at A.
+    assert_eq!(v.validate(&b_key.sign(&c)).await, Err(TokenError::UnknownKey));
+}
