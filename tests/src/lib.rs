@@ -263,3 +263,59 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
         .collect()
 }
+
+/// A started gateway with its own real JWKS server (one ES256 key, `k1`) and
+/// recording upstream, ready to serve. The shared fixture of the e2e suites.
+pub struct TestEnv {
+    pub key: TestKey,
+    pub jwks: JwksServer,
+    pub upstream: Upstream,
+    pub gw: Gateway,
+}
+
+impl TestEnv {
+    /// Start with `policy` and default issuer/top-level settings.
+    pub fn start(policy: &str) -> Self {
+        Self::start_with(policy, "", "")
+    }
+
+    /// Start with extra issuer keys (4-space indented) and top-level keys.
+    pub fn start_with(policy: &str, issuer_yaml: &str, top_yaml: &str) -> Self {
+        let key = TestKey::es256("k1");
+        let jwks = JwksServer::start(TestKey::jwks(&[&key]));
+        let upstream = Upstream::start();
+        let gw = Gateway::start(GatewayOptions {
+            jwks_uri: jwks.uri(),
+            upstream: upstream.addr,
+            policy,
+            extra_issuer_yaml: issuer_yaml,
+            audit_queue_size: 10_000,
+            extra_yaml: top_yaml,
+        });
+        gw.wait_ready();
+        TestEnv { key, jwks, upstream, gw }
+    }
+
+    /// `method target` through the proxy with a bearer token, extra headers and a body.
+    pub fn send(&self, method: &str, target: &str, token: &str, headers: &[(&str, &str)], body: &[u8]) -> http::Response {
+        let auth = format!("Bearer {token}");
+        let mut h = vec![("Authorization", auth.as_str())];
+        h.extend_from_slice(headers);
+        http::request(self.gw.proxy, method, target, &h, body).unwrap()
+    }
+
+    /// `GET target` with a bearer token.
+    pub fn get(&self, target: &str, token: &str) -> http::Response {
+        self.send("GET", target, token, &[], b"")
+    }
+}
+
+/// Kills (and reaps) a child process when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -4,15 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use phigate_tests::{eventually, free_addr, http, read_jsonl, Gateway};
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use phigate_tests::{eventually, free_addr, http, read_jsonl, Gateway, KillOnDrop};
 
 #[test]
 fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
@@ -21,7 +13,7 @@ fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
     let audit = dir.path().join("audit.jsonl");
     let key = dir.path().join("dev-key.pem");
     let log = dir.path().join("dev.log");
-    let _child = Kill(
+    let _child = KillOnDrop(
         Command::new(Gateway::binary())
             .arg("dev")
             .args([

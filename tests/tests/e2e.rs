@@ -6,35 +6,15 @@ use std::time::Duration;
 
 use phigate_tests::http::{self, Response};
 use phigate_tests::keys::{claims, forge, hs256, now};
-use phigate_tests::{eventually, Gateway, GatewayOptions, JwksServer, TestKey, Upstream, TEST_POLICY};
+use phigate_tests::{
+    eventually, Gateway, GatewayOptions, JwksServer, TestEnv, TestKey, Upstream, TEST_POLICY,
+};
 use serde_json::json;
 
-struct Env {
-    key: TestKey,
-    jwks: JwksServer,
-    upstream: Upstream,
-    gw: Gateway,
-}
+type Env = TestEnv;
 
 fn env_with(policy: &str) -> Env {
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(TestKey::jwks(&[&key]));
-    let upstream = Upstream::start();
-    let gw = Gateway::start(GatewayOptions {
-        jwks_uri: jwks.uri(),
-        upstream: upstream.addr,
-        policy,
-        extra_issuer_yaml: "",
-        audit_queue_size: 1000,
-        extra_yaml: "",
-    });
-    gw.wait_ready();
-    Env {
-        key,
-        jwks,
-        upstream,
-        gw,
-    }
+    TestEnv::start(policy)
 }
 
 fn env() -> Env {
@@ -42,14 +22,7 @@ fn env() -> Env {
 }
 
 fn get_with_token(e: &Env, target: &str, token: &str) -> Response {
-    http::request(
-        e.gw.proxy,
-        "GET",
-        target,
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-    .unwrap()
+    e.get(target, token)
 }
 
 fn assert_deny(r: &Response, status: u16, reason: &str) {

@@ -5,7 +5,7 @@
 
 use phigate_tests::http::{self, Response};
 use phigate_tests::keys::{claims, now};
-use phigate_tests::{Gateway, GatewayOptions, JwksServer, TestKey, Upstream};
+use phigate_tests::TestEnv;
 use serde_json::{json, Value};
 
 const DEV_POLICY: &str = include_str!("../../policies/dev/fhir.yaml");
@@ -17,33 +17,10 @@ const SHADOW_ROUTE: &str = r#"
     mode: report_only
 "#;
 
-struct Env {
-    key: TestKey,
-    _jwks: JwksServer,
-    upstream: Upstream,
-    gw: Gateway,
-}
+type Env = TestEnv;
 
 fn env() -> Env {
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(TestKey::jwks(&[&key]));
-    let upstream = Upstream::start();
-    let policy = format!("{DEV_POLICY}{SHADOW_ROUTE}");
-    let gw = Gateway::start(GatewayOptions {
-        jwks_uri: jwks.uri(),
-        upstream: upstream.addr,
-        policy: &policy,
-        extra_issuer_yaml: "",
-        audit_queue_size: 1000,
-        extra_yaml: "",
-    });
-    gw.wait_ready();
-    Env {
-        key,
-        _jwks: jwks,
-        upstream,
-        gw,
-    }
+    TestEnv::start(&format!("{DEV_POLICY}{SHADOW_ROUTE}"))
 }
 
 fn token(e: &Env, scope: &str, extra: Value) -> String {
@@ -55,10 +32,7 @@ fn token(e: &Env, scope: &str, extra: Value) -> String {
 }
 
 fn send(e: &Env, method: &str, target: &str, token: &str, headers: &[(&str, &str)]) -> Response {
-    let auth = format!("Bearer {token}");
-    let mut h = vec![("Authorization", auth.as_str())];
-    h.extend_from_slice(headers);
-    http::request(e.gw.proxy, method, target, &h, b"").unwrap()
+    e.send(method, target, token, headers, b"")
 }
 
 #[test]

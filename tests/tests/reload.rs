@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use phigate_tests::http::{self, Response};
 use phigate_tests::keys::claims;
-use phigate_tests::{
-    eventually, free_addr, Gateway, GatewayOptions, JwksServer, TestKey, Upstream, TEST_POLICY,
-};
+use phigate_tests::{eventually, free_addr, Gateway, KillOnDrop, TestEnv, TEST_POLICY};
 
 /// Upper bound for asynchronous effects (a poll every second, one more for
 /// the change to settle); generous because CI machines are slow.
@@ -30,43 +28,14 @@ const BROKEN_POLICY: &str = "version: 1\nroutes: [ {methods: [GET], path: /x, bo
 
 const FIXED_POLICY: &str = "version: 1\nroutes: [ {methods: [GET], path: /fhir/ping, public: true} ]\n";
 
-struct Env {
-    key: TestKey,
-    _jwks: JwksServer,
-    _upstream: Upstream,
-    gw: Gateway,
-}
+type Env = TestEnv;
 
 fn env() -> Env {
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(TestKey::jwks(&[&key]));
-    let upstream = Upstream::start();
-    let gw = Gateway::start(GatewayOptions {
-        jwks_uri: jwks.uri(),
-        upstream: upstream.addr,
-        policy: TEST_POLICY,
-        extra_issuer_yaml: "",
-        audit_queue_size: 1000,
-        extra_yaml: "",
-    });
-    gw.wait_ready();
-    Env {
-        key,
-        _jwks: jwks,
-        _upstream: upstream,
-        gw,
-    }
+    TestEnv::start(TEST_POLICY)
 }
 
 fn get(e: &Env, target: &str, token: &str) -> Response {
-    http::request(
-        e.gw.proxy,
-        "GET",
-        target,
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-    .unwrap()
+    e.get(target, token)
 }
 
 /// Write a policy file the way deploy tools do: a temporary (ignored) name,
@@ -185,14 +154,6 @@ fn policy_changes_are_picked_up_invalid_ones_rejected_and_sighup_reloads() {
     assert_eq!(m.value("phigate_policy_info", &[("version", &v3)]), 1.0);
 }
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn dev_mode_with_a_policy_directory_reloads_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,7 +166,7 @@ fn dev_mode_with_a_policy_directory_reloads_it() {
     .unwrap();
     let (proxy, admin) = (free_addr(), free_addr());
     let log = dir.path().join("dev.log");
-    let _child = Kill(
+    let _child = KillOnDrop(
         Command::new(Gateway::binary())
             .arg("dev")
             .args([

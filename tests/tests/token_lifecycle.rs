@@ -8,34 +8,16 @@ use std::time::{Duration, Instant};
 
 use phigate_tests::http::{self, Response};
 use phigate_tests::keys::claims;
-use phigate_tests::{eventually, Gateway, GatewayOptions, JwksServer, TestKey, Upstream, TEST_POLICY};
+use phigate_tests::{eventually, TestEnv, TestKey, TEST_POLICY};
 
-struct Env {
-    key: TestKey,
-    jwks: JwksServer,
-    _upstream: Upstream,
-    gw: Gateway,
-}
+type Env = TestEnv;
 
 fn env(issuer_yaml: &str, top_yaml: &str) -> Env {
-    let key = TestKey::es256("k1");
-    let jwks = JwksServer::start(TestKey::jwks(&[&key]));
-    let upstream = Upstream::start();
-    let gw = Gateway::start(GatewayOptions {
-        jwks_uri: jwks.uri(),
-        upstream: upstream.addr,
-        policy: TEST_POLICY,
-        extra_issuer_yaml: issuer_yaml,
-        audit_queue_size: 10_000,
-        extra_yaml: top_yaml,
-    });
-    gw.wait_ready();
-    Env { key, jwks, _upstream: upstream, gw }
+    TestEnv::start_with(TEST_POLICY, issuer_yaml, top_yaml)
 }
 
 fn get(e: &Env, token: &str) -> Response {
-    http::request(e.gw.proxy, "GET", "/fhir/Patient/1", &[("Authorization", &format!("Bearer {token}"))], b"")
-        .unwrap()
+    e.get("/fhir/Patient/1", token)
 }
 
 fn reason(r: &Response) -> String {
@@ -53,7 +35,11 @@ fn outage_serves_last_known_good_then_fails_closed_with_503_then_recovers() {
     e.jwks.set_up(false);
     let down_at = Instant::now();
     // Still served from the last-known-good keys right after the outage starts.
-    assert_eq!(get(&e, &token).status, 200, "last-known-good keys serve during the outage");
+    assert_eq!(
+        get(&e, &token).status,
+        200,
+        "last-known-good keys serve during the outage"
+    );
     // Past TTL + max_stale: fail closed with 503, not 401.
     let r = eventually(Duration::from_secs(15), || {
         let r = get(&e, &token);
@@ -61,11 +47,16 @@ fn outage_serves_last_known_good_then_fails_closed_with_503_then_recovers() {
     })
     .expect("requests fail closed once the keys are too old");
     assert_eq!(reason(&r), "keys_unavailable");
-    assert!(down_at.elapsed() >= Duration::from_secs(3), "not before the bound");
+    assert!(
+        down_at.elapsed() >= Duration::from_secs(3),
+        "not before the bound"
+    );
     assert_eq!(http::get(e.gw.admin, "/readyz").unwrap().status, 503);
     e.jwks.set_up(true);
-    eventually(Duration::from_secs(15), || (get(&e, &token).status == 200).then_some(()))
-        .expect("recovers once the key server is back");
+    eventually(Duration::from_secs(15), || {
+        (get(&e, &token).status == 200).then_some(())
+    })
+    .expect("recovers once the key server is back");
     assert_eq!(http::get(e.gw.admin, "/readyz").unwrap().status, 200);
 }
 
@@ -74,7 +65,9 @@ fn garbage_updates_are_refused_and_removed_keys_stop_working() {
     let e = env("    jwks_ttl: 1s\n", "");
     let token = e.key.sign(&claims("user/Patient.rs"));
     assert_eq!(get(&e, &token).status, 200);
-    let before = e.gw.metrics().value("phigate_jwks_fetch_total", &[("result", "invalid")]);
+    let before =
+        e.gw.metrics()
+            .value("phigate_jwks_fetch_total", &[("result", "invalid")]);
     for garbage in [
         "<html>oops</html>".to_string(),
         r#"{"keys":[]}"#.to_string(),
@@ -82,7 +75,9 @@ fn garbage_updates_are_refused_and_removed_keys_stop_working() {
     ] {
         e.jwks.set_jwks(garbage);
         let seen = eventually(Duration::from_secs(10), || {
-            let n = e.gw.metrics().value("phigate_jwks_fetch_total", &[("result", "invalid")]);
+            let n =
+                e.gw.metrics()
+                    .value("phigate_jwks_fetch_total", &[("result", "invalid")]);
             (n > before).then_some(n)
         });
         assert!(seen.is_some(), "the garbage update was fetched and refused");
@@ -102,7 +97,10 @@ fn garbage_updates_are_refused_and_removed_keys_stop_working() {
 
 #[test]
 fn unknown_kid_flood_causes_at_most_one_fetch_per_cooldown() {
-    let e = env("    unknown_kid_cooldown: 2s\n", "rate_limit: { invalid_tokens: 0 }\n");
+    let e = env(
+        "    unknown_kid_cooldown: 2s\n",
+        "rate_limit: { invalid_tokens: 0 }\n",
+    );
     let started_fetches = e.jwks.fetches();
     let start = Instant::now();
     let n = 1000;
@@ -134,7 +132,10 @@ fn invalid_token_flood_is_rate_limited_per_address() {
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(reason(&r), "rate_limited");
     // Requests without a token are not affected (no crypto to protect).
-    assert_eq!(reason(&http::get(e.gw.proxy, "/fhir/Patient/1").unwrap()), "missing_token");
+    assert_eq!(
+        reason(&http::get(e.gw.proxy, "/fhir/Patient/1").unwrap()),
+        "missing_token"
+    );
     let m = e.gw.metrics();
     assert!(m.value("phigate_rate_limited_total", &[]) >= 1.0);
     assert!(m.value("phigate_requests_total", &[("reason", "rate_limited")]) >= 1.0);
@@ -150,6 +151,9 @@ fn verified_token_cache_serves_repeat_tokens_and_metrics_show_key_age() {
     let m = e.gw.metrics();
     assert!(m.value("phigate_token_cache_hits_total", &[]) >= 4.0);
     assert!(m.value("phigate_token_cache_misses_total", &[]) >= 1.0);
-    assert_eq!(m.value("phigate_jwks_keys", &[("issuer", phigate_tests::ISSUER)]), 1.0);
+    assert_eq!(
+        m.value("phigate_jwks_keys", &[("issuer", phigate_tests::ISSUER)]),
+        1.0
+    );
     assert!(m.samples.iter().any(|s| s.metric == "phigate_jwks_age_seconds"));
 }
