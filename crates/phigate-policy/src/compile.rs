@@ -700,8 +700,7 @@ fn overlap_warnings(routes: &[Route], warnings: &mut Vec<Diagnostic>) {
                 .map(|seg| if seg.starts_with('{') { "x1" } else { seg })
                 .collect::<Vec<_>>()
                 .join("/");
-            let rel = sample.strip_prefix(base.as_str()).unwrap_or("/");
-            let rel = if rel.is_empty() { "/" } else { rel };
+            let rel = crate::fhir::relative_to_base(&sample, base);
             let reachable = r
                 .methods
                 .iter()

@@ -273,8 +273,7 @@ fn decide_inner(
             d
         }
         Access::Fhir { base } => {
-            let rel = facts.path.strip_prefix(base.as_str()).unwrap_or("/");
-            let rel = if rel.is_empty() { "/" } else { rel };
+            let rel = crate::fhir::relative_to_base(facts.path, base);
             match fhir::classify(method, rel, facts.query) {
                 Err(e) => with_route(Decision::deny(Reason::UnmappedInteraction), Some(route))
                     .with_detail(format!("not an authorisable FHIR interaction: {e}")),
@@ -615,8 +614,7 @@ pub fn needs_body(policy: &PolicySet, facts: &RequestFacts<'_>) -> bool {
     };
     match &route.access {
         Access::Fhir { base } => {
-            let rel = facts.path.strip_prefix(base.as_str()).unwrap_or("/");
-            let rel = if rel.is_empty() { "/" } else { rel };
+            let rel = crate::fhir::relative_to_base(facts.path, base);
             matches!(fhir::classify(facts.method, rel, facts.query), Ok(r) if r.interaction == Interaction::Batch)
         }
         _ => false,

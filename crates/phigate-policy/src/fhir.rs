@@ -111,6 +111,16 @@ pub enum Unmapped {
     },
 }
 
+/// The FHIR-relative path of a canonical request path under `base`
+/// (`/fhir/Patient/1` under `/fhir` → `/Patient/1`; the base itself → `/`).
+/// A path not under the base maps to `/`, which classifies as nothing but a batch.
+pub fn relative_to_base<'a>(path: &'a str, base: &str) -> &'a str {
+    match path.strip_prefix(base) {
+        Some("") | None => "/",
+        Some(rel) => rel,
+    }
+}
+
 /// Classifies a FHIR REST request.
 ///
 /// `method` is the HTTP method, compared case-sensitively (`HEAD` is treated
