@@ -1,0 +1,213 @@
+//! Load test for the proxy: requests/s and latency through phigate, as a
+//! ratio against the same upstream hit directly, measured in the same run.
+//!
+//! ```sh
+//! cargo build --release -p phigate -p phigate-benches
+//! target/release/load [--seconds 10] [--connections 16] [--phigate target/release/phigate]
+//! ```
+//!
+//! It starts `phigate dev` (its own dev issuer and demo FHIR upstream) on free
+//! loopback ports with a temporary audit file, mints a token from
+//! `/dev/token`, and drives keep-alive HTTP/1.1 connections at:
+//! 1. the demo upstream directly (baseline),
+//! 2. phigate, public route (`/fhir/metadata`, no token),
+//! 3. phigate, `GET /fhir/Patient/123` with a token (validation from the
+//!    verified-token cache, FHIR-aware decision, audit record).
+//! A fourth run with a fresh token per request measures uncached signature
+//! verification.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: a panic is the report
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Args {
+    seconds: u64,
+    connections: usize,
+    phigate: String,
+}
+
+fn args() -> Args {
+    let mut a = Args { seconds: 10, connections: 16, phigate: "target/release/phigate".into() };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().unwrap_or_default();
+        match k.as_str() {
+            "--seconds" => a.seconds = v.parse().expect("--seconds N"),
+            "--connections" => a.connections = v.parse().expect("--connections N"),
+            "--phigate" => a.phigate = v,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// One keep-alive HTTP/1.1 client connection.
+struct Conn {
+    stream: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { stream: BufReader::new(s) }
+    }
+
+    /// Send a GET and read the whole response; returns the status.
+    fn get(&mut self, target: &str, token: Option<&str>) -> u16 {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let req = format!("GET {target} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n");
+        self.stream.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.stream.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).unwrap();
+        status
+    }
+}
+
+struct Result {
+    name: &'static str,
+    requests: usize,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Drive `connections` threads for `seconds`; `token` yields the token per request.
+fn run(
+    name: &'static str,
+    addr: SocketAddr,
+    target: &str,
+    token: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    a: &Args,
+    expect: u16,
+) -> Result {
+    let stop = Arc::new(AtomicBool::new(false));
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..a.connections)
+        .map(|_| {
+            let (stop, lat, token, target) = (stop.clone(), lat.clone(), token.clone(), target.to_string());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = token();
+                    let s = Instant::now();
+                    let status = c.get(&target, t.as_deref());
+                    mine.push(s.elapsed());
+                    assert_eq!(status, expect, "{name}: unexpected status");
+                }
+                lat.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(a.seconds));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let elapsed = start.elapsed();
+    let mut l = std::mem::take(&mut *lat.lock().unwrap());
+    l.sort();
+    let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
+    Result { name, requests: l.len(), rps: l.len() as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p99: pct(0.99) }
+}
+
+struct Phigate(Child);
+impl Drop for Phigate {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, target: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn main() {
+    let a = args();
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, admin) = (free_addr(), free_addr());
+    let log = dir.path().join("phigate.log");
+    let child = Command::new(&a.phigate)
+        .args(["dev", "--listen", &proxy.to_string(), "--admin-listen", &admin.to_string(), "--audit-file"])
+        .arg(dir.path().join("audit.jsonl"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with --release first)", a.phigate));
+    let _guard = Phigate(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(TcpStream::connect(admin).ok().map(|_| http_get(admin, "/readyz").0), Some(200)) {
+        assert!(Instant::now() < deadline, "phigate not ready:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let banner = std::fs::read_to_string(&log).unwrap();
+    let upstream: SocketAddr = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("upstream   http://"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("demo upstream address in the dev banner");
+    let mint = move || http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600").1.trim().to_string();
+    let token = mint();
+    println!(
+        "load: {} connections × {} s per run, 2 cores shared by client and server (ratios matter, not absolutes)",
+        a.connections, a.seconds
+    );
+    let mut results = Vec::new();
+    results.push(run("upstream direct (baseline)", upstream, "/fhir/Patient/123", Arc::new(|| None), &a, 200));
+    results.push(run("phigate, public route", proxy, "/fhir/metadata", Arc::new(|| None), &a, 200));
+    let t = token.clone();
+    results.push(run("phigate, token (cached), FHIR read", proxy, "/fhir/Patient/123", Arc::new(move || Some(t.clone())), &a, 200));
+    // Uncached: pre-mint a pool of distinct tokens (unique jti) and cycle through it.
+    let pool: Arc<Vec<String>> = Arc::new((0..2000).map(|_| mint()).collect());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    results.push(run(
+        "phigate, fresh token per request (uncached)",
+        proxy,
+        "/fhir/Patient/123",
+        Arc::new(move || Some(pool[next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone())),
+        &a,
+        200,
+    ));
+    let base = results[0].rps;
+    println!("{:<46} {:>9} {:>10} {:>9} {:>9} {:>8}", "run", "requests", "req/s", "p50", "p99", "vs base");
+    for r in &results {
+        println!(
+            "{:<46} {:>9} {:>10.0} {:>9.2?} {:>9.2?} {:>7.2}x",
+            r.name, r.requests, r.rps, r.p50, r.p99, r.rps / base
+        );
+    }
+}
