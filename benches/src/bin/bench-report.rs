@@ -45,6 +45,9 @@ fn main() {
                 "EdDSA/cached",
             ],
         ),
+        // Audit spool: ns per committed record with 64 concurrent committers
+        // (records/s = 1e9 / ns); the ratio is the cost of fsync.
+        ("audit", "commit/none", &["commit/interval_10ms", "commit/per_request"]),
     ];
     let mut missing = false;
     for (group, base, others) in comparisons {
