@@ -12,9 +12,8 @@
 //! 1. the demo upstream directly (baseline),
 //! 2. phigate, public route (`/fhir/metadata`, no token),
 //! 3. phigate, `GET /fhir/Patient/123` with a token (validation from the
-//!    verified-token cache, FHIR-aware decision, audit record).
-//! A fourth run with a fresh token per request measures uncached signature
-//! verification.
+//!    verified-token cache, FHIR-aware decision, audit record),
+//! 4. phigate with a fresh token per request (uncached signature verification).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: a panic is the report
 #![forbid(unsafe_code)]
 

@@ -1,15 +1,44 @@
-//! Audit records for every allowed or denied PHI access, and their writer.
+//! Audit records for every allowed or denied PHI access: the durable
+//! hash-chained spool that stores them, the verifier that proves the spool
+//! unaltered, and the scope-use report.
 //!
-//! The gateway [`AuditWriter::reserve`]s a queue slot *before* it lets a
-//! request through: if no slot can be had (queue full, file unwritable) the
+//! The gateway [`Spool::reserve`]s a place *before* it lets a request
+//! through: if none can be had (queue full, writer failing, spool full) the
 //! request is refused with 503 `audit_unavailable` instead of being served
-//! unaudited. The record itself is sent through the slot once the response is
-//! known, and a background [`AuditWorker`] appends it as one JSON line to an
-//! append-only file. A record is therefore never dropped silently.
+//! unaudited. Once the response is known the record is committed through the
+//! [`Slot`]; the [`SpoolWorker`] (one writer thread, one total order) gives
+//! it its `seq`, `event_id` and place in the SHA-256 hash chain, appends it
+//! to the current JSONL segment and resolves the commit per [`Durability`].
+//! A record is never dropped silently: every failure reaches the committer.
+//!
+//! The file format is a contract (`docs/audit.md`,
+//! `docs/audit-record.schema.json`): the streaming sinks and
+//! `phigate audit verify` read it.
 #![forbid(unsafe_code)]
 
+pub mod chain;
+pub mod checkpoint;
+mod error;
 mod record;
+pub mod report;
+pub mod segment;
+mod spool;
+pub mod verify;
 mod writer;
 
-pub use record::{now_rfc3339, AuditRecord};
-pub use writer::{AuditError, AuditSlot, AuditStats, AuditWorker, AuditWriter};
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use checkpoint::{SigningKey, VerifyKey};
+pub use error::AuditError;
+pub use record::{
+    now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, Outcome, RecordBody,
+    RecoveryRecord, SpoolRecord, SCHEMA_VERSION,
+};
+pub use spool::{
+    CheckpointOptions, Commit, CommitInfo, Durability, Slot, Spool, SpoolOptions, SpoolStats, SpoolWorker,
+    DEFAULT_MAX_BYTES, DEFAULT_QUEUE, DEFAULT_SEGMENT_MAX_BYTES,
+};
+pub use writer::{AuditSlot, AuditStats, AuditWorker, AuditWriter};

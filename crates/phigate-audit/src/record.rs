@@ -1,12 +1,20 @@
-//! The audit record.
+//! The audit record, and the spool line types that carry it.
+//!
+//! The line format is a contract with the streaming sinks and with external
+//! verifiers; it is described in `docs/audit.md` and by the JSON Schema
+//! `docs/audit-record.schema.json` ([`record_schema`]).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// The `v` of every line this version writes.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// One audit record: one per request, allowed or denied.
 ///
 /// Never contains the token, a request or response body, or the query string.
 /// Field names are a contract with SIEM rules: add fields, never rename.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditRecord {
     /// When the decision was made, RFC 3339 UTC with milliseconds.
     pub ts: String,
@@ -18,19 +26,27 @@ pub struct AuditRecord {
     pub reason: String,
     /// HTTP status sent to the client.
     pub status: u16,
+    /// HTTP method.
     pub method: String,
     /// The canonical path (or the raw target, truncated, when it was rejected).
     pub path: String,
     /// The matched route's label, if a route matched.
     pub route: Option<String>,
+    /// The validated token's `sub`.
     pub sub: Option<String>,
+    /// The validated token's `client_id` (else `azp`).
     pub client_id: Option<String>,
+    /// The validated token's issuer.
     pub iss: Option<String>,
+    /// The token's scopes.
     pub scopes_granted: Vec<String>,
+    /// The matched route's required scopes.
     pub scopes_required: Vec<String>,
     /// The upstream's status for allowed requests that reached it.
     pub upstream_status: Option<u16>,
+    /// Request duration in milliseconds.
     pub duration_ms: f64,
+    /// The client's socket address.
     pub remote_addr: Option<String>,
     /// Hash of the policy that made the decision.
     pub policy_version: String,
@@ -50,6 +66,137 @@ pub struct AuditRecord {
     pub shadow_decision: Option<String>,
 }
 
+/// What happened to an access, as one word (the `outcome` of `access` lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Allowed, and the upstream answered below 400.
+    Success,
+    /// Denied by phigate (any `deny` decision, whatever its status).
+    Denied,
+    /// Allowed, and the upstream answered 4xx.
+    ClientError,
+    /// Allowed, and the upstream answered 5xx, or could not be reached
+    /// (no upstream status).
+    UpstreamError,
+}
+
+impl Outcome {
+    /// The outcome of a record, from its `decision` and `upstream_status`.
+    pub fn of(record: &AuditRecord) -> Outcome {
+        if record.decision != "allow" {
+            return Outcome::Denied;
+        }
+        match record.upstream_status {
+            None => Outcome::UpstreamError,
+            Some(s) if s >= 500 => Outcome::UpstreamError,
+            Some(s) if s >= 400 => Outcome::ClientError,
+            Some(_) => Outcome::Success,
+        }
+    }
+
+    /// The snake_case name written to the spool.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::ClientError => "client_error",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// One line of a spool segment: the chain header plus one record body.
+///
+/// Every line is one JSON object terminated by a newline. `hash` =
+/// hex(SHA-256(`prev_hash` as ASCII ‖ canonical JSON of the line without
+/// `hash`: keys sorted at every level, compact)); see `docs/audit.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "phigate audit spool record (v1)")]
+pub struct SpoolRecord {
+    /// Schema version: 1.
+    #[schemars(range(min = 1, max = 1))]
+    pub v: u32,
+    /// Position in the spool: 1 for the first record, +1 per line, across
+    /// segments and for every kind.
+    #[schemars(range(min = 1))]
+    pub seq: u64,
+    /// Unique id (UUIDv7) for de-duplication by receivers.
+    pub event_id: String,
+    /// The previous line's `hash` (64 zeros for seq 1).
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub prev_hash: String,
+    /// This line's hash: 64 lowercase hex characters.
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub hash: String,
+    #[serde(flatten)]
+    pub body: RecordBody,
+}
+
+/// What a line records, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // nearly every line is an access record: boxing it would only add an allocation
+pub enum RecordBody {
+    /// One request, allowed or denied.
+    Access(AccessRecord),
+    /// Crash recovery cut a torn tail off a segment on start.
+    Recovery(RecoveryRecord),
+    /// A signature over the chain so far.
+    Checkpoint(CheckpointRecord),
+}
+
+/// The body of an `access` line: the [`AuditRecord`] fields plus `outcome`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccessRecord {
+    #[serde(flatten)]
+    pub record: AuditRecord,
+    /// `success`, `denied`, `client_error` (upstream 4xx) or
+    /// `upstream_error` (upstream 5xx or unreachable).
+    pub outcome: Outcome,
+}
+
+/// The body of a `recovery` line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RecoveryRecord {
+    /// When the recovery ran (RFC 3339 UTC, milliseconds).
+    pub ts: String,
+    /// The segment file name whose tail was cut.
+    pub segment: String,
+    /// The byte offset the segment was truncated to (its new length).
+    pub truncated_from: u64,
+    /// The segment's length before truncation: bytes
+    /// `truncated_from..truncated_to` were removed.
+    pub truncated_to: u64,
+    /// Why (`torn last line`).
+    pub reason: String,
+}
+
+/// The body of a `checkpoint` line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckpointRecord {
+    /// When the checkpoint was written (RFC 3339 UTC, milliseconds).
+    pub ts: String,
+    /// The seq of the record this checkpoint signs (always `seq - 1`).
+    pub covers_seq: u64,
+    /// That record's hash (always equal to this line's `prev_hash`).
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub covers_hash: String,
+    /// Which key signed: the first 16 hex digits of SHA-256 of the raw
+    /// 32-byte Ed25519 public key.
+    pub key_id: String,
+    /// base64url (no padding) Ed25519 signature over the ASCII bytes of
+    /// `covers_hash`.
+    pub signature: String,
+}
+
+/// The JSON Schema of a spool line (committed as
+/// `docs/audit-record.schema.json`).
+pub fn record_schema() -> String {
+    let schema = schemars::schema_for!(SpoolRecord);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
 /// The current time as RFC 3339 UTC with millisecond precision.
 pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
@@ -63,6 +210,39 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn committed_schema_is_up_to_date() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/audit-record.schema.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == record_schema(),
+            "docs/audit-record.schema.json is out of date: run `cargo run -p phigate -- audit schema --write docs`"
+        );
+    }
+
+    #[test]
+    fn outcome_follows_decision_and_upstream_status() {
+        let mut r = crate::testing::access(1);
+        for (decision, upstream, want) in [
+            ("deny", None, Outcome::Denied),
+            ("deny", Some(200), Outcome::Denied),
+            ("allow", Some(200), Outcome::Success),
+            ("allow", Some(304), Outcome::Success),
+            ("allow", Some(404), Outcome::ClientError),
+            ("allow", Some(502), Outcome::UpstreamError),
+            ("allow", None, Outcome::UpstreamError),
+        ] {
+            r.decision = decision.into();
+            r.upstream_status = upstream;
+            assert_eq!(Outcome::of(&r), want, "{decision} {upstream:?}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Outcome::ClientError).unwrap(),
+            "\"client_error\""
+        );
+    }
 
     #[test]
     fn timestamp_is_rfc3339_utc_millis() {

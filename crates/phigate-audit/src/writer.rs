@@ -1,4 +1,7 @@
-//! The bounded audit queue and its background file writer.
+//! The skeleton's bounded audit queue and single-file writer.
+//!
+//! Superseded by [`crate::Spool`] (durable, hash-chained, segmented); kept
+//! until the gateway has switched over.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,26 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::AuditRecord;
-
-/// Errors of the audit pipeline.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    #[error("cannot open audit file {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("audit queue size must be at least 1")]
-    ZeroQueue,
-    /// Every queue slot is taken: the request must be refused.
-    #[error("audit queue is full")]
-    QueueFull,
-    /// The writer cannot write (disk full, file gone, ...): the request must be refused.
-    #[error("audit writer is failing")]
-    Unhealthy,
-}
+use crate::{AuditError, AuditRecord};
 
 /// Shared counters, read by metrics.
 #[derive(Debug, Default)]

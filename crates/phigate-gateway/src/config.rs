@@ -500,7 +500,7 @@ audit:
         let errs = parse("g.yaml", &text, Path::new(".")).unwrap_err();
         assert!(errs[0]
             .message
-            .contains("exactly one of `jwks_uri` or `jwks_file`"));
+            .contains("exactly one of `jwks_uri`, `jwks_file` or `discovery: true`"));
     }
 }
 

@@ -581,7 +581,7 @@ impl Issuer {
     /// Whether `kid` missed since the last refetch, within the cooldown.
     fn recently_unknown(&self, kid: &str) -> bool {
         let cooldown = self.config.unknown_kid_cooldown;
-        self.negative.lock().map_or(false, |n| n.get(kid).is_some_and(|t| t.elapsed() < cooldown))
+        self.negative.lock().is_ok_and(|n| n.get(kid).is_some_and(|t| t.elapsed() < cooldown))
     }
 
     fn remember_unknown(&self, kid: &str) {

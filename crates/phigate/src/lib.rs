@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use phigate_gateway::config::{self, LogFormat};
 use phigate_gateway::{policy_loader, DevOptions};
 
+mod audit_cmd;
 mod policy_cmd;
+
+pub use audit_cmd::AuditCommand;
 
 /// phigate: a HIPAA-minded authorization gateway for FHIR/EHR APIs.
 #[derive(Debug, Parser)]
@@ -62,6 +65,11 @@ pub enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Audit spool tools: verify the hash chain, report scope use.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
 }
 
@@ -189,6 +197,7 @@ pub fn main_entry() -> ExitCode {
             }))
         }
         Command::Policy { command } => crate::policy_cmd::run(command),
+        Command::Audit { command } => crate::audit_cmd::run(command),
         Command::Config {
             command: ConfigCommand::Check { path },
         } => {

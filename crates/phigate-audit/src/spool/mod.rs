@@ -1,0 +1,476 @@
+//! The durable, hash-chained audit spool and its single writer.
+//!
+//! Request side: [`Spool::reserve`] takes a place in a bounded queue *before*
+//! the request is served (fail closed), [`Slot::commit`] hands the finished
+//! record over and returns a [`Commit`] future that resolves according to
+//! the [`Durability`] mode. Writer side: one OS thread (started by
+//! [`SpoolWorker::run`]) assigns `seq`/`event_id`/`prev_hash`/`hash` in
+//! arrival order — one writer, one total order — and group-commits batches
+//! of records with one `write` (and, when required, one `fsync`) per batch.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+
+use crate::checkpoint::SigningKey;
+use crate::segment::list_segments;
+use crate::{AuditError, AuditRecord};
+
+mod recovery;
+mod writer;
+
+use recovery::scan_tail;
+use writer::{lock_dir, Writer};
+
+/// When a commit resolves, and how often the spool is `fsync`ed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A commit resolves only after its record is written *and* `fsync`ed.
+    /// Group commit: one write + one fsync per batch of pending records.
+    /// Zero loss on process crash and on power failure.
+    PerRequest,
+    /// A commit resolves once its record is written to the file (the page
+    /// cache); the file is `fsync`ed at most this long after a write. A
+    /// process crash loses nothing that was written; a power failure or
+    /// kernel crash can lose the records of the last interval.
+    Interval(Duration),
+    /// Never `fsync` (benchmarks only): a power failure can lose everything
+    /// not yet flushed by the kernel.
+    None,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Interval(Duration::from_millis(10))
+    }
+}
+
+/// Signed checkpoints: every `every` records, a `checkpoint` line with an
+/// Ed25519 signature over the hash of the record before it.
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    pub every: u64,
+    pub key: Arc<SigningKey>,
+}
+
+/// Spool settings. See [`SpoolOptions::default`] for the defaults.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub durability: Durability,
+    /// A new segment starts before a line that would take the current one
+    /// past this size (a segment exceeds it only with a single line).
+    pub segment_max_bytes: u64,
+    /// Byte bound on all segments in the directory: at or above it,
+    /// [`Spool::reserve`] fails with [`AuditError::SpoolFull`] until segments
+    /// are removed (re-checked at most once per second). Records already
+    /// reserved are still written, so the bound can be overshot by at most
+    /// `queue` records.
+    pub max_bytes: u64,
+    /// Maximum records in flight (reserved, or committed and not yet written).
+    pub queue: usize,
+    pub checkpoint: Option<CheckpointOptions>,
+    /// After shutdown is signalled the writer keeps serving until nothing is
+    /// reserved and no record arrived for this long.
+    pub shutdown_idle: Duration,
+}
+
+/// Default segment size: 64 MiB.
+pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default byte bound of a spool: 10 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// Default queue: 10,000 records in flight.
+pub const DEFAULT_QUEUE: usize = 10_000;
+
+impl Default for SpoolOptions {
+    /// `Interval(10ms)`, 64 MiB segments, 10 GiB bound, 10,000 in flight, no
+    /// checkpoints, 2 s shutdown idle.
+    fn default() -> Self {
+        SpoolOptions {
+            durability: Durability::default(),
+            segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
+            max_bytes: DEFAULT_MAX_BYTES,
+            queue: DEFAULT_QUEUE,
+            checkpoint: None,
+            shutdown_idle: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where a committed record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub seq: u64,
+    pub event_id: String,
+    pub hash: String,
+}
+
+/// A snapshot of the spool's counters, for metrics and `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolStats {
+    /// Lines appended since start (access, recovery and checkpoint records).
+    pub records_written: u64,
+    /// `fsync` calls (segment files and the directory).
+    pub fsyncs: u64,
+    /// Failed writes or syncs.
+    pub write_errors: u64,
+    /// Reservations refused ([`Spool::reserve`] errors).
+    pub fail_closed: u64,
+    /// The writer is running and its last write/sync succeeded (or it recovered).
+    pub healthy: bool,
+    /// `reserve` would currently succeed as far as health and the byte bound
+    /// go (the queue may still be full).
+    pub accepting: bool,
+    /// Records reserved or queued and not yet written.
+    pub queue_depth: usize,
+    /// Bytes in all segments of the directory.
+    pub spool_bytes: u64,
+    pub max_bytes: u64,
+    /// The seq of the last line written (0: empty spool).
+    pub last_seq: u64,
+}
+
+enum Msg {
+    Record(Box<Job>),
+    /// Re-check the stop condition.
+    Wake,
+}
+
+struct Job {
+    record: AuditRecord,
+    reply: oneshot::Sender<Result<CommitInfo, AuditError>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    tx: mpsc::Sender<Msg>,
+    queue: usize,
+    max_bytes: u64,
+    in_flight: AtomicUsize,
+    healthy: AtomicBool,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    spool_bytes: AtomicU64,
+    records_written: AtomicU64,
+    fsyncs: AtomicU64,
+    write_errors: AtomicU64,
+    fail_closed: AtomicU64,
+    last_seq: AtomicU64,
+}
+
+impl Shared {
+    fn release(&self, n: usize) {
+        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// The request-side handle of a spool. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    shared: Arc<Shared>,
+}
+
+/// A reserved place for one record. [`Slot::commit`] it once the record is
+/// known; dropping it unused frees the place.
+#[derive(Debug)]
+pub struct Slot {
+    shared: Option<Arc<Shared>>,
+}
+
+/// The outcome of a commit: resolves per the [`Durability`] mode to where
+/// the record landed, or to an error meaning the record is NOT durable.
+///
+/// The record is handed to the writer when [`Slot::commit`] is called;
+/// dropping this future does not withdraw it.
+#[derive(Debug)]
+#[must_use = "await the commit to know the record is durable"]
+pub struct Commit(CommitState);
+
+#[derive(Debug)]
+enum CommitState {
+    Failed(Option<AuditError>),
+    Waiting(oneshot::Receiver<Result<CommitInfo, AuditError>>),
+}
+
+impl Future for Commit {
+    type Output = Result<CommitInfo, AuditError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            CommitState::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(AuditError::Closed))),
+            // A dropped reply sender means the writer stopped without writing it.
+            CommitState::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(AuditError::Closed))),
+        }
+    }
+}
+
+impl Slot {
+    /// Hand the record to the writer, which gives it the next `seq`, a new
+    /// `event_id` and its place in the hash chain. The returned future
+    /// resolves after the record is written (`Interval`, `None`) or written
+    /// and `fsync`ed (`PerRequest`); an error means it is not durable.
+    pub fn commit(mut self, record: AuditRecord) -> Commit {
+        let Some(shared) = self.shared.take() else {
+            return Commit(CommitState::Failed(Some(AuditError::Closed)));
+        };
+        let (reply, rx) = oneshot::channel();
+        match shared.tx.send(Msg::Record(Box::new(Job { record, reply }))) {
+            Ok(()) => Commit(CommitState::Waiting(rx)),
+            Err(_) => {
+                shared.release(1);
+                Commit(CommitState::Failed(Some(AuditError::Closed)))
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.release(1);
+            if shared.stopping.load(Ordering::Acquire) {
+                let _ = shared.tx.send(Msg::Wake);
+            }
+        }
+    }
+}
+
+impl Spool {
+    /// Open (or create) the spool directory and run crash recovery: a torn
+    /// tail of the last segment is truncated and a `recovery` record naming
+    /// the removed byte range is appended and `fsync`ed; the last record's
+    /// hash is checked so the chain continues from it. Fails (and the
+    /// gateway must not start) if the directory is unusable, locked by
+    /// another process, or its tail is inconsistent in a way a crash cannot
+    /// explain (an altered record).
+    pub fn open(dir: &Path, options: SpoolOptions) -> Result<(Spool, SpoolWorker), AuditError> {
+        if options.queue == 0 {
+            return Err(AuditError::ZeroQueue);
+        }
+        if options.segment_max_bytes == 0 || options.max_bytes == 0 {
+            return Err(AuditError::Options(
+                "segment_max_bytes and max_bytes must be positive".into(),
+            ));
+        }
+        if options.checkpoint.as_ref().is_some_and(|c| c.every == 0) {
+            return Err(AuditError::Options(
+                "checkpoint interval must be at least 1 record".into(),
+            ));
+        }
+        let io = |source| AuditError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = lock_dir(dir)?;
+        let tail = scan_tail(&list_segments(dir).map_err(io)?)?;
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            tx,
+            queue: options.queue,
+            max_bytes: options.max_bytes,
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            spool_bytes: AtomicU64::new(0),
+            records_written: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            fail_closed: AtomicU64::new(0),
+            last_seq: AtomicU64::new(tail.chain.seq),
+        });
+        let writer = Writer::open(dir, tail, options, shared.clone(), lock)?;
+        Ok((
+            Spool {
+                shared: shared.clone(),
+            },
+            SpoolWorker { rx, writer },
+        ))
+    }
+
+    /// Reserve a place for one request's record, or say why not (queue
+    /// full, writer unhealthy or stopped, byte bound reached): then the
+    /// request must be refused. Never blocks.
+    pub fn reserve(&self) -> Result<Slot, AuditError> {
+        let s = &self.shared;
+        let refused = |e| {
+            s.fail_closed.fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        };
+        if s.closed.load(Ordering::Acquire) {
+            return refused(AuditError::Closed);
+        }
+        if !s.healthy.load(Ordering::Acquire) {
+            return refused(AuditError::Unhealthy);
+        }
+        if s.spool_bytes.load(Ordering::Relaxed) >= s.max_bytes {
+            return refused(AuditError::SpoolFull);
+        }
+        let mut cur = s.in_flight.load(Ordering::Acquire);
+        loop {
+            if cur >= s.queue {
+                return refused(AuditError::QueueFull);
+            }
+            match s
+                .in_flight
+                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        Ok(Slot {
+            shared: Some(s.clone()),
+        })
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Counters and health, for metrics and `/readyz`.
+    pub fn stats(&self) -> SpoolStats {
+        let s = &self.shared;
+        let healthy = s.healthy.load(Ordering::Acquire) && !s.closed.load(Ordering::Acquire);
+        let spool_bytes = s.spool_bytes.load(Ordering::Relaxed);
+        SpoolStats {
+            records_written: s.records_written.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            write_errors: s.write_errors.load(Ordering::Relaxed),
+            fail_closed: s.fail_closed.load(Ordering::Relaxed),
+            healthy,
+            accepting: healthy && spool_bytes < s.max_bytes,
+            queue_depth: s.in_flight.load(Ordering::Relaxed),
+            spool_bytes,
+            max_bytes: s.max_bytes,
+            last_seq: s.last_seq.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The writer half: owns the files. Drive it with [`SpoolWorker::run`].
+#[derive(Debug)]
+pub struct SpoolWorker {
+    rx: mpsc::Receiver<Msg>,
+    writer: Writer,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Record(_) => "Record",
+            Msg::Wake => "Wake",
+        })
+    }
+}
+
+/// At most this many records per write.
+const MAX_BATCH: usize = 4096;
+/// Retry period of a failed writer, and of re-measuring a full spool.
+const RETRY: Duration = Duration::from_secs(1);
+
+impl SpoolWorker {
+    /// Run the writer on its own thread until `shutdown` turns true (or its
+    /// sender is dropped); then keep serving until nothing is reserved and no
+    /// record arrived for `shutdown_idle`, write a final checkpoint (if
+    /// configured), `fsync`, and return. Reservations made after that fail
+    /// with [`AuditError::Closed`].
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let shared = self.writer.shared.clone();
+        let (done_tx, mut done_rx) = oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("phigate-audit".into())
+            .spawn(move || {
+                self.run_blocking();
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the audit writer thread; refusing PHI requests");
+            shared.closed.store(true, Ordering::Release);
+            return;
+        }
+        tokio::select! {
+            _ = &mut done_rx => return,
+            _ = async {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            } => {}
+        }
+        shared.stopping.store(true, Ordering::Release);
+        let _ = shared.tx.send(Msg::Wake);
+        let _ = done_rx.await;
+    }
+
+    fn run_blocking(mut self) {
+        let mut batch = Vec::new();
+        let mut idle_since = Instant::now();
+        loop {
+            let stopping = self.writer.shared.stopping.load(Ordering::Acquire);
+            let mut wait = self.writer.wait_time();
+            if stopping {
+                wait = wait.min(
+                    self.writer
+                        .options
+                        .shutdown_idle
+                        .saturating_sub(idle_since.elapsed())
+                        .max(Duration::from_millis(1)),
+                );
+            }
+            match self.rx.recv_timeout(wait) {
+                Ok(Msg::Record(job)) => {
+                    batch.push(*job);
+                    while batch.len() < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(Msg::Record(job)) => batch.push(*job),
+                            Ok(Msg::Wake) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let wrote = !batch.is_empty();
+            if wrote {
+                self.writer.write_jobs(&mut batch);
+            }
+            self.writer.tick();
+            if wrote || self.writer.shared.in_flight.load(Ordering::Acquire) > 0 {
+                idle_since = Instant::now();
+            }
+            if stopping
+                && self.writer.shared.in_flight.load(Ordering::Acquire) == 0
+                && idle_since.elapsed() >= self.writer.options.shutdown_idle
+            {
+                break;
+            }
+        }
+        // No new reservations from here on; whatever raced in is still written.
+        self.writer.shared.closed.store(true, Ordering::Release);
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Msg::Record(job) = msg {
+                batch.push(*job);
+            }
+        }
+        if !batch.is_empty() {
+            self.writer.write_jobs(&mut batch);
+        }
+        self.writer.finish();
+    }
+}

@@ -1,0 +1,615 @@
+//! The spool, verify and report against real files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::testing::{access, copy_spool, segments, Running};
+use crate::verify::verify;
+use crate::*;
+
+fn opts(durability: Durability) -> SpoolOptions {
+    SpoolOptions {
+        durability,
+        ..SpoolOptions::default()
+    }
+}
+
+fn verify_dir(dir: &Path) -> verify::VerifyReport {
+    verify(&[dir.to_path_buf()], &[]).unwrap()
+}
+
+fn parse(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test]
+async fn records_are_chained_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::default()));
+    let infos = run.commit(0, 50).await;
+    let stats = run.spool.stats();
+    assert_eq!(
+        (stats.records_written, stats.last_seq, stats.queue_depth),
+        (50, 50, 0)
+    );
+    assert!(stats.healthy && stats.accepting);
+    // Interval mode: the fsync follows within the interval (10 ms), without new records.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while run.spool.stats().fsyncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "no interval fsync");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    run.stop().await;
+
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 1);
+    assert_eq!(segs[0].0, "segment-00000000000000000001.jsonl");
+    let mut prev = chain::GENESIS_HASH.to_string();
+    for (i, line) in segs[0].1.iter().enumerate() {
+        let v = parse(line);
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["kind"], "access");
+        assert_eq!(v["seq"], i as u64 + 1);
+        assert_eq!(v["prev_hash"], prev.as_str());
+        assert_eq!(v["outcome"], "success");
+        assert_eq!(v["request_id"], format!("req-{i}"));
+        assert_eq!(v["event_id"], infos[i].event_id.as_str());
+        assert_eq!(
+            uuid::Uuid::parse_str(&infos[i].event_id)
+                .unwrap()
+                .get_version_num(),
+            7
+        );
+        let mut without = v.clone();
+        let hash = without.as_object_mut().unwrap().remove("hash").unwrap();
+        assert_eq!(chain::record_hash(&prev, &without), hash.as_str().unwrap());
+        assert_eq!(infos[i].hash, hash.as_str().unwrap());
+        prev = infos[i].hash.clone();
+        // Every line matches the published schema's types.
+        let _: SpoolRecord = serde_json::from_value(v).unwrap();
+    }
+    let r = verify_dir(dir.path());
+    assert!(r.ok, "{}", r.to_text());
+    assert_eq!((r.records, r.first_seq, r.last_seq), (50, Some(1), Some(50)));
+    assert_eq!(r.last_hash.as_deref(), Some(prev.as_str()));
+    assert!(r.to_text().contains("OK: the chain is intact"));
+}
+
+#[tokio::test]
+async fn per_request_commit_resolves_after_the_line_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Arc::new(Running::start(dir.path(), opts(Durability::PerRequest)));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let run = run.clone();
+        let dir = dir.path().to_path_buf();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let slot = run.spool.reserve().unwrap();
+                let info = slot.commit(access(t * 100 + i)).await.unwrap();
+                // Read back through another handle: the line is there, and an fsync has happened.
+                let text = std::fs::read_to_string(dir.join("segment-00000000000000000001.jsonl")).unwrap();
+                assert!(text.contains(&info.event_id));
+                assert!(run.spool.stats().fsyncs >= 1);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = run.spool.stats();
+    assert_eq!(stats.records_written, 200);
+    // Group commit: never more than one fsync per record.
+    assert!(stats.fsyncs <= 200, "{stats:?}");
+    Arc::into_inner(run).unwrap().stop().await;
+    assert!(verify_dir(dir.path()).ok);
+}
+
+#[tokio::test]
+async fn rotation_chains_segments_named_by_first_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(Durability::PerRequest);
+    o.segment_max_bytes = 2_000;
+    let run = Running::start(dir.path(), o);
+    run.commit(0, 40).await;
+    run.stop().await;
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 5, "{}", segs.len());
+    let mut last_hash = chain::GENESIS_HASH.to_string();
+    for (name, lines) in &segs {
+        let first = parse(&lines[0]);
+        assert_eq!(*name, segment::segment_file_name(first["seq"].as_u64().unwrap()));
+        assert_eq!(first["prev_hash"], last_hash.as_str());
+        last_hash = parse(lines.last().unwrap())["hash"].as_str().unwrap().to_owned();
+        let bytes = std::fs::metadata(dir.path().join(name)).unwrap().len();
+        assert!(bytes <= 2_000 || lines.len() == 1, "{name}: {bytes}");
+    }
+    let r = verify_dir(dir.path());
+    assert!(r.ok, "{}", r.to_text());
+    assert_eq!((r.records, r.segments.len()), (40, segs.len()));
+}
+
+#[tokio::test]
+async fn torn_tail_is_truncated_and_a_recovery_record_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::PerRequest));
+    run.commit(0, 10).await;
+    run.stop().await;
+    let seg = dir.path().join("segment-00000000000000000001.jsonl");
+    let good_len = std::fs::metadata(&seg).unwrap().len();
+    // A crash in the middle of a write: half a line, then a zero-filled block.
+    let line = segments(dir.path())[0].1[3].clone();
+    let mut torn = line.as_bytes()[..line.len() / 2].to_vec();
+    torn.extend_from_slice(b"\n\0\0\0\0\n\0\0");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &torn))
+        .unwrap();
+    let torn_len = good_len + torn.len() as u64;
+    assert!(!verify_dir(dir.path()).ok);
+
+    let run = Running::start(dir.path(), opts(Durability::PerRequest));
+    let info = run.commit(10, 1).await;
+    run.stop().await;
+    assert_eq!(info[0].seq, 12);
+    let lines = &segments(dir.path())[0].1;
+    assert_eq!(lines.len(), 12);
+    let rec = parse(&lines[10]);
+    assert_eq!(rec["kind"], "recovery");
+    assert_eq!(rec["seq"], 11);
+    assert_eq!(rec["segment"], "segment-00000000000000000001.jsonl");
+    assert_eq!(rec["truncated_from"], good_len);
+    assert_eq!(rec["truncated_to"], torn_len);
+    assert_eq!(rec["reason"], "torn last line");
+    let r = verify_dir(dir.path());
+    assert!(r.ok, "{}", r.to_text());
+    assert_eq!(r.recoveries.len(), 1);
+    assert_eq!(
+        (r.recoveries[0].truncated_from, r.recoveries[0].truncated_to),
+        (good_len, torn_len)
+    );
+    assert!(r.to_text().contains(&format!("bytes {good_len}..{torn_len}")));
+}
+
+#[tokio::test]
+async fn an_empty_segment_left_by_a_crash_during_rotation_is_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::PerRequest));
+    run.commit(0, 3).await;
+    run.stop().await;
+    // Crash right after creating the next segment: it is empty.
+    std::fs::write(dir.path().join(segment::segment_file_name(4)), "").unwrap();
+    let run = Running::start(dir.path(), opts(Durability::PerRequest));
+    assert_eq!(run.commit(3, 1).await[0].seq, 4);
+    run.stop().await;
+    assert_eq!(segments(dir.path())[1].1.len(), 1);
+    assert!(verify_dir(dir.path()).ok);
+    // An empty last segment named for the wrong seq cannot be continued.
+    std::fs::write(dir.path().join(segment::segment_file_name(9)), "").unwrap();
+    let e = Spool::open(dir.path(), SpoolOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("named for seq 9"), "{e}");
+}
+
+#[tokio::test]
+async fn an_altered_last_record_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::PerRequest));
+    run.commit(0, 3).await;
+    run.stop().await;
+    let seg = dir.path().join("segment-00000000000000000001.jsonl");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(&seg, text.replace("\"req-2\"", "\"req-X\"")).unwrap();
+    let e = Spool::open(dir.path(), SpoolOptions::default()).unwrap_err();
+    assert!(matches!(e, AuditError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("hash mismatch"), "{e}");
+}
+
+#[tokio::test]
+async fn a_spool_directory_has_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_spool, _worker) = Spool::open(dir.path(), SpoolOptions::default()).unwrap();
+    let e = Spool::open(dir.path(), SpoolOptions::default()).unwrap_err();
+    assert!(matches!(e, AuditError::Locked(_)), "{e}");
+}
+
+#[tokio::test]
+async fn full_queue_refuses_and_dropped_slots_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(Durability::default());
+    o.queue = 2;
+    let (spool, _worker) = Spool::open(dir.path(), o).unwrap();
+    let a = spool.reserve().unwrap();
+    let _b = spool.reserve().unwrap();
+    assert!(matches!(spool.reserve(), Err(AuditError::QueueFull)));
+    assert_eq!(spool.stats().queue_depth, 2);
+    assert_eq!(spool.stats().fail_closed, 1);
+    drop(a);
+    assert!(spool.reserve().is_ok());
+}
+
+#[tokio::test]
+async fn byte_bound_refuses_until_segments_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(Durability::PerRequest);
+    o.segment_max_bytes = 1_500;
+    o.max_bytes = 6_000;
+    let run = Running::start(dir.path(), o);
+    let mut n = 0;
+    let err = loop {
+        match run.spool.reserve() {
+            Ok(slot) => {
+                slot.commit(access(n)).await.unwrap();
+                n += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(n < 100, "the bound was never reached");
+    };
+    assert!(matches!(err, AuditError::SpoolFull), "{err}");
+    let stats = run.spool.stats();
+    assert!(
+        stats.spool_bytes >= 6_000 && !stats.accepting && stats.healthy,
+        "{stats:?}"
+    );
+    // The operator removes forwarded segments (never the last one): admission resumes.
+    let segs = segment::list_segments(dir.path()).unwrap();
+    for (_, p) in &segs[..segs.len() - 1] {
+        std::fs::remove_file(p).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while run.spool.reserve().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refusing after removal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.commit(n, 1).await;
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_commit_futures_are_still_written_and_shutdown_drains_reservations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, worker) = Spool::open(
+        dir.path(),
+        SpoolOptions {
+            shutdown_idle: Duration::ZERO,
+            ..opts(Durability::PerRequest)
+        },
+    )
+    .unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(worker.run(rx));
+    drop(spool.reserve().unwrap().commit(access(0)));
+    let held = spool.reserve().unwrap();
+    stop.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Still reserved: the writer waits for it.
+    assert!(!task.is_finished());
+    let info = held.commit(access(1)).await.unwrap();
+    assert_eq!(info.seq, 2);
+    task.await.unwrap();
+    assert!(matches!(spool.reserve(), Err(AuditError::Closed)));
+    assert!(!spool.stats().healthy);
+    assert_eq!(verify_dir(dir.path()).records, 2);
+}
+
+fn key() -> Arc<SigningKey> {
+    Arc::new(SigningKey::from_bytes(&[42u8; 32]).unwrap())
+}
+
+#[tokio::test]
+async fn checkpoints_sign_the_chain_and_verify_with_the_right_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(Durability::PerRequest);
+    o.checkpoint = Some(CheckpointOptions { every: 5, key: key() });
+    let run = Running::start(dir.path(), o);
+    let infos = run.commit(0, 12).await;
+    // Checkpoints take seqs 6 and 12: records are 1-5, 7-11, 13-14.
+    assert_eq!(infos.iter().map(|i| i.seq).collect::<Vec<_>>()[4..7], [5, 7, 8]);
+    run.stop().await;
+    let lines = &segments(dir.path())[0].1;
+    // 12 records + 2 periodic checkpoints + 1 at shutdown sealing the tail.
+    assert_eq!(lines.len(), 15);
+    let cp = parse(&lines[5]);
+    assert_eq!(
+        (cp["kind"].as_str(), cp["covers_seq"].as_u64()),
+        (Some("checkpoint"), Some(5))
+    );
+    assert_eq!(cp["covers_hash"], parse(&lines[4])["hash"]);
+    assert_eq!(cp["key_id"], key().key_id());
+
+    let right = verify(&[dir.path().to_path_buf()], &[key().verify_key()]).unwrap();
+    assert!(right.ok, "{}", right.to_text());
+    assert_eq!(right.checkpoints.verified, 3);
+    assert_eq!(right.checkpoints.records_after_last, Some(0));
+    let unchecked = verify_dir(dir.path());
+    assert!(unchecked.ok);
+    assert_eq!(unchecked.checkpoints.unchecked, 3);
+
+    let other = SigningKey::from_bytes(&[7u8; 32]).unwrap();
+    let wrong = verify(&[dir.path().to_path_buf()], &[other.verify_key()]).unwrap();
+    assert!(!wrong.ok);
+    let p = wrong.problem.unwrap();
+    assert_eq!((p.line, p.seq), (6, Some(6)));
+    assert!(p.message.contains("not among the given keys"), "{p}");
+
+    // A re-signed chain: edit record 3 and recompute every hash after it. Only
+    // the signature catches it.
+    let forged = copy_spool(dir.path());
+    let seg = forged.path().join("segment-00000000000000000001.jsonl");
+    let mut prev = chain::GENESIS_HASH.to_string();
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let mut v = parse(line);
+        let m = v.as_object_mut().unwrap();
+        m.remove("hash");
+        m.insert("prev_hash".into(), prev.clone().into());
+        if i == 2 {
+            m.insert("path".into(), "/fhir/Patient/other".into());
+        }
+        if m["kind"] == "checkpoint" {
+            m.insert("covers_hash".into(), prev.clone().into());
+        }
+        let (l, h) = chain::seal(&prev, &v);
+        out.push_str(&l);
+        prev = h;
+    }
+    std::fs::write(&seg, out).unwrap();
+    assert!(
+        verify_dir(forged.path()).ok,
+        "without a key the rewrite is undetectable"
+    );
+    let r = verify(&[forged.path().to_path_buf()], &[key().verify_key()]).unwrap();
+    let p = r.problem.unwrap();
+    assert_eq!((p.line, p.seq), (6, Some(6)));
+    assert!(p.message.contains("signature is invalid"), "{p}");
+}
+
+/// A finished spool of 30 records in several segments, for tampering.
+async fn spool_for_tampering() -> (tempfile::TempDir, Vec<(String, Vec<String>)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(Durability::None);
+    o.segment_max_bytes = 4_000;
+    let run = Running::start(dir.path(), o);
+    run.commit(0, 30).await;
+    run.stop().await;
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3 && segs[0].1.len() >= 6, "{}", segs.len());
+    assert!(verify_dir(dir.path()).ok);
+    (dir, segs)
+}
+
+/// Apply `edit` to the lines of segment `seg` of a copy; verify it; return
+/// the problem.
+fn tampered(
+    dir: &Path,
+    segs: &[(String, Vec<String>)],
+    seg: usize,
+    edit: impl FnOnce(&mut Vec<String>),
+) -> verify::Problem {
+    let copy = copy_spool(dir);
+    let mut lines = segs[seg].1.clone();
+    edit(&mut lines);
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(copy.path().join(&segs[seg].0), text).unwrap();
+    let r = verify_dir(copy.path());
+    assert!(!r.ok);
+    assert!(r.to_text().contains("FAILED: "));
+    r.problem.unwrap()
+}
+
+fn assert_problem(p: &verify::Problem, file: &str, line: u64, seq: u64, words: &str) {
+    assert!(p.file.ends_with(file), "{p}");
+    assert_eq!((p.line, p.seq), (line, Some(seq)), "{p}");
+    assert!(p.message.contains(words), "expected `{words}` in: {p}");
+}
+
+#[tokio::test]
+async fn verify_names_the_first_bad_record_for_every_kind_of_tampering() {
+    let (dir, segs) = spool_for_tampering().await;
+    let d = dir.path();
+    let s0 = segs[0].0.as_str();
+
+    // Edit a field.
+    let p = tampered(d, &segs, 0, |l| {
+        l[4] = l[4].replace("\"status\":200", "\"status\":403")
+    });
+    assert_problem(&p, s0, 5, 5, "hash mismatch");
+    // Delete a line.
+    let p = tampered(d, &segs, 0, |l| {
+        l.remove(4);
+    });
+    assert_problem(&p, s0, 5, 6, "seq gap: expected 5, found 6");
+    // Swap two lines.
+    let p = tampered(d, &segs, 0, |l| l.swap(3, 4));
+    assert_problem(&p, s0, 4, 5, "seq gap: expected 4, found 5");
+    // Insert a forged line (naively edited copy).
+    let p = tampered(d, &segs, 0, |l| {
+        let forged = l[3].replace("req-3", "req-forged");
+        l.insert(4, forged);
+    });
+    assert_problem(&p, s0, 5, 4, "hash mismatch");
+    // Insert a carefully forged line (valid hash, seq, prev_hash): the record after it breaks.
+    let p = tampered(d, &segs, 0, |l| {
+        let mut v = parse(&l[4]);
+        let m = v.as_object_mut().unwrap();
+        m.remove("hash");
+        m.insert("request_id".into(), "forged".into());
+        let prev = m["prev_hash"].as_str().unwrap().to_owned();
+        let (line, _) = chain::seal(&prev, &v);
+        l.insert(4, line.trim_end().to_owned());
+    });
+    assert_problem(&p, s0, 6, 5, "seq 5 out of order: expected 6");
+    // Duplicate a line.
+    let p = tampered(d, &segs, 0, |l| {
+        let dup = l[4].clone();
+        l.insert(5, dup);
+    });
+    assert_problem(&p, s0, 6, 5, "duplicated line");
+
+    // Truncate the tail mid-line.
+    let last = segs.len() - 1;
+    let copy = copy_spool(d);
+    let path = copy.path().join(&segs[last].0);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 40)
+        .unwrap();
+    let p = verify_dir(copy.path()).problem.unwrap();
+    assert!(p.file.ends_with(&segs[last].0), "{p}");
+    assert_eq!(p.line, segs[last].1.len() as u64);
+    assert!(p.message.contains("incomplete line"), "{p}");
+
+    // Delete a middle segment.
+    let copy = copy_spool(d);
+    std::fs::remove_file(copy.path().join(&segs[1].0)).unwrap();
+    let p = verify_dir(copy.path()).problem.unwrap();
+    let first_of_2 = parse(&segs[2].1[0])["seq"].as_u64().unwrap();
+    let first_of_1 = parse(&segs[1].1[0])["seq"].as_u64().unwrap();
+    assert_problem(
+        &p,
+        &segs[2].0,
+        1,
+        first_of_2,
+        &format!("expected {first_of_1}, found {first_of_2}"),
+    );
+    assert!(p.message.contains("previous segment ends at seq"), "{p}");
+
+    // Truncate a middle segment at a line boundary: the next segment no longer chains.
+    let p = tampered(d, &segs, 1, |l| {
+        l.pop();
+    });
+    assert_problem(&p, &segs[2].0, 1, first_of_2, "seq gap");
+}
+
+#[tokio::test]
+async fn verify_accepts_segment_files_in_any_order_and_a_retention_trimmed_spool() {
+    let (dir, segs) = spool_for_tampering().await;
+    let mut files: Vec<PathBuf> = segs.iter().map(|(n, _)| dir.path().join(n)).collect();
+    files.reverse();
+    let r = verify(&files, &[]).unwrap();
+    assert!(r.ok, "{}", r.to_text());
+    assert_eq!(r.records, 30);
+    // The first segment removed by retention: intact, but flagged as starting mid-chain.
+    let r = verify(&files[..files.len() - 1], &[]).unwrap();
+    assert!(r.ok && r.starts_mid_chain, "{}", r.to_text());
+    assert!(r.to_text().contains("taken on trust"));
+    assert!(verify(&[dir.path().join("nope")], &[]).is_err());
+}
+
+#[tokio::test]
+async fn report_compares_granted_and_used_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::None));
+    let mk = |client: &str, sub: &str, granted: &[&str], required: &[&str], allow: bool, patient: &str| {
+        let mut r = access(0);
+        r.client_id = Some(client.into());
+        r.sub = Some(sub.into());
+        r.scopes_granted = granted.iter().map(|s| s.to_string()).collect();
+        r.scopes_required = required.iter().map(|s| s.to_string()).collect();
+        r.patient = Some(patient.into());
+        if !allow {
+            r.decision = "deny".into();
+            r.reason = "insufficient_scope".into();
+            r.status = 403;
+            r.upstream_status = None;
+        }
+        r
+    };
+    let app = [
+        "openid",
+        "user/Patient.read",
+        "user/Observation.rs",
+        "user/Encounter.cruds",
+    ];
+    run.commit_record(mk("app", "alice", &app, &["user/Patient.rs"], true, "p1"))
+        .await;
+    run.commit_record(mk("app", "alice", &app, &["user/Patient.rs"], true, "p2"))
+        .await;
+    run.commit_record(mk("app", "alice", &app, &["user/Patient.rs"], true, "p1"))
+        .await;
+    // Denied requests use nothing.
+    run.commit_record(mk("app", "bob", &app, &["user/Observation.rs"], false, "p3"))
+        .await;
+    run.commit_record(mk(
+        "tight",
+        "bob",
+        &["system/*.rs"],
+        &["system/Observation.rs"],
+        true,
+        "p4",
+    ))
+    .await;
+    let mut bg = mk("app", "carol", &app, &["user/Patient.rs"], true, "p9");
+    bg.break_glass = true;
+    bg.justification = Some("ER: unconscious patient".into());
+    run.commit_record(bg).await;
+    run.stop().await;
+
+    let r = report::report(&[dir.path().to_path_buf()], None).unwrap();
+    assert_eq!(r.records, 6);
+    let app = &r.clients[0];
+    assert_eq!(app.id, "app");
+    assert_eq!(app.scopes_used, ["user/Patient.read"]);
+    assert_eq!(app.scopes_unused, ["user/Encounter.cruds", "user/Observation.rs"]);
+    assert_eq!(app.context_scopes, ["openid"]);
+    assert!(app.over_granted);
+    assert_eq!(
+        (app.requests, app.allowed, app.denied, app.patients_accessed),
+        (5, 4, 1, 3)
+    );
+    let tight = &r.clients[1];
+    assert!(!tight.over_granted, "{tight:?}");
+    assert_eq!(r.over_granted_clients, ["app"]);
+    let alice = r.subjects.iter().find(|s| s.id == "alice").unwrap();
+    assert_eq!(alice.patients_accessed, 2);
+    let bob = r.subjects.iter().find(|s| s.id == "bob").unwrap();
+    assert_eq!(bob.scopes_used, ["system/*.rs"]);
+    assert_eq!(bob.denials_by_reason["insufficient_scope"], 1);
+    assert_eq!(r.denials_by_reason["insufficient_scope"], 1);
+    assert_eq!(r.break_glass.len(), 1);
+    assert_eq!(
+        r.break_glass[0].justification.as_deref(),
+        Some("ER: unconscious patient")
+    );
+    assert_eq!(r.break_glass[0].sub.as_deref(), Some("carol"));
+
+    let text = r.to_text();
+    assert!(
+        text.contains("[OVER-GRANTED]") && text.contains("UNUSED:  user/Encounter.cruds"),
+        "{text}"
+    );
+    assert!(text.contains("ER: unconscious patient"));
+    // Patient ids appear only in the break-glass section.
+    assert!(
+        !text.contains("p1") && !text.contains("p2") && text.contains("patient=p9"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json["subjects"][0]["patients_accessed"].is_u64());
+
+    // --since in the future: nothing counted.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    assert_eq!(
+        report::report(&[dir.path().to_path_buf()], Some(later))
+            .unwrap()
+            .records,
+        0
+    );
+    let since = report::parse_since("24h").unwrap();
+    assert_eq!(
+        report::report(&[dir.path().to_path_buf()], Some(since))
+            .unwrap()
+            .records,
+        6
+    );
+    assert!(report::parse_since_at("2026-01-01T00:00:00Z", time::OffsetDateTime::now_utc()).is_ok());
+    assert!(report::parse_since("yesterday-ish").is_err());
+}
