@@ -50,6 +50,8 @@ pub struct Gateway {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub audit_file: PathBuf,
+    /// The hash-chained audit spool directory.
+    pub spool_dir: PathBuf,
     pub dir: tempfile::TempDir,
     pub log_file: PathBuf,
 }
@@ -87,6 +89,8 @@ pub struct GatewayOptions<'a> {
     pub audit_queue_size: usize,
     /// Extra top-level keys (e.g. `rate_limit: …`).
     pub extra_yaml: &'a str,
+    /// Extra keys of the `audit:` section (one line, 2-space indented context), e.g. `durability: per_request`.
+    pub audit_yaml: &'a str,
 }
 
 impl Gateway {
@@ -131,8 +135,10 @@ issuers:
 {cooldown}{extra}
 policies: policies
 audit:
+  dir: spool
   file: audit.jsonl
   queue_size: {queue}
+  {audit_extra}
 shutdown_grace: 1s
 {top}
 "#,
@@ -146,22 +152,17 @@ shutdown_grace: 1s
                 },
                 top = opts.extra_yaml,
                 queue = opts.audit_queue_size,
+                audit_extra = opts.audit_yaml,
             );
             std::fs::write(dir.path().join("gateway.yaml"), config).unwrap();
             let log_file = dir.path().join("phigate.log");
-            let child = Command::new(Self::binary())
-                .args(["run", "--config"])
-                .arg(dir.path().join("gateway.yaml"))
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log_file).unwrap())
-                .spawn()
-                .unwrap();
+            let child = Self::spawn(dir.path(), &log_file);
             let mut gw = Gateway {
                 child,
                 proxy,
                 admin,
                 audit_file: dir.path().join("audit.jsonl"),
+                spool_dir: dir.path().join("spool"),
                 log_file,
                 dir,
             };
@@ -171,6 +172,47 @@ shutdown_grace: 1s
             last_log = std::fs::read_to_string(&gw.log_file).unwrap_or_default();
         }
         panic!("phigate did not start:\n{last_log}");
+    }
+
+    fn spawn(dir: &Path, log_file: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+            .unwrap();
+        Command::new(Self::binary())
+            .args(["run", "--config"])
+            .arg(dir.join("gateway.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGKILL the gateway (no shutdown, no flush) and wait for it to die.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+
+    /// Start the gateway again with the same configuration, ports and files
+    /// (after [`Gateway::kill9`]), and wait until it is ready.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path(), &self.log_file);
+        assert!(
+            self.wait_healthy(Duration::from_secs(20)),
+            "restart failed:\n{}",
+            self.log()
+        );
+        self.wait_ready();
+    }
+
+    /// The directory holding config, policies, audit spool and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn wait_healthy(&mut self, limit: Duration) -> bool {
@@ -281,6 +323,12 @@ impl TestEnv {
 
     /// Start with extra issuer keys (4-space indented) and top-level keys.
     pub fn start_with(policy: &str, issuer_yaml: &str, top_yaml: &str) -> Self {
+        Self::start_audited(policy, issuer_yaml, top_yaml, "")
+    }
+
+    /// As [`TestEnv::start_with`], plus extra keys for the `audit:` section
+    /// (each line after the first indented by two spaces).
+    pub fn start_audited(policy: &str, issuer_yaml: &str, top_yaml: &str, audit_yaml: &str) -> Self {
         let key = TestKey::es256("k1");
         let jwks = JwksServer::start(TestKey::jwks(&[&key]));
         let upstream = Upstream::start();
@@ -291,13 +339,26 @@ impl TestEnv {
             extra_issuer_yaml: issuer_yaml,
             audit_queue_size: 10_000,
             extra_yaml: top_yaml,
+            audit_yaml,
         });
         gw.wait_ready();
-        TestEnv { key, jwks, upstream, gw }
+        TestEnv {
+            key,
+            jwks,
+            upstream,
+            gw,
+        }
     }
 
     /// `method target` through the proxy with a bearer token, extra headers and a body.
-    pub fn send(&self, method: &str, target: &str, token: &str, headers: &[(&str, &str)], body: &[u8]) -> http::Response {
+    pub fn send(
+        &self,
+        method: &str,
+        target: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> http::Response {
         let auth = format!("Bearer {token}");
         let mut h = vec![("Authorization", auth.as_str())];
         h.extend_from_slice(headers);

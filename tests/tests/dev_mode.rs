@@ -24,6 +24,8 @@ fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
             ])
             .arg("--audit-file")
             .arg(&audit)
+            .arg("--audit-dir")
+            .arg(dir.path().join("spool"))
             .arg("--dev-key")
             .arg(&key)
             .stdout(Stdio::null())

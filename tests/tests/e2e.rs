@@ -446,6 +446,7 @@ fn readyz_waits_for_keys_and_missing_keys_fail_closed_with_503() {
         extra_issuer_yaml: "",
         audit_queue_size: 100,
         extra_yaml: "",
+        audit_yaml: "",
     });
     // The JWKS server is answering 503: never ready.
     assert!(eventually(Duration::from_secs(5), || (jwks.fetches() >= 2).then_some(())).is_some());

@@ -177,6 +177,8 @@ fn dev_mode_with_a_policy_directory_reloads_it() {
             ])
             .arg("--audit-file")
             .arg(dir.path().join("audit.jsonl"))
+            .arg("--audit-dir")
+            .arg(dir.path().join("spool"))
             .arg("--dev-key")
             .arg(dir.path().join("dev-key.pem"))
             .arg("--policies")

@@ -172,6 +172,8 @@ fn main() {
     let child = Command::new(&a.phigate)
         .args(["dev", "--listen", &proxy.to_string(), "--admin-listen", &admin.to_string(), "--audit-file"])
         .arg(dir.path().join("audit.jsonl"))
+        .arg("--audit-dir")
+        .arg(dir.path().join("spool"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -613,3 +613,23 @@ async fn report_compares_granted_and_used_scopes() {
     assert!(report::parse_since_at("2026-01-01T00:00:00Z", time::OffsetDateTime::now_utc()).is_ok());
     assert!(report::parse_since("yesterday-ish").is_err());
 }
+
+#[tokio::test]
+async fn the_mirror_file_holds_exactly_the_spool_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    std::fs::create_dir(&spool_dir).unwrap();
+    let mirror = dir.path().join("audit.jsonl");
+    let mut o = opts(Durability::PerRequest);
+    o.mirror = Some(mirror.clone());
+    let run = Running::start(&spool_dir, o);
+    run.commit(0, 5).await;
+    let stats = run.spool.stats();
+    run.stop().await;
+    let spool_lines: Vec<String> = segments(&spool_dir).into_iter().flat_map(|(_, l)| l).collect();
+    let mirror_text = std::fs::read_to_string(&mirror).unwrap();
+    let mirror_lines: Vec<String> = mirror_text.lines().map(str::to_owned).collect();
+    assert_eq!(spool_lines.len(), 5);
+    assert_eq!(mirror_lines, spool_lines);
+    assert_eq!(stats.mirror_errors, 0);
+}

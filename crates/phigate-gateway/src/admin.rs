@@ -41,7 +41,7 @@ impl Admin {
     /// healthy.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let keys = self.shared.validator.is_ready();
-        let audit = self.shared.audit.stats().is_healthy();
+        let audit = self.shared.audit.stats().accepting;
         let ready = keys && audit;
         (
             ready,
@@ -65,10 +65,7 @@ impl Admin {
         match path {
             "/metrics" => {
                 self.shared.metrics.observe_validator(&self.shared.validator);
-                let body = self
-                    .shared
-                    .metrics
-                    .render(self.shared.audit.stats(), self.shared.audit.queue_depth());
+                let body = self.shared.metrics.render(&self.shared.audit.stats());
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
             }
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),

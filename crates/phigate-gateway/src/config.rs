@@ -106,11 +106,46 @@ pub struct IssuerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFile {
-    /// Append-only JSON-lines file.
-    pub file: PathBuf,
-    /// Bounded queue between requests and the writer (default 10000).
+    /// Spool directory: hash-chained, append-only JSONL segments (the record of truth).
+    pub dir: PathBuf,
+    /// Optional plain JSONL copy of every spool line (for tools that tail one file).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// `interval` (default), `per_request`, or `none` (benchmarks only).
+    #[serde(default)]
+    pub durability: Option<DurabilityFile>,
+    /// fsync period in `interval` mode (default 10ms).
+    #[serde(default, with = "humantime_serde")]
+    pub fsync_interval: Option<Duration>,
+    /// Segment size before rotation, bytes (default 64 MiB).
+    #[serde(default)]
+    pub segment_max_bytes: Option<u64>,
+    /// Byte bound on the spool directory (default 10 GiB); at the bound, PHI
+    /// requests are refused with 503 until the operator archives segments.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Records in flight (default 10000); full → 503.
     #[serde(default)]
     pub queue_size: Option<usize>,
+    /// Signed checkpoints every `every` records with an Ed25519 key.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityFile {
+    Interval,
+    PerRequest,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointFile {
+    pub every: u64,
+    /// Ed25519 private key (PKCS#8 PEM or raw seed; `phigate audit keygen`).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,8 +171,7 @@ pub struct GatewayConfig {
     pub upstream: UpstreamConfig,
     pub issuers: Vec<IssuerConfig>,
     pub policies: PathBuf,
-    pub audit_file: PathBuf,
-    pub audit_queue_size: usize,
+    pub audit: AuditConfig,
     pub log_format: LogFormat,
     pub threads: usize,
     pub shutdown_grace: Duration,
@@ -154,7 +188,10 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
-        Self { invalid_tokens: 20, window: Duration::from_secs(10) }
+        Self {
+            invalid_tokens: 20,
+            window: Duration::from_secs(10),
+        }
     }
 }
 
@@ -173,6 +210,34 @@ impl UpstreamConfig {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(30),
             forward_authorization: true,
+        }
+    }
+}
+
+/// The validated audit settings.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    pub mirror: Option<PathBuf>,
+    pub durability: phigate_audit::Durability,
+    pub segment_max_bytes: u64,
+    pub max_bytes: u64,
+    pub queue: usize,
+    /// (every N records, key file)
+    pub checkpoint: Option<(u64, PathBuf)>,
+}
+
+impl AuditConfig {
+    /// Defaults for a spool in `dir` (interval durability, 10 ms).
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            mirror: None,
+            durability: phigate_audit::Durability::default(),
+            segment_max_bytes: phigate_audit::DEFAULT_SEGMENT_MAX_BYTES,
+            max_bytes: phigate_audit::DEFAULT_MAX_BYTES,
+            queue: DEFAULT_AUDIT_QUEUE,
+            checkpoint: None,
         }
     }
 }
@@ -256,12 +321,18 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         let source = match (&f.jwks_uri, &f.jwks_file) {
             (None, None) if f.discovery == Some(true) => {
                 if !(f.issuer.starts_with("https://") || f.issuer.starts_with("http://")) {
-                    err(&at("discovery"), "OIDC discovery needs an http(s) issuer URL".into());
+                    err(
+                        &at("discovery"),
+                        "OIDC discovery needs an http(s) issuer URL".into(),
+                    );
                 }
                 Some(KeySource::Discovery)
             }
             (Some(_), _) | (_, Some(_)) if f.discovery == Some(true) => {
-                err(&at("discovery"), "`discovery: true` excludes `jwks_uri` and `jwks_file`".into());
+                err(
+                    &at("discovery"),
+                    "`discovery: true` excludes `jwks_uri` and `jwks_file`".into(),
+                );
                 None
             }
             (Some(u), None) => {
@@ -327,13 +398,19 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             }
             if let Some(t) = &f.allowed_typ {
                 if t.is_empty() {
-                    err(&at("allowed_typ"), "allowed_typ must list at least one value".into());
+                    err(
+                        &at("allowed_typ"),
+                        "allowed_typ must list at least one value".into(),
+                    );
                 }
                 c.allowed_typ = t.clone();
             }
             if let Some(n) = f.max_token_bytes {
                 if !(512..=65536).contains(&n) {
-                    err(&at("max_token_bytes"), "max_token_bytes must be between 512 and 65536".into());
+                    err(
+                        &at("max_token_bytes"),
+                        "max_token_bytes must be between 512 and 65536".into(),
+                    );
                 }
                 c.max_token_bytes = n;
             }
@@ -344,12 +421,64 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         }
     }
 
-    let queue = file.audit.queue_size.unwrap_or(DEFAULT_AUDIT_QUEUE);
-    if queue == 0 {
+    let a = &file.audit;
+    let audit_at = |k: &'static str| [PathSeg::Key("audit"), PathSeg::Key(k)];
+    let mut audit = AuditConfig::new(base.join(&a.dir));
+    audit.mirror = a.file.as_ref().map(|f| base.join(f));
+    if audit.mirror.as_ref().is_some_and(|m| m.starts_with(&audit.dir)) {
         err(
-            &[PathSeg::Key("audit"), PathSeg::Key("queue_size")],
-            "queue_size must be at least 1".into(),
+            &audit_at("file"),
+            "the mirror file must not live inside the spool directory".into(),
         );
+    }
+    let interval = a.fsync_interval.unwrap_or(Duration::from_millis(10));
+    if a.fsync_interval.is_some() && a.durability.is_some_and(|d| d != DurabilityFile::Interval) {
+        err(
+            &audit_at("fsync_interval"),
+            "fsync_interval only applies to `durability: interval`".into(),
+        );
+    }
+    if interval.is_zero() || interval > Duration::from_secs(1) {
+        err(
+            &audit_at("fsync_interval"),
+            "fsync_interval must be between 1ms and 1s".into(),
+        );
+    }
+    audit.durability = match a.durability.unwrap_or(DurabilityFile::Interval) {
+        DurabilityFile::Interval => phigate_audit::Durability::Interval(interval),
+        DurabilityFile::PerRequest => phigate_audit::Durability::PerRequest,
+        DurabilityFile::None => phigate_audit::Durability::None,
+    };
+    if let Some(n) = a.segment_max_bytes {
+        if n < 64 * 1024 {
+            err(
+                &audit_at("segment_max_bytes"),
+                "segment_max_bytes must be at least 65536".into(),
+            );
+        }
+        audit.segment_max_bytes = n;
+    }
+    if let Some(n) = a.max_bytes {
+        if n < audit.segment_max_bytes {
+            err(
+                &audit_at("max_bytes"),
+                "max_bytes must be at least segment_max_bytes".into(),
+            );
+        }
+        audit.max_bytes = n;
+    }
+    audit.queue = a.queue_size.unwrap_or(DEFAULT_AUDIT_QUEUE);
+    if audit.queue == 0 {
+        err(&audit_at("queue_size"), "queue_size must be at least 1".into());
+    }
+    if let Some(c) = &a.checkpoint {
+        if c.every == 0 {
+            err(
+                &audit_at("checkpoint"),
+                "checkpoint.every must be at least 1".into(),
+            );
+        }
+        audit.checkpoint = Some((c.every, base.join(&c.key)));
     }
     let mut rate_limit = RateLimit::default();
     if let Some(r) = &file.rate_limit {
@@ -358,7 +487,10 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         }
         if let Some(w) = r.window {
             if w < Duration::from_secs(1) || w > Duration::from_secs(3600) {
-                err(&[PathSeg::Key("rate_limit"), PathSeg::Key("window")], "window must be between 1s and 1h".into());
+                err(
+                    &[PathSeg::Key("rate_limit"), PathSeg::Key("window")],
+                    "window must be between 1s and 1h".into(),
+                );
             }
             rate_limit.window = w;
         }
@@ -380,12 +512,13 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             },
             issuers,
             policies: base.join(&file.policies),
-            audit_file: base.join(&file.audit.file),
-            audit_queue_size: queue,
+            audit,
             log_format: file.log.format.unwrap_or_default(),
             threads,
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(5)),
-            token_cache_entries: file.token_cache_entries.unwrap_or(phigate_token::DEFAULT_CACHE_ENTRIES),
+            token_cache_entries: file
+                .token_cache_entries
+                .unwrap_or(phigate_token::DEFAULT_CACHE_ENTRIES),
             rate_limit,
         }),
         _ => Err(errors),
@@ -432,7 +565,7 @@ issuers:
     leeway: 10s
 policies: policies
 audit:
-  file: audit.jsonl
+  dir: audit
 "#;
 
     #[test]
@@ -442,7 +575,12 @@ audit:
         assert_eq!(c.issuers[0].leeway, Duration::from_secs(10));
         assert_eq!(c.issuers[0].algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
         assert_eq!(c.policies, Path::new("/etc/phigate/policies"));
-        assert_eq!(c.audit_queue_size, DEFAULT_AUDIT_QUEUE);
+        assert_eq!(c.audit.queue, DEFAULT_AUDIT_QUEUE);
+        assert_eq!(c.audit.dir, Path::new("/etc/phigate/audit"));
+        assert_eq!(
+            c.audit.durability,
+            phigate_audit::Durability::Interval(Duration::from_millis(10))
+        );
         assert!(c.upstream.forward_authorization);
     }
 
@@ -460,7 +598,7 @@ issuers:
     jwks_uri: ftp://x
 policies: policies
 audit:
-  file: audit.jsonl
+  dir: audit
   queue_size: 0
 "#;
         let errs = parse("g.yaml", bad, Path::new(".")).unwrap_err();
@@ -514,7 +652,7 @@ mod sample_tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/gateway.yaml");
         let c = load(&path).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(c.issuers.len(), 1);
-        assert_eq!(c.audit_queue_size, 10_000);
+        assert_eq!(c.audit.queue, 10_000);
         assert!(c.policies.ends_with("policies/dev"));
         crate::policy_loader::load_dir(&c.policies).unwrap_or_else(|e| panic!("{e:?}"));
     }

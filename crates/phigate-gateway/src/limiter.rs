@@ -24,13 +24,22 @@ pub struct InvalidTokenLimiter {
 
 impl InvalidTokenLimiter {
     pub fn new(limit: RateLimit) -> Self {
-        Self { limit, shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Self {
+            limit,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
     }
 
     fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, (Instant, u32)>> {
         let h = match ip {
-            IpAddr::V4(v) => v.octets().iter().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(*b as usize)),
-            IpAddr::V6(v) => v.octets().iter().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(*b as usize)),
+            IpAddr::V4(v) => v
+                .octets()
+                .iter()
+                .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(*b as usize)),
+            IpAddr::V6(v) => v
+                .octets()
+                .iter()
+                .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(*b as usize)),
         };
         &self.shards[h % SHARDS]
     }
@@ -40,7 +49,9 @@ impl InvalidTokenLimiter {
         if self.limit.invalid_tokens == 0 {
             return false;
         }
-        let Ok(map) = self.shard(&ip).lock() else { return false };
+        let Ok(map) = self.shard(&ip).lock() else {
+            return false;
+        };
         map.get(&ip)
             .is_some_and(|(start, n)| start.elapsed() < self.limit.window && *n >= self.limit.invalid_tokens)
     }
@@ -50,7 +61,9 @@ impl InvalidTokenLimiter {
         if self.limit.invalid_tokens == 0 {
             return;
         }
-        let Ok(mut map) = self.shard(&ip).lock() else { return };
+        let Ok(mut map) = self.shard(&ip).lock() else {
+            return;
+        };
         if map.len() >= MAX_PER_SHARD && !map.contains_key(&ip) {
             let window = self.limit.window;
             map.retain(|_, (start, _)| start.elapsed() < window);
@@ -74,7 +87,10 @@ mod tests {
 
     #[test]
     fn limits_after_n_failures_per_address_and_resets_after_the_window() {
-        let l = InvalidTokenLimiter::new(RateLimit { invalid_tokens: 3, window: Duration::from_millis(200) });
+        let l = InvalidTokenLimiter::new(RateLimit {
+            invalid_tokens: 3,
+            window: Duration::from_millis(200),
+        });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
@@ -89,13 +105,19 @@ mod tests {
 
     #[test]
     fn zero_disables_and_memory_is_bounded() {
-        let off = InvalidTokenLimiter::new(RateLimit { invalid_tokens: 0, window: Duration::from_secs(10) });
+        let off = InvalidTokenLimiter::new(RateLimit {
+            invalid_tokens: 0,
+            window: Duration::from_secs(10),
+        });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..100 {
             off.record_failure(a);
         }
         assert!(!off.is_limited(a));
-        let l = InvalidTokenLimiter::new(RateLimit { invalid_tokens: 1, window: Duration::from_secs(10) });
+        let l = InvalidTokenLimiter::new(RateLimit {
+            invalid_tokens: 1,
+            window: Duration::from_secs(10),
+        });
         for i in 0..(SHARDS * MAX_PER_SHARD + 1000) as u32 {
             l.record_failure(IpAddr::from(i.to_be_bytes()));
         }

@@ -7,11 +7,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use phigate_audit::AuditStats;
+use phigate_audit::SpoolStats;
 use phigate_token::{FetchObserver, FetchOutcome};
 
 /// All gateway metrics, in their own registry.
@@ -26,6 +26,9 @@ pub struct Metrics {
     pub audit_queue_depth: IntGauge,
     pub audit_fail_closed: IntCounter,
     pub audit_write_errors: IntCounter,
+    pub audit_fsyncs: IntCounter,
+    pub audit_spool_bytes: IntGauge,
+    pub audit_last_seq: IntGauge,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub policy_last_reload_success: IntGauge,
@@ -112,7 +115,7 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     "phigate_audit_records_total",
-                    "Audit records written to the audit file",
+                    "Audit records appended to the spool (access, recovery and checkpoint records)",
                 ),
             ),
             audit_queue_depth: build(
@@ -171,11 +174,20 @@ impl Metrics {
                     &["reason", "route"],
                 ),
             ),
+            audit_fsyncs: build(&r, IntCounter::new("phigate_audit_fsyncs_total", "fsync calls of the audit spool")),
+            audit_spool_bytes: build(
+                &r,
+                IntGauge::new("phigate_audit_spool_bytes", "Bytes in all segments of the audit spool"),
+            ),
+            audit_last_seq: build(
+                &r,
+                IntGauge::new("phigate_audit_last_seq", "Sequence number of the last audit record written"),
+            ),
             audit_write_errors: build(
                 &r,
                 IntCounter::new(
                     "phigate_audit_write_errors_total",
-                    "Failed audit file writes (retried)",
+                    "Failed audit spool writes or fsyncs",
                 ),
             ),
             policy_info: build(
@@ -280,28 +292,39 @@ impl Metrics {
                 c.inc_by(now - seen);
             }
         };
-        sync(&self.token_cache_hits, v.cache_stats().hits.load(Ordering::Relaxed));
-        sync(&self.token_cache_misses, v.cache_stats().misses.load(Ordering::Relaxed));
+        sync(
+            &self.token_cache_hits,
+            v.cache_stats().hits.load(Ordering::Relaxed),
+        );
+        sync(
+            &self.token_cache_misses,
+            v.cache_stats().misses.load(Ordering::Relaxed),
+        );
         for (issuer, keys, age) in v.key_status() {
-            self.jwks_keys.with_label_values(&[issuer.as_str()]).set(keys as i64);
+            self.jwks_keys
+                .with_label_values(&[issuer.as_str()])
+                .set(keys as i64);
             if let Some(age) = age {
-                self.jwks_age.with_label_values(&[issuer.as_str()]).set(age.as_secs_f64());
+                self.jwks_age
+                    .with_label_values(&[issuer.as_str()])
+                    .set(age.as_secs_f64());
             }
         }
     }
 
-    pub fn render(&self, audit: &AuditStats, queue_depth: usize) -> Vec<u8> {
-        let written = audit.written();
-        let seen = self.audit_records.get();
-        if written > seen {
-            self.audit_records.inc_by(written - seen);
-        }
-        let errs = audit.write_errors();
-        let seen = self.audit_write_errors.get();
-        if errs > seen {
-            self.audit_write_errors.inc_by(errs - seen);
-        }
-        self.audit_queue_depth.set(queue_depth as i64);
+    pub fn render(&self, audit: &SpoolStats) -> Vec<u8> {
+        let sync = |c: &IntCounter, now: u64| {
+            let seen = c.get();
+            if now > seen {
+                c.inc_by(now - seen);
+            }
+        };
+        sync(&self.audit_records, audit.records_written);
+        sync(&self.audit_write_errors, audit.write_errors);
+        sync(&self.audit_fsyncs, audit.fsyncs);
+        self.audit_queue_depth.set(audit.queue_depth as i64);
+        self.audit_spool_bytes.set(audit.spool_bytes as i64);
+        self.audit_last_seq.set(audit.last_seq as i64);
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");
@@ -344,7 +367,11 @@ mod tests {
         m.requests
             .with_label_values(&["allow", "allowed", "/fhir/Patient/{id}"])
             .inc();
-        let text = String::from_utf8(m.render(&AuditStats::default(), 3)).unwrap();
+        let text = String::from_utf8(m.render(&SpoolStats {
+            queue_depth: 3,
+            ..SpoolStats::default()
+        }))
+        .unwrap();
         assert!(text.contains(
             "phigate_requests_total{decision=\"allow\",reason=\"allowed\",route=\"/fhir/Patient/{id}\"} 1"
         ));
@@ -355,14 +382,14 @@ mod tests {
     fn policy_reload_moves_the_info_label_and_counts_results() {
         let m = Metrics::new();
         m.policy_started("sha256:aaaa");
-        let text = String::from_utf8(m.render(&AuditStats::default(), 0)).unwrap();
+        let text = String::from_utf8(m.render(&SpoolStats::default())).unwrap();
         assert!(text.contains("phigate_policy_reload_total{result=\"ok\"} 0"));
         assert!(text.contains("phigate_policy_reload_total{result=\"error\"} 0"));
         assert!(text.contains("phigate_policy_last_reload_success 1"));
 
         m.policy_reload_failed();
         m.policy_reload_ok("sha256:aaaa", "sha256:bbbb");
-        let text = String::from_utf8(m.render(&AuditStats::default(), 0)).unwrap();
+        let text = String::from_utf8(m.render(&SpoolStats::default())).unwrap();
         assert!(text.contains("phigate_policy_info{version=\"sha256:bbbb\"} 1"));
         assert!(
             !text.contains("sha256:aaaa"),

@@ -11,11 +11,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderMap;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use phigate_audit::{AuditRecord, AuditSlot, AuditWriter};
+use phigate_audit::{AuditRecord, Slot, Spool};
 use phigate_policy::{Authn, CanonicalTarget, Claims, Decision, PolicySet, Reason, RequestFacts};
 use phigate_token::{TokenError, Validator, VerifiedToken};
 
@@ -27,7 +27,7 @@ pub struct Shared {
     /// The current policy; a reload swaps it atomically.
     pub policy: ArcSwap<PolicySet>,
     pub validator: Arc<Validator>,
-    pub audit: AuditWriter,
+    pub audit: Spool,
     pub metrics: Arc<Metrics>,
     pub upstream: UpstreamConfig,
     pub limiter: crate::limiter::InvalidTokenLimiter,
@@ -51,7 +51,8 @@ pub struct RequestCtx {
     /// The break-glass justification header, when the policy enables break-glass.
     justification: Option<String>,
     policy_version: String,
-    audit_slot: Option<AuditSlot>,
+    /// The reserved audit slot, until the record is committed.
+    audit_slot: Option<Slot>,
     upstream_status: Option<u16>,
 }
 
@@ -337,10 +338,21 @@ impl ProxyHttp for Gateway {
 
         let decision = self.decide_request(session, ctx).await;
         let deny = !decision.is_allow();
-        if deny {
-            self.respond_deny(session, ctx, &decision).await?;
-        }
         ctx.decision = Some(decision);
+        if deny {
+            // The record is on its way to disk (durable in per_request mode)
+            // before the client learns the outcome.
+            let status = ctx.decision.as_ref().map_or(403, Decision::deny_status);
+            let decision = if self.commit_audit(session, ctx, status).await {
+                ctx.decision.clone()
+            } else {
+                Some(Decision::deny(Reason::AuditUnavailable))
+            };
+            if let Some(d) = &decision {
+                self.respond_deny(session, ctx, d).await?;
+            }
+            ctx.decision = decision;
+        }
         Ok(deny)
     }
 
@@ -396,18 +408,60 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // Allowed request: record it (durably in per_request mode) before the
+        // response is released; if the audit pipeline fails, the client gets
+        // 503 instead of an unaudited PHI response.
+        let status = upstream_response.status.as_u16();
+        if !self.commit_audit(session, ctx, status).await {
+            ctx.decision = Some(Decision::deny(Reason::AuditUnavailable));
+            return Error::e_explain(ErrorType::HTTPStatus(503), "audit record could not be committed");
+        }
         Ok(())
+    }
+
+    /// Errors before a response (upstream unreachable, timeouts, a failed
+    /// audit commit): record the outcome first, then answer.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
+        let mut code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if ctx.audit_slot.is_some() && !self.commit_audit(session, ctx, code).await && code > 0 {
+            ctx.decision = Some(Decision::deny(Reason::AuditUnavailable));
+            code = 503;
+        }
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                tracing::debug!(request_id = %ctx.request_id, error = %err, "failed to send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     /// Runs once per request after the response (or a fatal error): every
     /// decision, allow or deny, becomes one audit record and metric sample.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        // Normally committed at response time; a request that ended without
+        // one (client gone mid-request) is recorded here.
+        if ctx.audit_slot.is_some() {
+            self.commit_audit(session, ctx, status).await;
+        }
         let elapsed = ctx.start.elapsed();
         let decision = ctx
             .decision
@@ -421,63 +475,78 @@ impl ProxyHttp for Gateway {
         m.request_duration
             .with_label_values(&[decision.outcome.as_str()])
             .observe(elapsed.as_secs_f64());
-
-        let claims = ctx.claims.take().unwrap_or_default();
-        let record = AuditRecord {
-            ts: phigate_audit::now_rfc3339(),
-            request_id: ctx.request_id.clone(),
-            decision: decision.outcome.as_str().to_string(),
-            reason: decision.reason.as_str().to_string(),
-            status,
-            method: std::mem::take(&mut ctx.method),
-            path: std::mem::take(&mut ctx.path),
-            route: decision.route.as_deref().map(str::to_string),
-            sub: claims.subject,
-            client_id: claims.client_id,
-            iss: if claims.issuer.is_empty() {
-                None
-            } else {
-                Some(claims.issuer)
-            },
-            scopes_granted: claims.scopes,
-            scopes_required: decision.scopes_required,
-            upstream_status: ctx.upstream_status,
-            duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-            remote_addr: session.client_addr().map(|a| a.to_string()),
-            policy_version: std::mem::take(&mut ctx.policy_version),
-            patient: decision.patient.clone(),
-            break_glass: decision.break_glass,
-            justification: ctx.justification.take().map(|j| sanitize_justification(&j)),
-            shadow_decision: decision.shadow.map(|_| "deny".to_string()),
-        };
         if decision.break_glass {
             m.break_glass.inc();
-            tracing::warn!(
-                request_id = %record.request_id,
-                sub = record.sub.as_deref().unwrap_or("-"),
-                route = record.route.as_deref().unwrap_or("none"),
-                "break-glass access"
-            );
+            tracing::warn!(request_id = %ctx.request_id, route, "break-glass access");
         }
         if let Some(would) = decision.shadow {
             m.shadow_denials.with_label_values(&[would.as_str(), route]).inc();
         }
         tracing::info!(
-            request_id = %record.request_id,
-            decision = %record.decision,
-            reason = %record.reason,
-            status = record.status,
-            route = record.route.as_deref().unwrap_or("none"),
+            request_id = %ctx.request_id,
+            decision = decision.outcome.as_str(),
+            reason = decision.reason.as_str(),
+            status,
+            route,
             error = e.map(|e| e.to_string()),
             "request"
         );
-        match ctx.audit_slot.take() {
-            Some(slot) => slot.send(record),
-            // Only the audit-unavailable refusal has no slot; it is counted
-            // in phigate_audit_fail_closed_total and logged above.
-            None => {
-                tracing::warn!(request_id = %record.request_id, reason = %record.reason, "request not audited: audit pipeline unavailable")
+    }
+}
+
+impl Gateway {
+    /// Commit this request's audit record with the status being sent, and
+    /// wait until the spool has it (on disk in `per_request` mode). Returns
+    /// false when there was no slot or the commit failed: the caller must not
+    /// release a PHI response then.
+    async fn commit_audit(&self, session: &Session, ctx: &mut RequestCtx, status: u16) -> bool {
+        let Some(slot) = ctx.audit_slot.take() else {
+            return false;
+        };
+        let record = self.audit_record(session, ctx, status);
+        match slot.commit(record).await {
+            Ok(_) => true,
+            Err(e) => {
+                self.shared.metrics.audit_fail_closed.inc();
+                tracing::error!(request_id = %ctx.request_id, error = %e, "audit commit failed; refusing to release the response");
+                false
             }
+        }
+    }
+
+    /// The audit record for this request, as of now.
+    fn audit_record(&self, session: &Session, ctx: &RequestCtx, status: u16) -> AuditRecord {
+        let fallback;
+        let decision = match &ctx.decision {
+            Some(d) => d,
+            None => {
+                fallback = Decision::deny(Reason::BadRequestPath);
+                &fallback
+            }
+        };
+        let claims = ctx.claims.clone().unwrap_or_default();
+        AuditRecord {
+            ts: phigate_audit::now_rfc3339(),
+            request_id: ctx.request_id.clone(),
+            decision: decision.outcome.as_str().to_string(),
+            reason: decision.reason.as_str().to_string(),
+            status,
+            method: ctx.method.clone(),
+            path: ctx.path.clone(),
+            route: decision.route.as_deref().map(str::to_string),
+            sub: claims.subject,
+            client_id: claims.client_id,
+            iss: (!claims.issuer.is_empty()).then_some(claims.issuer),
+            scopes_granted: claims.scopes,
+            scopes_required: decision.scopes_required.clone(),
+            upstream_status: ctx.upstream_status,
+            duration_ms: (ctx.start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            remote_addr: session.client_addr().map(|a| a.to_string()),
+            policy_version: ctx.policy_version.clone(),
+            patient: decision.patient.clone(),
+            break_glass: decision.break_glass,
+            justification: ctx.justification.as_deref().map(sanitize_justification),
+            shadow_decision: decision.shadow.map(|_| "deny".to_string()),
         }
     }
 }

@@ -12,7 +12,7 @@ use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 
-use phigate_audit::{AuditWorker, AuditWriter};
+use phigate_audit::{CheckpointOptions, SigningKey, Spool, SpoolOptions, SpoolWorker};
 use phigate_policy::{PolicySet, PolicySource};
 use phigate_token::{Algorithm, FetchObserver, IssuerConfig, KeySource, Validator};
 
@@ -35,7 +35,7 @@ impl BackgroundService for JwksRefresher {
 }
 
 /// Owns the audit worker until the server starts it.
-struct AuditService(Mutex<Option<AuditWorker>>);
+struct AuditService(Mutex<Option<SpoolWorker>>);
 
 #[async_trait]
 impl BackgroundService for AuditService {
@@ -62,16 +62,18 @@ pub fn serve(
     let metrics = Arc::new(Metrics::new());
     metrics.policy_started(policy.version());
     let observer: Arc<dyn FetchObserver> = metrics.clone();
-    let validator =
-        Arc::new(Validator::new(config.issuers.clone(), observer)?.with_cache_capacity(config.token_cache_entries));
-    let (audit, worker) = AuditWriter::open(&config.audit_file, config.audit_queue_size)?;
+    let validator = Arc::new(
+        Validator::new(config.issuers.clone(), observer)?.with_cache_capacity(config.token_cache_entries),
+    );
+    let (audit, worker) = open_spool(&config.audit)?;
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,
         upstream = %config.upstream.address,
         policy_version = policy.version(),
         routes = policy.routes().len(),
-        audit_file = %config.audit_file.display(),
+        audit_dir = %config.audit.dir.display(),
+        audit_durability = ?config.audit.durability,
         "starting phigate"
     );
     let shared = Arc::new(Shared {
@@ -128,12 +130,37 @@ pub fn serve(
     Ok(())
 }
 
+/// Open (and crash-recover) the audit spool.
+fn open_spool(a: &crate::config::AuditConfig) -> Result<(Spool, SpoolWorker), GatewayError> {
+    let checkpoint = match &a.checkpoint {
+        None => None,
+        Some((every, key)) => Some(CheckpointOptions {
+            every: *every,
+            key: Arc::new(SigningKey::from_file(key)?),
+        }),
+    };
+    let options = SpoolOptions {
+        durability: a.durability,
+        segment_max_bytes: a.segment_max_bytes,
+        max_bytes: a.max_bytes,
+        queue: a.queue,
+        checkpoint,
+        mirror: a.mirror.clone(),
+        ..SpoolOptions::default()
+    };
+    Ok(Spool::open(&a.dir, options)?)
+}
+
 /// Options of `phigate dev`.
 #[derive(Debug, Clone)]
 pub struct DevOptions {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Plain JSONL copy of every audit line (`--audit-file`).
     pub audit_file: PathBuf,
+    /// The durable audit spool (`--audit-dir`).
+    pub audit_dir: PathBuf,
+    pub audit_durability: phigate_audit::Durability,
     /// Policy directory; `None` uses the bundled dev policy embedded in the binary.
     pub policies: Option<PathBuf>,
     pub dev_key: Option<PathBuf>,
@@ -172,8 +199,11 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
         upstream: UpstreamConfig::new(upstream),
         issuers: vec![dev_issuer],
         policies: opts.policies.clone().unwrap_or_default(),
-        audit_file: opts.audit_file.clone(),
-        audit_queue_size: crate::config::DEFAULT_AUDIT_QUEUE,
+        audit: crate::config::AuditConfig {
+            mirror: Some(opts.audit_file.clone()),
+            durability: opts.audit_durability,
+            ..crate::config::AuditConfig::new(opts.audit_dir.clone())
+        },
         log_format: LogFormat::Pretty,
         threads: 2,
         shutdown_grace: Duration::from_secs(1),
@@ -201,7 +231,7 @@ fn print_banner(opts: &DevOptions, upstream: SocketAddr, version: &str) {
   admin      http://{a}  (/metrics /healthz /readyz /dev/jwks.json /dev/token)
   upstream   http://{upstream}  (demo FHIR server, synthetic data)
   policies   {policies}  [{version}]
-  audit      {audit}
+  audit      {audit}  (JSONL copy; hash-chained spool in {spool}/)
 
 Try:
   curl -i http://{p}/fhir/metadata
@@ -214,7 +244,9 @@ Try:
   curl -i http://{p}/fhir/..%2FPatient/123   # 400
   curl -s http://{a}/metrics | grep phigate_requests_total
   tail -n 3 {audit}
+  phigate audit verify {spool}
 "#,
-        audit = opts.audit_file.display()
+        audit = opts.audit_file.display(),
+        spool = opts.audit_dir.display(),
     );
 }

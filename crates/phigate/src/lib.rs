@@ -27,6 +27,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum DurabilityArg {
+    Interval,
+    PerRequest,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormatArg {
     Json,
     Pretty,
@@ -47,8 +54,15 @@ pub enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
+        /// Plain JSONL copy of every audit record (tail it).
         #[arg(long, default_value = "./phigate-audit.jsonl")]
         audit_file: PathBuf,
+        /// The durable, hash-chained audit spool (`phigate audit verify DIR`).
+        #[arg(long, default_value = "./phigate-audit.d")]
+        audit_dir: PathBuf,
+        /// Audit durability: `interval` (fsync every 10 ms) or `per_request`.
+        #[arg(long, value_enum, default_value = "interval")]
+        audit_durability: DurabilityArg,
         /// Policy directory (default: the bundled dev policy, embedded).
         #[arg(long)]
         policies: Option<PathBuf>,
@@ -184,6 +198,8 @@ pub fn main_entry() -> ExitCode {
             listen,
             admin_listen,
             audit_file,
+            audit_dir,
+            audit_durability,
             policies,
             dev_key,
         } => {
@@ -192,6 +208,11 @@ pub fn main_entry() -> ExitCode {
                 listen,
                 admin_listen,
                 audit_file,
+                audit_dir,
+                audit_durability: match audit_durability {
+                    DurabilityArg::Interval => phigate_audit::Durability::default(),
+                    DurabilityArg::PerRequest => phigate_audit::Durability::PerRequest,
+                },
                 policies,
                 dev_key,
             }))

@@ -77,6 +77,11 @@ pub struct SpoolOptions {
     /// Maximum records in flight (reserved, or committed and not yet written).
     pub queue: usize,
     pub checkpoint: Option<CheckpointOptions>,
+    /// Also append every line, as written, to this plain JSONL file (for
+    /// tools that tail one file, e.g. dev mode's `--audit-file`). Best effort:
+    /// the spool is the record of truth; a failed mirror write is logged and
+    /// counted (`mirror_errors`), never fails a request.
+    pub mirror: Option<PathBuf>,
     /// After shutdown is signalled the writer keeps serving until nothing is
     /// reserved and no record arrived for this long.
     pub shutdown_idle: Duration,
@@ -99,6 +104,7 @@ impl Default for SpoolOptions {
             max_bytes: DEFAULT_MAX_BYTES,
             queue: DEFAULT_QUEUE,
             checkpoint: None,
+            mirror: None,
             shutdown_idle: Duration::from_secs(2),
         }
     }
@@ -123,6 +129,8 @@ pub struct SpoolStats {
     pub write_errors: u64,
     /// Reservations refused ([`Spool::reserve`] errors).
     pub fail_closed: u64,
+    /// Failed writes to the JSONL mirror file (the spool still has the records).
+    pub mirror_errors: u64,
     /// The writer is running and its last write/sync succeeded (or it recovered).
     pub healthy: bool,
     /// `reserve` would currently succeed as far as health and the byte bound
@@ -164,6 +172,7 @@ struct Shared {
     write_errors: AtomicU64,
     fail_closed: AtomicU64,
     last_seq: AtomicU64,
+    mirror_errors: AtomicU64,
 }
 
 impl Shared {
@@ -290,6 +299,7 @@ impl Spool {
             write_errors: AtomicU64::new(0),
             fail_closed: AtomicU64::new(0),
             last_seq: AtomicU64::new(tail.chain.seq),
+            mirror_errors: AtomicU64::new(0),
         });
         let writer = Writer::open(dir, tail, options, shared.clone(), lock)?;
         Ok((
@@ -351,6 +361,7 @@ impl Spool {
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
             fail_closed: s.fail_closed.load(Ordering::Relaxed),
+            mirror_errors: s.mirror_errors.load(Ordering::Relaxed),
             healthy,
             accepting: healthy && spool_bytes < s.max_bytes,
             queue_depth: s.in_flight.load(Ordering::Relaxed),

@@ -63,6 +63,8 @@ pub(super) struct Writer {
     last_rescan: Instant,
     pub(super) options: SpoolOptions,
     pub(super) shared: Arc<Shared>,
+    /// Plain JSONL copy of every line ([`SpoolOptions::mirror`]).
+    mirror: Option<File>,
     _lock: File,
 }
 
@@ -100,7 +102,21 @@ impl Writer {
         shared
             .spool_bytes
             .store(dir_bytes(dir).map_err(io)?, Ordering::Relaxed);
+        let mirror = match &options.mirror {
+            None => None,
+            Some(m) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(m)
+                    .map_err(|source| AuditError::Open {
+                        path: m.clone(),
+                        source,
+                    })?,
+            ),
+        };
         let mut writer = Writer {
+            mirror,
             dir: dir.to_path_buf(),
             file: Some(file),
             segment: tail.segment.clone(),
@@ -300,6 +316,12 @@ impl Writer {
                 .as_mut()
                 .ok_or_else(|| std::io::Error::other("segment not open"))?;
             file.write_all(&buf)?;
+            if let Some(m) = self.mirror.as_mut() {
+                if let Err(e) = m.write_all(&buf) {
+                    self.shared.mirror_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "audit mirror file write failed (the spool has the records)");
+                }
+            }
             let rotating = count < queue.len();
             if rotating || durable {
                 self.sync()?;
