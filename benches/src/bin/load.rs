@@ -164,13 +164,22 @@ fn cache_counters(admin: SocketAddr) -> (f64, f64) {
     (value("phigate_token_cache_hits_total"), value("phigate_token_cache_misses_total"))
 }
 
-fn main() {
-    let a = args();
+/// A running `phigate dev` and where to reach it.
+struct Dev {
+    _guard: Phigate,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn start_dev(a: &Args, durability: &str) -> Dev {
     let dir = tempfile::tempdir().unwrap();
     let (proxy, admin) = (free_addr(), free_addr());
     let log = dir.path().join("phigate.log");
     let child = Command::new(&a.phigate)
-        .args(["dev", "--listen", &proxy.to_string(), "--admin-listen", &admin.to_string(), "--audit-file"])
+        .args(["dev", "--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
+        .args(["--audit-durability", durability, "--audit-file"])
         .arg(dir.path().join("audit.jsonl"))
         .arg("--audit-dir")
         .arg(dir.path().join("spool"))
@@ -179,7 +188,7 @@ fn main() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with --release first)", a.phigate));
-    let _guard = Phigate(child);
+    let guard = Phigate(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !matches!(TcpStream::connect(admin).ok().map(|_| http_get(admin, "/readyz").0), Some(200)) {
         assert!(Instant::now() < deadline, "phigate not ready:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
@@ -192,12 +201,19 @@ fn main() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .expect("demo upstream address in the dev banner");
-    let mint = move || http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600").1.trim().to_string();
-    let token = mint();
+    Dev { _guard: guard, proxy, admin, upstream, _dir: dir }
+}
+
+fn main() {
+    let a = args();
     println!(
         "load: {} connections × {} s per run, 2 cores shared by client and server (ratios matter, not absolutes)",
         a.connections, a.seconds
     );
+    let dev = start_dev(&a, "interval");
+    let (proxy, admin, upstream) = (dev.proxy, dev.admin, dev.upstream);
+    let mint = move || http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600").1.trim().to_string();
+    let token = mint();
     let mut results = Vec::new();
     results.push(run("upstream direct (baseline)", upstream, "/fhir/Patient/123", Arc::new(|| None), &a, 200));
     results.push(run("phigate, public route", proxy, "/fhir/metadata", Arc::new(|| None), &a, 200));
@@ -223,6 +239,18 @@ fn main() {
         "uncached run: {misses:.0} signature verifications, {hits:.0} cache hits ({:.1}% hits)",
         100.0 * hits / (hits + misses).max(1.0)
     );
+    drop(dev);
+    // Audit durability: the same cached-token read with each spool mode.
+    for (name, mode) in [
+        ("audit durability none (no fsync)", "none"),
+        ("audit durability interval (10 ms)", "interval"),
+        ("audit durability per_request", "per_request"),
+    ] {
+        let d = start_dev(&a, mode);
+        let admin = d.admin;
+        let t = http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600").1.trim().to_string();
+        results.push(run(name, d.proxy, "/fhir/Patient/123", Arc::new(move || Some(t.clone())), &a, 200));
+    }
     let base = results[0].rps;
     println!("{:<46} {:>9} {:>10} {:>9} {:>9} {:>8}", "run", "requests", "req/s", "p50", "p99", "vs base");
     for r in &results {
@@ -230,5 +258,9 @@ fn main() {
             "{:<46} {:>9} {:>10.0} {:>9.2?} {:>9.2?} {:>7.2}x",
             r.name, r.requests, r.rps, r.p50, r.p99, r.rps / base
         );
+    }
+    let none = results.iter().find(|r| r.name.contains("none")).map_or(1.0, |r| r.rps);
+    for r in results.iter().filter(|r| r.name.starts_with("audit durability")) {
+        println!("{:<46} {:>7.2}x of durability none", r.name, r.rps / none);
     }
 }

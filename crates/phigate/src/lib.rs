@@ -31,6 +31,8 @@ pub struct Cli {
 pub enum DurabilityArg {
     Interval,
     PerRequest,
+    /// No fsync at all: benchmarks only.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -60,7 +62,7 @@ pub enum Command {
         /// The durable, hash-chained audit spool (`phigate audit verify DIR`).
         #[arg(long, default_value = "./phigate-audit.d")]
         audit_dir: PathBuf,
-        /// Audit durability: `interval` (fsync every 10 ms) or `per_request`.
+        /// Audit durability: `interval` (fsync every 10 ms), `per_request`, or `none` (benchmarks only).
         #[arg(long, value_enum, default_value = "interval")]
         audit_durability: DurabilityArg,
         /// Policy directory (default: the bundled dev policy, embedded).
@@ -212,6 +214,7 @@ pub fn main_entry() -> ExitCode {
                 audit_durability: match audit_durability {
                     DurabilityArg::Interval => phigate_audit::Durability::default(),
                     DurabilityArg::PerRequest => phigate_audit::Durability::PerRequest,
+                    DurabilityArg::None => phigate_audit::Durability::None,
                 },
                 policies,
                 dev_key,
