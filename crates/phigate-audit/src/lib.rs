@@ -24,7 +24,6 @@ pub mod report;
 pub mod segment;
 mod spool;
 pub mod verify;
-mod writer;
 
 #[cfg(test)]
 mod testing;
@@ -41,4 +40,3 @@ pub use spool::{
     CheckpointOptions, Commit, CommitInfo, Durability, Slot, Spool, SpoolOptions, SpoolStats, SpoolWorker,
     DEFAULT_MAX_BYTES, DEFAULT_QUEUE, DEFAULT_SEGMENT_MAX_BYTES,
 };
-pub use writer::{AuditSlot, AuditStats, AuditWorker, AuditWriter};

@@ -6,10 +6,12 @@
 //!                                 ├─ canonicalise path      (phigate-policy)
 //!                                 ├─ bearer token → Validator (phigate-token, JWKS cache)
 //!                                 ├─ decide()               (phigate-policy, pure)
-//!                                 ├─ deny → JSON 400/401/403/503
+//!                                 ├─ audit slot reserved    (phigate-audit Spool; none → 503)
+//!                                 ├─ deny → commit record ──► JSON 400/401/403/503
 //!                                 └─ allow → upstream (canonical target)
-//!                               Gateway::logging ──► AuditWriter queue ──► audit worker ──► JSONL file
-//!                                                └─► Metrics ──► admin /metrics
+//!                               Gateway::response_filter ──► commit record (awaited) ──► response
+//!                               SpoolWorker ──► hash-chained segments (fsync per durability)
+//!                               Gateway::logging ──► Metrics ──► admin /metrics
 //! ```
 #![forbid(unsafe_code)]
 
