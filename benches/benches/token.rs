@@ -28,7 +28,10 @@ fn pkcs8_to_pkcs1(der: &[u8]) -> Vec<u8> {
             (d[1] as usize, 2)
         } else {
             let n = (d[1] & 0x7f) as usize;
-            (d[2..2 + n].iter().fold(0usize, |a, b| (a << 8) | *b as usize), 2 + n)
+            (
+                d[2..2 + n].iter().fold(0usize, |a, b| (a << 8) | *b as usize),
+                2 + n,
+            )
         };
         (tag, &d[hdr..hdr + len], &d[hdr + len..])
     }
@@ -68,10 +71,26 @@ fn keys() -> (Vec<Signer>, Value) {
         {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "use": "sig", "alg": "EdDSA", "x": b64(ed.public_key().as_ref())},
     ]});
     let signers = vec![
-        Signer { alg: Algorithm::RS256, kid: "rsa", key: EncodingKey::from_rsa_der(&pkcs1) },
-        Signer { alg: Algorithm::PS256, kid: "rsa", key: EncodingKey::from_rsa_der(&pkcs1) },
-        Signer { alg: Algorithm::ES256, kid: "ec", key: EncodingKey::from_ec_der(ec_doc.as_ref()) },
-        Signer { alg: Algorithm::EdDSA, kid: "ed", key: EncodingKey::from_ed_der(ed_doc.as_ref()) },
+        Signer {
+            alg: Algorithm::RS256,
+            kid: "rsa",
+            key: EncodingKey::from_rsa_der(&pkcs1),
+        },
+        Signer {
+            alg: Algorithm::PS256,
+            kid: "rsa",
+            key: EncodingKey::from_rsa_der(&pkcs1),
+        },
+        Signer {
+            alg: Algorithm::ES256,
+            kid: "ec",
+            key: EncodingKey::from_ec_der(ec_doc.as_ref()),
+        },
+        Signer {
+            alg: Algorithm::EdDSA,
+            kid: "ed",
+            key: EncodingKey::from_ed_der(ed_doc.as_ref()),
+        },
     ];
     (signers, jwks)
 }
@@ -82,9 +101,19 @@ fn bench_validate(c: &mut Criterion) {
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, jwks.to_string()).unwrap();
     let mut cfg = IssuerConfig::new(ISS, vec![AUD.into()], KeySource::JwksFile(path));
-    cfg.algorithms = vec![Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::EdDSA];
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let uncached = Validator::new(vec![cfg.clone()], Arc::new(NoopObserver)).unwrap().with_cache_capacity(0);
+    cfg.algorithms = vec![
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let uncached = Validator::new(vec![cfg.clone()], Arc::new(NoopObserver))
+        .unwrap()
+        .with_cache_capacity(0);
     let cached = Validator::new(vec![cfg], Arc::new(NoopObserver)).unwrap();
     assert!(rt.block_on(uncached.refresh_all()) && rt.block_on(cached.refresh_all()));
     let now = jsonwebtoken::get_current_timestamp();

@@ -10,9 +10,12 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod audit_repo;
 pub mod http;
 pub mod keys;
+pub mod nats;
 pub mod prom;
+pub mod rsyslog;
 pub mod servers;
 
 use std::net::{SocketAddr, TcpListener};

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 fn mean_ns(dir: &Path) -> Option<f64> {
     // BenchmarkId("routes", 10) is stored as routes/10; a function named
     // "ES256/cached" as ES256_cached.
-    let flat = dir.to_string_lossy().rsplit_once('/').map(|(a, b)| format!("{a}_{b}"));
+    let flat = dir
+        .to_string_lossy()
+        .rsplit_once('/')
+        .map(|(a, b)| format!("{a}_{b}"));
     let text = match std::fs::read_to_string(dir.join("new/estimates.json")) {
         Ok(t) => t,
         Err(_) => std::fs::read_to_string(Path::new(&flat?).join("new/estimates.json")).ok()?,
@@ -47,7 +50,11 @@ fn main() {
         ),
         // Audit spool: ns per committed record with 64 concurrent committers
         // (records/s = 1e9 / ns); the ratio is the cost of fsync.
-        ("audit", "commit/none", &["commit/interval_10ms", "commit/per_request"]),
+        (
+            "audit",
+            "commit/none",
+            &["commit/interval_10ms", "commit/per_request"],
+        ),
     ];
     let mut missing = false;
     for (group, base, others) in comparisons {
@@ -63,10 +70,18 @@ fn main() {
         for o in *others {
             match mean_ns(&root.join(group).join(o)) {
                 Some(v) if v < b => {
-                    println!("{group}/{o}: {v:.1} ns  = {:.3}x baseline ({:.1}x faster)", v / b, b / v)
+                    println!(
+                        "{group}/{o}: {v:.1} ns  = {:.3}x baseline ({:.1}x faster)",
+                        v / b,
+                        b / v
+                    )
                 }
                 Some(v) if v < b => {
-                    println!("{group}/{o}: {v:.1} ns  = {:.3}x baseline ({:.1}x faster)", v / b, b / v)
+                    println!(
+                        "{group}/{o}: {v:.1} ns  = {:.3}x baseline ({:.1}x faster)",
+                        v / b,
+                        b / v
+                    )
                 }
                 Some(v) => println!("{group}/{o}: {v:.1} ns  = {:.2}x baseline", v / b),
                 None => {

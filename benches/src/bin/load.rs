@@ -31,7 +31,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { seconds: 10, connections: 16, phigate: "target/release/phigate".into() };
+    let mut a = Args {
+        seconds: 10,
+        connections: 16,
+        phigate: "target/release/phigate".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().unwrap_or_default();
@@ -58,17 +62,25 @@ impl Conn {
     fn open(addr: SocketAddr) -> Conn {
         let s = TcpStream::connect(addr).unwrap();
         s.set_nodelay(true).unwrap();
-        Conn { stream: BufReader::new(s) }
+        Conn {
+            stream: BufReader::new(s),
+        }
     }
 
     /// Send a GET and read the whole response; returns the status.
     fn get(&mut self, target: &str, token: Option<&str>) -> u16 {
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let req = format!("GET {target} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n");
         self.stream.get_mut().write_all(req.as_bytes()).unwrap();
         let mut line = String::new();
         self.stream.read_line(&mut line).unwrap();
-        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
         let mut len = 0usize;
         loop {
             line.clear();
@@ -131,8 +143,18 @@ fn run(
     let elapsed = start.elapsed();
     let mut l = std::mem::take(&mut *lat.lock().unwrap());
     l.sort();
-    let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
-    Result { name, requests: l.len(), rps: l.len() as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p99: pct(0.99) }
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Result {
+        name,
+        requests: l.len(),
+        rps: l.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
 }
 
 struct Phigate(Child);
@@ -145,11 +167,18 @@ impl Drop for Phigate {
 
 fn http_get(addr: SocketAddr, target: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -161,7 +190,10 @@ fn cache_counters(admin: SocketAddr) -> (f64, f64) {
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse::<f64>().ok()))
             .unwrap_or(0.0)
     };
-    (value("phigate_token_cache_hits_total"), value("phigate_token_cache_misses_total"))
+    (
+        value("phigate_token_cache_hits_total"),
+        value("phigate_token_cache_misses_total"),
+    )
 }
 
 /// A running `phigate dev` and where to reach it.
@@ -178,7 +210,13 @@ fn start_dev(a: &Args, durability: &str) -> Dev {
     let (proxy, admin) = (free_addr(), free_addr());
     let log = dir.path().join("phigate.log");
     let child = Command::new(&a.phigate)
-        .args(["dev", "--listen", &proxy.to_string(), "--admin-listen", &admin.to_string()])
+        .args([
+            "dev",
+            "--listen",
+            &proxy.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
         .args(["--audit-durability", durability, "--audit-file"])
         .arg(dir.path().join("audit.jsonl"))
         .arg("--audit-dir")
@@ -190,8 +228,17 @@ fn start_dev(a: &Args, durability: &str) -> Dev {
         .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with --release first)", a.phigate));
     let guard = Phigate(child);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(TcpStream::connect(admin).ok().map(|_| http_get(admin, "/readyz").0), Some(200)) {
-        assert!(Instant::now() < deadline, "phigate not ready:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    while !matches!(
+        TcpStream::connect(admin)
+            .ok()
+            .map(|_| http_get(admin, "/readyz").0),
+        Some(200)
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "phigate not ready:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let banner = std::fs::read_to_string(&log).unwrap();
@@ -201,7 +248,13 @@ fn start_dev(a: &Args, durability: &str) -> Dev {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .expect("demo upstream address in the dev banner");
-    Dev { _guard: guard, proxy, admin, upstream, _dir: dir }
+    Dev {
+        _guard: guard,
+        proxy,
+        admin,
+        upstream,
+        _dir: dir,
+    }
 }
 
 fn main() {
@@ -212,13 +265,39 @@ fn main() {
     );
     let dev = start_dev(&a, "interval");
     let (proxy, admin, upstream) = (dev.proxy, dev.admin, dev.upstream);
-    let mint = move || http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600").1.trim().to_string();
+    let mint = move || {
+        http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600")
+            .1
+            .trim()
+            .to_string()
+    };
     let token = mint();
     let mut results = Vec::new();
-    results.push(run("upstream direct (baseline)", upstream, "/fhir/Patient/123", Arc::new(|| None), &a, 200));
-    results.push(run("phigate, public route", proxy, "/fhir/metadata", Arc::new(|| None), &a, 200));
+    results.push(run(
+        "upstream direct (baseline)",
+        upstream,
+        "/fhir/Patient/123",
+        Arc::new(|| None),
+        &a,
+        200,
+    ));
+    results.push(run(
+        "phigate, public route",
+        proxy,
+        "/fhir/metadata",
+        Arc::new(|| None),
+        &a,
+        200,
+    ));
     let t = token.clone();
-    results.push(run("phigate, token (cached), FHIR read", proxy, "/fhir/Patient/123", Arc::new(move || Some(t.clone())), &a, 200));
+    results.push(run(
+        "phigate, token (cached), FHIR read",
+        proxy,
+        "/fhir/Patient/123",
+        Arc::new(move || Some(t.clone())),
+        &a,
+        200,
+    ));
     // Uncached: pre-mint a pool of distinct tokens (unique jti) twice the
     // size of the verified-token cache and cycle through it; the cache hit
     // ratio of the run is printed so the label can be checked.
@@ -248,18 +327,39 @@ fn main() {
     ] {
         let d = start_dev(&a, mode);
         let admin = d.admin;
-        let t = http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600").1.trim().to_string();
-        results.push(run(name, d.proxy, "/fhir/Patient/123", Arc::new(move || Some(t.clone())), &a, 200));
+        let t = http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600")
+            .1
+            .trim()
+            .to_string();
+        results.push(run(
+            name,
+            d.proxy,
+            "/fhir/Patient/123",
+            Arc::new(move || Some(t.clone())),
+            &a,
+            200,
+        ));
     }
     let base = results[0].rps;
-    println!("{:<46} {:>9} {:>10} {:>9} {:>9} {:>8}", "run", "requests", "req/s", "p50", "p99", "vs base");
+    println!(
+        "{:<46} {:>9} {:>10} {:>9} {:>9} {:>8}",
+        "run", "requests", "req/s", "p50", "p99", "vs base"
+    );
     for r in &results {
         println!(
             "{:<46} {:>9} {:>10.0} {:>9.2?} {:>9.2?} {:>7.2}x",
-            r.name, r.requests, r.rps, r.p50, r.p99, r.rps / base
+            r.name,
+            r.requests,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.rps / base
         );
     }
-    let none = results.iter().find(|r| r.name.contains("none")).map_or(1.0, |r| r.rps);
+    let none = results
+        .iter()
+        .find(|r| r.name.contains("none"))
+        .map_or(1.0, |r| r.rps);
     for r in results.iter().filter(|r| r.name.starts_with("audit durability")) {
         println!("{:<46} {:>7.2}x of durability none", r.name, r.rps / none);
     }

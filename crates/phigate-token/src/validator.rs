@@ -132,7 +132,10 @@ impl Validator {
             order,
             http,
             observer,
-            cache: Some(tinyufo::TinyUfo::new(DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_ENTRIES)),
+            cache: Some(tinyufo::TinyUfo::new(
+                DEFAULT_CACHE_ENTRIES,
+                DEFAULT_CACHE_ENTRIES,
+            )),
             cache_stats: CacheStats::default(),
         })
     }
@@ -236,14 +239,24 @@ impl Validator {
         let verified = Arc::new(verified);
         if let (Some(cache), Some(d)) = (&self.cache, digest) {
             let valid_until = verified.expires_at.saturating_add(issuer.config.leeway.as_secs());
-            let entry = CachedToken { digest: d, token: verified.clone(), issuer, key, valid_until };
+            let entry = CachedToken {
+                digest: d,
+                token: verified.clone(),
+                issuer,
+                key,
+                valid_until,
+            };
             cache.put(d, Arc::new(entry), 1);
         }
         Ok(verified)
     }
 
     fn max_token_bytes(&self) -> usize {
-        self.order.iter().map(|i| i.config.max_token_bytes).max().unwrap_or(crate::DEFAULT_MAX_TOKEN_BYTES)
+        self.order
+            .iter()
+            .map(|i| i.config.max_token_bytes)
+            .max()
+            .unwrap_or(crate::DEFAULT_MAX_TOKEN_BYTES)
     }
 
     /// A cached validation still holds: not expired, key still current and usable.
@@ -251,8 +264,12 @@ impl Validator {
         if jsonwebtoken::get_current_timestamp() > c.valid_until {
             return false;
         }
-        let Some(snap) = c.issuer.usable_keys(Instant::now()) else { return false };
-        snap.set.find(c.token.kid.as_deref()).is_some_and(|k| Arc::ptr_eq(k, &c.key))
+        let Some(snap) = c.issuer.usable_keys(Instant::now()) else {
+            return false;
+        };
+        snap.set
+            .find(c.token.kid.as_deref())
+            .is_some_and(|k| Arc::ptr_eq(k, &c.key))
     }
 
     async fn validate_uncached(
@@ -273,7 +290,9 @@ impl Validator {
         };
         let kid = pre.kid.as_deref();
         if snap.set.find(kid).is_none() {
-            let Some(k) = kid else { return Err(TokenError::UnknownKey) };
+            let Some(k) = kid else {
+                return Err(TokenError::UnknownKey);
+            };
             if k.len() > 256 || issuer.recently_unknown(k) {
                 return Err(TokenError::UnknownKey);
             }
@@ -512,13 +531,22 @@ impl Validator {
             return Ok(u);
         }
         let c = &issuer.config;
-        let url = format!("{}/.well-known/openid-configuration", c.issuer.trim_end_matches('/'));
-        let (body, _) = self.fetch_http_capped(&url, c.fetch_timeout, MAX_DISCOVERY_BYTES).await?;
-        let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("discovery document is not JSON: {e}"))?;
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            c.issuer.trim_end_matches('/')
+        );
+        let (body, _) = self
+            .fetch_http_capped(&url, c.fetch_timeout, MAX_DISCOVERY_BYTES)
+            .await?;
+        let doc: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("discovery document is not JSON: {e}"))?;
         if doc.get("issuer").and_then(Value::as_str) != Some(c.issuer.as_str()) {
             return Err("discovery document names a different issuer".into());
         }
-        let jwks_uri = doc.get("jwks_uri").and_then(Value::as_str).ok_or("discovery document has no jwks_uri")?;
+        let jwks_uri = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or("discovery document has no jwks_uri")?;
         let parsed = url::Url::parse(jwks_uri).map_err(|e| format!("jwks_uri `{jwks_uri}`: {e}"))?;
         let issuer_https = c.issuer.starts_with("https://");
         if parsed.scheme() != "https" && (issuer_https || parsed.scheme() != "http") {
@@ -581,7 +609,9 @@ impl Issuer {
     /// Whether `kid` missed since the last refetch, within the cooldown.
     fn recently_unknown(&self, kid: &str) -> bool {
         let cooldown = self.config.unknown_kid_cooldown;
-        self.negative.lock().is_ok_and(|n| n.get(kid).is_some_and(|t| t.elapsed() < cooldown))
+        self.negative
+            .lock()
+            .is_ok_and(|n| n.get(kid).is_some_and(|t| t.elapsed() < cooldown))
     }
 
     fn remember_unknown(&self, kid: &str) {

@@ -448,7 +448,10 @@ async fn verified_tokens_are_cached_until_key_removal_or_expiry() {
     let token = k.sign(&claims());
     let first = v.validate(&token).await.unwrap();
     let second = v.validate(&token).await.unwrap();
-    assert!(Arc::ptr_eq(&first, &second), "second validation served from the cache");
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "second validation served from the cache"
+    );
     assert_eq!(v.cache_stats().hits.load(Ordering::Relaxed), 1);
 
     // Failures are never cached as success: a tampered token keeps failing.
@@ -487,7 +490,10 @@ async fn oidc_discovery_is_followed_and_checked() {
     // A discovery server whose issuer is its own base URL.
     let disco = JwksServer::start(String::new()).await;
     let base = disco.uri.trim_end_matches("/jwks.json").to_string();
-    disco.set(200, json!({"issuer": base, "jwks_uri": jwks_server.uri}).to_string());
+    disco.set(
+        200,
+        json!({"issuer": base, "jwks_uri": jwks_server.uri}).to_string(),
+    );
     let mut c = IssuerConfig::new(base.clone(), vec![AUD.into()], KeySource::Discovery);
     c.unknown_kid_cooldown = Duration::from_secs(30);
     let v = Validator::new(vec![c.clone()], Arc::new(NoopObserver)).unwrap();
@@ -496,7 +502,10 @@ async fn oidc_discovery_is_followed_and_checked() {
     cl["iss"] = json!(base);
     assert!(v.validate(&k.sign(&cl)).await.is_ok());
     // A discovery document for another issuer is refused.
-    disco.set(200, json!({"issuer": "https://evil.example", "jwks_uri": jwks_server.uri}).to_string());
+    disco.set(
+        200,
+        json!({"issuer": "https://evil.example", "jwks_uri": jwks_server.uri}).to_string(),
+    );
     let v = Validator::new(vec![c], Arc::new(NoopObserver)).unwrap();
     assert!(!v.refresh_all().await);
     assert_eq!(v.validate(&k.sign(&cl)).await, Err(TokenError::KeysUnavailable));
@@ -511,7 +520,11 @@ async fn repeated_unknown_kid_is_answered_from_the_negative_cache() {
     for _ in 0..50 {
         assert_eq!(v.validate(&stranger).await, Err(TokenError::UnknownKey));
     }
-    assert_eq!(s.fetches() - before, 1, "one refetch, then the negative cache answers");
+    assert_eq!(
+        s.fetches() - before,
+        1,
+        "one refetch, then the negative cache answers"
+    );
 }
 
 #[tokio::test]
@@ -523,7 +536,10 @@ async fn more_attacks_are_refused() {
     // Psychic signature (CVE-2022-21449) in raw and DER encodings.
     let der_zero = [0x30u8, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00];
     for sig in [&[0u8; 64][..], &der_zero[..]] {
-        assert_eq!(v.validate(&forge_raw(h, &payload, sig)).await, Err(TokenError::InvalidSignature));
+        assert_eq!(
+            v.validate(&forge_raw(h, &payload, sig)).await,
+            Err(TokenError::InvalidSignature)
+        );
     }
     // HS256 keyed with the issuer's public key as a PEM (SPKI) secret.
     let x = URL_SAFE_NO_PAD.decode(k.jwk["x"].as_str().unwrap()).unwrap();
@@ -546,11 +562,23 @@ async fn more_attacks_are_refused() {
     h2.kid = Some("k1".into());
     h2.x5u = Some("http://evil.example/cert.pem".into());
     h2.x5c = Some(vec!["MIIB".into()]);
-    assert_eq!(v.validate(&other.sign_with_header(&h2, &claims())).await, Err(TokenError::InvalidSignature));
-    assert!(v.validate(&k.sign_with_header(&h2, &claims())).await.is_ok(), "ignored, not fatal");
+    assert_eq!(
+        v.validate(&other.sign_with_header(&h2, &claims())).await,
+        Err(TokenError::InvalidSignature)
+    );
+    assert!(
+        v.validate(&k.sign_with_header(&h2, &claims())).await.is_ok(),
+        "ignored, not fatal"
+    );
     // A payload that is not an object, a token of thousands of dots.
-    assert_eq!(v.validate(&forge_raw(h, "\"str\"", &[1; 64])).await, Err(TokenError::Malformed));
-    assert_eq!(v.validate(&format!("a{}b", ".".repeat(5000))).await, Err(TokenError::Malformed));
+    assert_eq!(
+        v.validate(&forge_raw(h, "\"str\"", &[1; 64])).await,
+        Err(TokenError::Malformed)
+    );
+    assert_eq!(
+        v.validate(&format!("a{}b", ".".repeat(5000))).await,
+        Err(TokenError::Malformed)
+    );
     // exp as a string is not a NumericDate.
     let mut c = claims();
     c["exp"] = json!("9999999999");
@@ -570,13 +598,22 @@ async fn typ_can_be_required_to_be_at_jwt() {
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some("k1".into());
     h.typ = Some("JWT".into());
-    assert_eq!(v.validate(&k.sign_with_header(&h, &claims())).await, Err(TokenError::Malformed));
+    assert_eq!(
+        v.validate(&k.sign_with_header(&h, &claims())).await,
+        Err(TokenError::Malformed)
+    );
     h.typ = None;
-    assert_eq!(v.validate(&k.sign_with_header(&h, &claims())).await, Err(TokenError::Malformed));
+    assert_eq!(
+        v.validate(&k.sign_with_header(&h, &claims())).await,
+        Err(TokenError::Malformed)
+    );
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 mod properties {
@@ -594,15 +631,26 @@ mod properties {
     fn fixture() -> &'static Fixture {
         static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
         F.get_or_init(|| {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
             let k = TestKey::es256("k1");
             let server = rt.block_on(JwksServer::start(jwks(&[&k])));
             let mut c = config(&server.uri);
             c.unknown_kid_cooldown = Duration::from_secs(3600);
-            let validator = Validator::new(vec![c], Arc::new(NoopObserver)).unwrap().with_cache_capacity(0);
+            let validator = Validator::new(vec![c], Arc::new(NoopObserver))
+                .unwrap()
+                .with_cache_capacity(0);
             assert!(rt.block_on(validator.refresh_all()));
             let good = k.sign(&claims());
-            Fixture { rt, validator, good, _server: server }
+            Fixture {
+                rt,
+                validator,
+                good,
+                _server: server,
+            }
         })
     }
 
