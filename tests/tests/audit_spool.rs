@@ -210,3 +210,76 @@ fn a_full_spool_fails_closed_with_503_and_loses_nothing() {
         "every served request is in the spool"
     );
 }
+
+#[test]
+fn configured_sinks_stream_the_spool_and_report_lag_and_health() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let repo = rt.block_on(phigate_tests::audit_repo::AuditRepo::start());
+    let sinks = format!(
+        "sinks:\n  - {{ type: fhir, name: fhir-repo, base_url: \"{}\" }}\n",
+        repo.base_url()
+    );
+    let e = TestEnv::start_with(TEST_POLICY, "", &sinks);
+    let token = e.key.sign(&claims("user/Patient.rs"));
+    for i in 0..10 {
+        let id = format!("sink-{i}");
+        let r = e.send("GET", "/fhir/Patient/1", &token, &[("X-Request-Id", &id)], b"");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(http::get(e.gw.proxy, "/fhir/Patient/1").unwrap().status, 401);
+    let events = eventually(Duration::from_secs(20), || {
+        let a = repo.accepted();
+        (a.len() >= 11).then_some(a)
+    })
+    .expect("every record reaches the FHIR audit repository");
+    assert!(events.iter().all(|ev| ev["resourceType"] == "AuditEvent"));
+    let m = eventually(Duration::from_secs(10), || {
+        let m = e.gw.metrics();
+        (m.value("phigate_audit_sink_lag_records", &[("sink", "fhir-repo")]) == 0.0).then_some(m)
+    })
+    .expect("lag drains to zero");
+    assert_eq!(
+        m.value("phigate_audit_sink_healthy", &[("sink", "fhir-repo")]),
+        1.0
+    );
+    let ready = http::get(e.gw.admin, "/readyz").unwrap().json();
+    assert_eq!(ready["sinks"]["fhir-repo"]["healthy"], true, "{ready}");
+    // The cursor file lives inside the spool directory; verify ignores it.
+    assert!(e.gw.spool_dir.join("cursors/fhir-repo.json").exists());
+    let (ok, report) = audit_verify(&e.gw.spool_dir);
+    assert!(ok, "{report}");
+}
+
+#[test]
+fn audit_export_fhir_prints_a_bundle_of_balp_audit_events() {
+    let e = TestEnv::start(TEST_POLICY);
+    let token = e.key.sign(&claims("user/Patient.rs"));
+    assert_eq!(e.get("/fhir/Patient/7", &token).status, 200);
+    assert_eq!(http::get(e.gw.proxy, "/fhir/Patient/7").unwrap().status, 401);
+    e.gw.wait_audit(2);
+    let out = Command::new(Gateway::binary())
+        .args(["audit", "export", "--format", "fhir"])
+        .arg(&e.gw.spool_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bundle: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let events: Vec<&Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|ev| ev["resourceType"] == "AuditEvent"));
+    let outcomes: HashSet<String> = events
+        .iter()
+        .map(|ev| ev["outcome"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(outcomes.contains("0") && outcomes.len() == 2, "{outcomes:?}");
+}

@@ -37,12 +37,29 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Re
 
 impl Admin {
     /// Readiness: policy loaded (always true once serving: start-up fails
-    /// without one), every issuer's keys fetched at least once, audit writer
-    /// healthy.
+    /// without one), every issuer's keys usable, audit spool accepting.
+    /// Streaming sinks are reported but do not gate readiness: the spool
+    /// buffers for them, and a SIEM outage must not take the API down.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let keys = self.shared.validator.is_ready();
         let audit = self.shared.audit.stats().accepting;
         let ready = keys && audit;
+        let sinks: serde_json::Map<String, serde_json::Value> = self
+            .shared
+            .sinks
+            .iter()
+            .map(|s| {
+                let s = s.snapshot();
+                (
+                    s.name.clone(),
+                    serde_json::json!({
+                        "healthy": s.healthy,
+                        "lag_records": s.lag_records,
+                        "last_error": s.last_error,
+                    }),
+                )
+            })
+            .collect();
         (
             ready,
             serde_json::json!({
@@ -50,6 +67,7 @@ impl Admin {
                 "policy_version": self.shared.policy.load().version(),
                 "keys": keys,
                 "audit": audit,
+                "sinks": sinks,
             }),
         )
     }
@@ -65,6 +83,7 @@ impl Admin {
         match path {
             "/metrics" => {
                 self.shared.metrics.observe_validator(&self.shared.validator);
+                self.shared.metrics.observe_sinks(&self.shared.sinks);
                 let body = self.shared.metrics.render(&self.shared.audit.stats());
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
             }

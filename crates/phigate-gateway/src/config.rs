@@ -36,6 +36,9 @@ pub struct GatewayFile {
     /// Rate limit on invalid tokens per client address.
     #[serde(default)]
     pub rate_limit: Option<RateLimitFile>,
+    /// Streaming audit sinks, fed from the spool (NATS, syslog, FHIR, stdout).
+    #[serde(default)]
+    pub sinks: Vec<phigate_sinks::SinkConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +180,8 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     pub token_cache_entries: usize,
     pub rate_limit: RateLimit,
+    /// Validated sink configurations (built into forwarders at start).
+    pub sinks: Vec<phigate_sinks::SinkConfig>,
 }
 
 /// Invalid-token rate limit per client address (`invalid_tokens` = 0 disables).
@@ -495,6 +500,15 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             rate_limit.window = w;
         }
     }
+    if let Err(e) = phigate_sinks::config::validate(&file.sinks) {
+        let messages = match e {
+            phigate_sinks::Error::Config(m) => m,
+            other => vec![other.to_string()],
+        };
+        for m in messages {
+            err(&[PathSeg::Key("sinks")], m);
+        }
+    }
     let threads = file.threads.unwrap_or(2);
     if threads == 0 {
         err(&[PathSeg::Key("threads")], "threads must be at least 1".into());
@@ -520,6 +534,7 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
                 .token_cache_entries
                 .unwrap_or(phigate_token::DEFAULT_CACHE_ENTRIES),
             rate_limit,
+            sinks: file.sinks.clone(),
         }),
         _ => Err(errors),
     }

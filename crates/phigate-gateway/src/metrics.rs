@@ -27,6 +27,10 @@ pub struct Metrics {
     pub audit_fail_closed: IntCounter,
     pub audit_write_errors: IntCounter,
     pub audit_fsyncs: IntCounter,
+    pub sink_lag: IntGaugeVec,
+    pub sink_errors: IntCounterVec,
+    pub sink_healthy: IntGaugeVec,
+    pub sink_gap_records: IntCounterVec,
     pub audit_spool_bytes: IntGauge,
     pub audit_last_seq: IntGauge,
     pub policy_info: IntGaugeVec,
@@ -174,6 +178,34 @@ impl Metrics {
                     &["reason", "route"],
                 ),
             ),
+            sink_lag: build(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("phigate_audit_sink_lag_records", "Spool records not yet acknowledged by the sink"),
+                    &["sink"],
+                ),
+            ),
+            sink_errors: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("phigate_audit_sink_errors_total", "Failed connects/sends/reads of the sink"),
+                    &["sink"],
+                ),
+            ),
+            sink_healthy: build(
+                &r,
+                IntGaugeVec::new(Opts::new("phigate_audit_sink_healthy", "1 when the sink's last attempt succeeded"), &["sink"]),
+            ),
+            sink_gap_records: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "phigate_audit_sink_gap_records_total",
+                        "Records missing from the spool (deleted before the sink sent them)",
+                    ),
+                    &["sink"],
+                ),
+            ),
             audit_fsyncs: build(&r, IntCounter::new("phigate_audit_fsyncs_total", "fsync calls of the audit spool")),
             audit_spool_bytes: build(
                 &r,
@@ -308,6 +340,28 @@ impl Metrics {
                 self.jwks_age
                     .with_label_values(&[issuer.as_str()])
                     .set(age.as_secs_f64());
+            }
+        }
+    }
+
+    /// Copy the sinks' status into the registry (called before a scrape).
+    pub fn observe_sinks(&self, sinks: &[std::sync::Arc<phigate_sinks::SinkStatus>]) {
+        for s in sinks {
+            let s = s.snapshot();
+            let name = s.name.as_str();
+            self.sink_lag.with_label_values(&[name]).set(s.lag_records as i64);
+            self.sink_healthy
+                .with_label_values(&[name])
+                .set(i64::from(s.healthy));
+            for (c, now) in [
+                (&self.sink_errors, s.errors_total),
+                (&self.sink_gap_records, s.gap_records_total),
+            ] {
+                let c = c.with_label_values(&[name]);
+                let seen = c.get();
+                if now > seen {
+                    c.inc_by(now - seen);
+                }
             }
         }
     }

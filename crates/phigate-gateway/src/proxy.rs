@@ -31,6 +31,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub upstream: UpstreamConfig,
     pub limiter: crate::limiter::InvalidTokenLimiter,
+    /// Status of each streaming audit sink.
+    pub sinks: Vec<Arc<phigate_sinks::SinkStatus>>,
 }
 
 /// The `ProxyHttp` implementation.

@@ -50,6 +50,25 @@ impl BackgroundService for AuditService {
     }
 }
 
+/// Runs one audit sink forwarder (pingora background service).
+struct SinkService(Mutex<Option<phigate_sinks::Forwarder>>, PathBuf);
+
+#[async_trait]
+impl BackgroundService for SinkService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let forwarder = match self.0.lock() {
+            Ok(mut f) => f.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(f) = forwarder {
+            let name = f.name().to_string();
+            if let Err(e) = f.run(self.1.clone(), shutdown).await {
+                tracing::error!(sink = %name, error = %e, "audit sink stopped");
+            }
+        }
+    }
+}
+
 /// Run the gateway with a validated configuration and compiled policy until
 /// a shutdown signal (SIGTERM: graceful, SIGINT: fast). Unless
 /// `config.policies` is empty (an embedded policy), the policy directory is
@@ -66,6 +85,10 @@ pub fn serve(
         Validator::new(config.issuers.clone(), observer)?.with_cache_capacity(config.token_cache_entries),
     );
     let (audit, worker) = open_spool(&config.audit)?;
+    let forwarders = phigate_sinks::build_sinks(&config.sinks).map_err(|e| {
+        GatewayError::Config(vec![phigate_yaml::Diagnostic::new("sinks", None, e.to_string())])
+    })?;
+    let sink_status: Vec<_> = forwarders.iter().map(|f| f.status()).collect();
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,
@@ -83,6 +106,7 @@ pub fn serve(
         metrics,
         upstream: config.upstream.clone(),
         limiter: crate::limiter::InvalidTokenLimiter::new(config.rate_limit),
+        sinks: sink_status,
     });
 
     // An empty path means an embedded policy (dev mode without --policies):
@@ -122,6 +146,13 @@ pub fn serve(
         "audit writer",
         AuditService(Mutex::new(Some(worker))),
     ));
+    for f in forwarders {
+        let name = format!("audit sink {}", f.name());
+        server.add_service(background_service(
+            &name,
+            SinkService(Mutex::new(Some(f)), config.audit.dir.clone()),
+        ));
+    }
     if let Some(watcher) = watcher {
         server.add_service(background_service("policy watcher", watcher));
     }
@@ -209,6 +240,7 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
         shutdown_grace: Duration::from_secs(1),
         token_cache_entries: phigate_token::DEFAULT_CACHE_ENTRIES,
         rate_limit: crate::config::RateLimit::default(),
+        sinks: Vec::new(),
     };
     print_banner(&opts, upstream, policy.version());
     serve(config, policy, Some(issuer))

@@ -459,13 +459,16 @@ impl Forwarder {
         self.status
             .records_sent_total
             .fetch_add(acked.len() as u64, Ordering::Relaxed);
-        self.status.cursor.store(seq, Ordering::Relaxed);
         let (d, n) = (dir.to_owned(), self.name.clone());
-        if let Err(e) = blocking(move || spool::write_cursor(&d, &n, seq)).await {
-            // Delivered but not persisted: a restart re-sends these records
-            // (receivers de-duplicate by event_id); the next ack retries.
-            self.status.failed("cursor write", &e.to_string());
-            tracing::error!(sink = %self.name, seq, "could not persist the audit sink cursor: {e}");
+        match blocking(move || spool::write_cursor(&d, &n, seq)).await {
+            // The status reports the *persisted* cursor.
+            Ok(()) => self.status.cursor.store(seq, Ordering::Relaxed),
+            Err(e) => {
+                // Delivered but not persisted: a restart re-sends these records
+                // (receivers de-duplicate by event_id); the next ack retries.
+                self.status.failed("cursor write", &e.to_string());
+                tracing::error!(sink = %self.name, seq, "could not persist the audit sink cursor: {e}");
+            }
         }
     }
 }

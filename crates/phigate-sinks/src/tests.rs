@@ -221,7 +221,12 @@ async fn forwarder_retries_failures_without_skipping_and_persists_partial_acks()
     let status = fwd.status();
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(fwd.run(dir.path().to_owned(), rx));
-    wait_for(Duration::from_secs(10), || status.snapshot().cursor == 30).await;
+    // `spool_last_seq` is refreshed on the forwarder's next read: wait for both.
+    wait_for(Duration::from_secs(10), || {
+        let s = status.snapshot();
+        s.cursor == 30 && s.spool_last_seq == 30
+    })
+    .await;
     let snap = status.snapshot();
     assert_eq!(snap.errors_total, 3);
     assert!(snap.healthy);

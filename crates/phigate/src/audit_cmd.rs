@@ -60,6 +60,24 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Export records: `--format fhir` prints a FHIR Bundle (type
+    /// collection) of IHE BALP AuditEvents; `--format jsonl` the raw lines.
+    Export {
+        /// Spool directories or segment files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "fhir")]
+        format: ExportFormat,
+        /// Only records at or after this time: RFC 3339, or a duration before now (`24h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Fhir,
+    Jsonl,
 }
 
 pub fn run(command: AuditCommand) -> ExitCode {
@@ -73,7 +91,70 @@ pub fn run(command: AuditCommand) -> ExitCode {
         AuditCommand::Schema { write } => schema_cmd(write.as_deref()),
         AuditCommand::Keygen { out } => keygen_cmd(&out),
         AuditCommand::Segments { dir, json } => segments_cmd(&dir, json),
+        AuditCommand::Export { paths, format, since } => export_cmd(&paths, format, since.as_deref()),
     })
+}
+
+/// Every line of the given spool directories / segment files, in seq order.
+fn read_records(paths: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
+    let mut files: Vec<(u64, PathBuf)> = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(
+                phigate_audit::segment::list_segments(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            );
+        } else {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let first = phigate_audit::segment::parse_segment_name(name).unwrap_or(0);
+            files.push((first, p.clone()));
+        }
+    }
+    files.sort();
+    let mut out = Vec::new();
+    for (_, f) in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let v = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", f.display(), i + 1))?;
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+fn export_cmd(paths: &[PathBuf], format: ExportFormat, since: Option<&str>) -> u8 {
+    let since = match since.map(phigate_audit::report::parse_since).transpose() {
+        Ok(s) => s,
+        Err(e) => return cannot("export", e),
+    };
+    let records = match read_records(paths) {
+        Ok(r) => r,
+        Err(e) => return cannot("export", e),
+    };
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let selected: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| match since {
+            None => true,
+            Some(t) => r["ts"]
+                .as_str()
+                .and_then(|ts| time::OffsetDateTime::parse(ts, rfc3339).ok())
+                .is_some_and(|ts| ts >= t),
+        })
+        .collect();
+    match format {
+        ExportFormat::Fhir => println!(
+            "{}",
+            to_json(serde_json::to_string_pretty(&phigate_sinks::export_fhir(
+                selected
+            )))
+        ),
+        ExportFormat::Jsonl => {
+            for r in selected {
+                println!("{r}");
+            }
+        }
+    }
+    0
 }
 
 fn cannot(what: &str, e: impl std::fmt::Display) -> u8 {
