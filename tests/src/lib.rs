@@ -383,3 +383,55 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A `phigate dev` process on free loopback ports, its files in `dir`
+/// (`audit.jsonl`, `spool/`, `dev-key.pem`, `dev.log`).
+pub struct DevProcess {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub log_file: PathBuf,
+    _child: KillOnDrop,
+}
+
+impl DevProcess {
+    /// Start `phigate dev` with files under `dir` plus `extra` arguments, and
+    /// wait (up to `limit`) until `/readyz` answers 200.
+    pub fn start(dir: &Path, extra: &[&std::ffi::OsStr], limit: Duration) -> DevProcess {
+        let (proxy, admin) = (free_addr(), free_addr());
+        let log_file = dir.join("dev.log");
+        let child = Command::new(Gateway::binary())
+            .arg("dev")
+            .args([
+                "--listen",
+                &proxy.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .arg("--audit-file")
+            .arg(dir.join("audit.jsonl"))
+            .arg("--audit-dir")
+            .arg(dir.join("spool"))
+            .arg("--dev-key")
+            .arg(dir.join("dev-key.pem"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_file).unwrap())
+            .spawn()
+            .unwrap();
+        let dev = DevProcess {
+            proxy,
+            admin,
+            log_file,
+            _child: KillOnDrop(child),
+        };
+        let ready = eventually(limit, || {
+            matches!(http::get(admin, "/readyz"), Ok(r) if r.status == 200).then_some(())
+        });
+        assert!(ready.is_some(), "dev mode never ready:\n{}", dev.log());
+        dev
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+}

@@ -1,43 +1,18 @@
 //! `phigate dev`: the embedded default other tools depend on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use phigate_tests::{eventually, free_addr, http, read_jsonl, Gateway, KillOnDrop};
+use phigate_tests::{eventually, http, read_jsonl, DevProcess};
 
 #[test]
 fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin) = (free_addr(), free_addr());
+    let dev = DevProcess::start(dir.path(), &[], Duration::from_secs(20));
+    let (proxy, admin) = (dev.proxy, dev.admin);
     let audit = dir.path().join("audit.jsonl");
     let key = dir.path().join("dev-key.pem");
-    let log = dir.path().join("dev.log");
-    let _child = KillOnDrop(
-        Command::new(Gateway::binary())
-            .arg("dev")
-            .args([
-                "--listen",
-                &proxy.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .arg("--audit-file")
-            .arg(&audit)
-            .arg("--audit-dir")
-            .arg(dir.path().join("spool"))
-            .arg("--dev-key")
-            .arg(&key)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let ready = eventually(Duration::from_secs(20), || {
-        matches!(http::get(admin, "/readyz"), Ok(r) if r.status == 200).then_some(())
-    });
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ready.is_some(), "dev mode never ready:\n{}", log_text());
+    let log_text = || dev.log();
     assert!(log_text().contains("DEV MODE"), "banner printed");
     assert!(key.exists(), "--dev-key written");
 

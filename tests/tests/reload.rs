@@ -4,12 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use phigate_tests::http::{self, Response};
 use phigate_tests::keys::claims;
-use phigate_tests::{eventually, free_addr, Gateway, KillOnDrop, TestEnv, TEST_POLICY};
+use phigate_tests::{eventually, DevProcess, Gateway, TestEnv, TEST_POLICY};
 
 /// Upper bound for asynchronous effects (a poll every second, one more for
 /// the change to settle); generous because CI machines are slow.
@@ -164,35 +164,9 @@ fn dev_mode_with_a_policy_directory_reloads_it() {
         "version: 1\nroutes: [ {methods: [GET], path: /fhir/metadata, public: true} ]\n",
     )
     .unwrap();
-    let (proxy, admin) = (free_addr(), free_addr());
-    let log = dir.path().join("dev.log");
-    let _child = KillOnDrop(
-        Command::new(Gateway::binary())
-            .arg("dev")
-            .args([
-                "--listen",
-                &proxy.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .arg("--audit-file")
-            .arg(dir.path().join("audit.jsonl"))
-            .arg("--audit-dir")
-            .arg(dir.path().join("spool"))
-            .arg("--dev-key")
-            .arg(dir.path().join("dev-key.pem"))
-            .arg("--policies")
-            .arg(&policies)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let ready = eventually(LIMIT, || {
-        matches!(http::get(admin, "/readyz"), Ok(r) if r.status == 200).then_some(())
-    });
-    assert!(ready.is_some(), "dev mode never ready:\n{}", log_text());
+    let dev = DevProcess::start(dir.path(), &["--policies".as_ref(), policies.as_os_str()], LIMIT);
+    let proxy = dev.proxy;
+    let log_text = || dev.log();
     assert_eq!(http::get(proxy, "/fhir/Patient/123").unwrap().status, 401);
 
     deploy(
