@@ -455,27 +455,23 @@ fn readyz_waits_for_keys_and_missing_keys_fail_closed_with_503() {
     assert_eq!(r.json()["keys"], false);
     // Requests needing a token fail closed with 503, not 401.
     let token = key.sign(&claims("user/Patient.rs"));
-    let r = http::request(
-        gw.proxy,
-        "GET",
-        "/fhir/Patient/1",
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-    .unwrap();
-    assert_deny(&r, 503, "keys_unavailable");
+    let read = || {
+        let auth = format!("Bearer {token}");
+        http::request(
+            gw.proxy,
+            "GET",
+            "/fhir/Patient/1",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .unwrap()
+    };
+    assert_deny(&read(), 503, "keys_unavailable");
     // Public routes still work.
     assert_eq!(http::get(gw.proxy, "/fhir/metadata").unwrap().status, 200);
     jwks.set_up(true);
     gw.wait_ready();
-    let r = http::request(
-        gw.proxy,
-        "GET",
-        "/fhir/Patient/1",
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-    .unwrap();
+    let r = read();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(http::get(gw.admin, "/healthz").unwrap().status, 200);
 }
