@@ -237,16 +237,15 @@ impl Gateway {
         };
         ctx.path = target.path.clone();
 
-        let justification = policy.break_glass().map(|bg| {
+        ctx.justification = policy.break_glass().and_then(|bg| {
             let mut values = session.req_header().headers.get_all(bg.header.as_str()).iter();
             match (values.next(), values.next()) {
-                (Some(v), None) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                (Some(v), None) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
                 // Repeated headers are ambiguous: an (invalid) empty justification.
-                (Some(_), Some(_)) => String::new(),
-                (None, _) => String::from("\0absent"),
+                (Some(_), Some(_)) => Some(String::new()),
+                (None, _) => None,
             }
         });
-        ctx.justification = justification.filter(|j| j != "\0absent");
         let mut facts = RequestFacts::new(&ctx.method, &target.path, target.query.as_deref(), unix_now());
         facts.break_glass_justification = ctx.justification.as_deref();
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
