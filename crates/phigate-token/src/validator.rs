@@ -354,19 +354,11 @@ impl Validator {
         Ok((verified, issuer, key))
     }
 
-    /// Structural checks before any key lookup or cryptography.
+    /// Structural checks before any key lookup or cryptography. The global
+    /// size cap was checked by [`Validator::validate`]; here the alphabet (a
+    /// compact JWS is base64url segments and dots, nothing else) and, once
+    /// the issuer is known, its own cap.
     fn precheck(&self, token: &str) -> Result<Pre, TokenError> {
-        // Size cap first (largest configured cap), then the alphabet: a compact
-        // JWS is base64url segments and dots, nothing else.
-        let cap = self
-            .order
-            .iter()
-            .map(|i| i.config.max_token_bytes)
-            .max()
-            .unwrap_or(crate::DEFAULT_MAX_TOKEN_BYTES);
-        if token.is_empty() || token.len() > cap {
-            return Err(TokenError::Malformed);
-        }
         let mut dots = 0usize;
         for b in token.bytes() {
             match b {
