@@ -1106,8 +1106,13 @@ fn policy_hash(sources: &[PolicySource]) -> String {
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut h = Sha256::new();
     for s in sorted {
-        h.update((s.name.len() as u64).to_be_bytes());
-        h.update(s.name.as_bytes());
+        // The file name, not its directory: the same policy files hash the
+        // same wherever they are deployed (and embedded in dev mode).
+        let name = std::path::Path::new(&s.name)
+            .file_name()
+            .map_or(s.name.as_str(), |n| n.to_str().unwrap_or(&s.name));
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
         h.update((s.text.len() as u64).to_be_bytes());
         h.update(s.text.as_bytes());
     }
@@ -1212,6 +1217,14 @@ mod tests {
         assert!(errs[0].message.contains("`scopes`, `fhir` or `public: true`"));
         let errs = one("version: 1\nroutes:\n  - methods: [GET]\n    path: /x\n    public: true\n    scopes: { all_of: [a] }\n").unwrap_err();
         assert!(errs[0].message.contains("exactly one of"));
+    }
+
+    #[test]
+    fn version_hash_ignores_the_directory() {
+        let text = "version: 1\nroutes: []\n";
+        let a = compile(&[PolicySource::new("/etc/phigate/policies/p.yaml", text)]).unwrap();
+        let b = compile(&[PolicySource::new("p.yaml", text)]).unwrap();
+        assert_eq!(a.version(), b.version());
     }
 
     #[test]
