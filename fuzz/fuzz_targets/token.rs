@@ -1,5 +1,8 @@
-//! Fuzz the token front end and validator: never panics, never accepts
-//! anything (the fuzzer has no private key of the configured issuer).
+//! Fuzz the token front end and validator: never panics, and never accepts
+//! anything but the genuinely signed seed tokens (the fuzzer has no private
+//! key of the configured issuer). Run with the seeds as the starting corpus:
+//! `cargo fuzz run token corpus/token seeds/token -s none` (libFuzzer writes
+//! new inputs into the first directory only).
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -7,9 +10,13 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use phigate_token::{IssuerConfig, KeySource, NoopObserver, Validator};
 
-/// A P-256 public key (from RFC 7515 appendix A.3) as the issuer's only key.
-const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","use":"sig",
- "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+/// The issuer's only key: the public half of the key that signed the seed
+/// tokens in `seeds/token/` (its private half was discarded).
+const JWKS: &str = r#"{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig", "alg": "ES256", "x": "7oXSStRnTf9twjFq-0y8IB82PFWmXc7w7u6M29vT4V4", "y": "5Mx1tv6ZOddUy_5g9sXhxZkDqICLR8guEDiopDoR9gI"}]}"#;
+
+/// Seeds that carry a valid signature and unexpired claims: the only inputs
+/// the validator may ever accept.
+const SIGNED: &[&str] = &[include_str!("../seeds/token/valid"), include_str!("../seeds/token/scp-array")];
 
 struct Fixture {
     rt: tokio::runtime::Runtime,
@@ -33,5 +40,7 @@ fn fixture() -> &'static Fixture {
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let token = String::from_utf8_lossy(data);
-    assert!(f.rt.block_on(f.validator.validate(&token)).is_err());
+    if f.rt.block_on(f.validator.validate(&token)).is_ok() {
+        assert!(SIGNED.contains(&token.as_ref()), "accepted a token nobody signed: {token}");
+    }
 });
