@@ -157,3 +157,37 @@ fn verified_token_cache_serves_repeat_tokens_and_metrics_show_key_age() {
     );
     assert!(m.samples.iter().any(|s| s.metric == "phigate_jwks_age_seconds"));
 }
+
+#[test]
+fn behind_a_trusted_proxy_the_limit_is_per_forwarded_client() {
+    let e = env(
+        "",
+        "rate_limit: { invalid_tokens: 3, window: 30s, trusted_proxies: [127.0.0.1/32] }\n",
+    );
+    let good = e.key.sign(&claims("user/Patient.rs"));
+    let forged = TestKey::es256("k1").sign(&claims("user/Patient.rs"));
+    let from = |client: &str, token: &str| {
+        e.send(
+            "GET",
+            "/fhir/Patient/1",
+            token,
+            &[("X-Forwarded-For", client)],
+            b"",
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(reason(&from("203.0.113.1", &forged)), "invalid_signature");
+    }
+    assert_eq!(
+        reason(&from("203.0.113.1", &good)),
+        "rate_limited",
+        "the attacker is limited"
+    );
+    assert_eq!(
+        from("203.0.113.2", &good).status,
+        200,
+        "another client behind the same proxy is not"
+    );
+    // A client cannot escape by prepending its own X-Forwarded-For entries.
+    assert_eq!(reason(&from("198.51.100.1, 203.0.113.1", &good)), "rate_limited");
+}

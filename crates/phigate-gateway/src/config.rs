@@ -50,6 +50,10 @@ pub struct RateLimitFile {
     /// Window length (default 10s).
     #[serde(default, with = "humantime_serde")]
     pub window: Option<Duration>,
+    /// Load balancers / ingress proxies (CIDRs) whose `X-Forwarded-For` names
+    /// the client; without this, everyone behind one proxy shares a limit.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +186,8 @@ pub struct GatewayConfig {
     pub rate_limit: RateLimit,
     /// Validated sink configurations (built into forwarders at start).
     pub sinks: Vec<phigate_sinks::SinkConfig>,
+    /// Proxies whose `X-Forwarded-For` identifies the client for rate limiting.
+    pub trusted_proxies: Vec<crate::limiter::Cidr>,
 }
 
 /// Invalid-token rate limit per client address (`invalid_tokens` = 0 disables).
@@ -486,7 +492,14 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         audit.checkpoint = Some((c.every, base.join(&c.key)));
     }
     let mut rate_limit = RateLimit::default();
+    let mut trusted_proxies = Vec::new();
     if let Some(r) = &file.rate_limit {
+        for c in &r.trusted_proxies {
+            match c.parse::<crate::limiter::Cidr>() {
+                Ok(c) => trusted_proxies.push(c),
+                Err(m) => err(&[PathSeg::Key("rate_limit"), PathSeg::Key("trusted_proxies")], m),
+            }
+        }
         if let Some(n) = r.invalid_tokens {
             rate_limit.invalid_tokens = n;
         }
@@ -535,6 +548,7 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
                 .unwrap_or(phigate_token::DEFAULT_CACHE_ENTRIES),
             rate_limit,
             sinks: file.sinks.clone(),
+            trusted_proxies,
         }),
         _ => Err(errors),
     }

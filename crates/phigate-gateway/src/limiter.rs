@@ -125,3 +125,138 @@ mod tests {
         assert!(total <= SHARDS * MAX_PER_SHARD);
     }
 }
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or(format!("`{s}`: bad prefix length"))?,
+        };
+        Ok(Cidr { net, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u8) {
+            match ip {
+                IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ip = match (self.net, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            (IpAddr::V6(_), IpAddr::V4(_)) => return false,
+            _ => ip,
+        };
+        let ((net, width), (addr, _)) = (bits(self.net), bits(ip));
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = u32::from(width - self.prefix);
+        (net >> shift) == (addr >> shift)
+    }
+}
+
+/// The client address to rate-limit: the socket peer, unless the peer is a
+/// trusted proxy — then the right-most address in `X-Forwarded-For` that is
+/// not itself a trusted proxy (left-most entries are client-controlled and
+/// never trusted). Unparsable headers fall back to the peer.
+pub fn client_ip<'a>(
+    peer: Option<IpAddr>,
+    forwarded_for: impl Iterator<Item = &'a str>,
+    trusted: &[Cidr],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return Some(peer);
+    }
+    let hops: Vec<&str> = forwarded_for.flat_map(|v| v.split(',')).map(str::trim).collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.iter().any(|c| c.contains(ip)) => continue,
+            Ok(ip) => return Some(ip),
+            Err(_) => return Some(peer),
+        }
+    }
+    Some(peer)
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains(ip("10.1.2.3")) && !c.contains(ip("11.0.0.1")));
+        assert!(c.contains(ip("::ffff:10.0.0.1")), "v4-mapped v6");
+        let one: Cidr = "192.168.1.7".parse().unwrap();
+        assert!(one.contains(ip("192.168.1.7")) && !one.contains(ip("192.168.1.8")));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")) && !v6.contains(ip("10.0.0.1")));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("8.8.8.8")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_only_believed_from_trusted_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = |v: &'static [&'static str]| v.iter().copied();
+        // Untrusted peer: its own address, whatever the header says.
+        assert_eq!(
+            client_ip(Some(ip("203.0.113.9")), xff(&["1.2.3.4"]), &trusted),
+            Some(ip("203.0.113.9"))
+        );
+        // Trusted peer: right-most non-trusted hop; spoofed left entries ignored.
+        assert_eq!(
+            client_ip(
+                Some(ip("10.0.0.2")),
+                xff(&["6.6.6.6, 198.51.100.7", "10.0.0.5"]),
+                &trusted
+            ),
+            Some(ip("198.51.100.7"))
+        );
+        // Garbage or no header: the peer.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), xff(&["garbage"]), &trusted),
+            Some(ip("10.0.0.2"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.2")), xff(&[]), &trusted),
+            Some(ip("10.0.0.2"))
+        );
+    }
+}

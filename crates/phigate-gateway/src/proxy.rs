@@ -31,6 +31,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub upstream: UpstreamConfig,
     pub limiter: crate::limiter::InvalidTokenLimiter,
+    /// Proxies whose `X-Forwarded-For` names the client (rate limiting).
+    pub trusted_proxies: Vec<crate::limiter::Cidr>,
     /// Status of each streaming audit sink.
     pub sinks: Vec<Arc<phigate_sinks::SinkStatus>>,
 }
@@ -248,7 +250,13 @@ impl Gateway {
         });
         let mut facts = RequestFacts::new(&ctx.method, &target.path, target.query.as_deref(), unix_now());
         facts.break_glass_justification = ctx.justification.as_deref();
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let forwarded = session.req_header().headers.get_all("x-forwarded-for");
+        let client_ip = crate::limiter::client_ip(
+            peer,
+            forwarded.iter().filter_map(|v| v.to_str().ok()),
+            &self.shared.trusted_proxies,
+        );
         let authn = if phigate_policy::needs_token(&policy, &facts) {
             match bearer_token(&session.req_header().headers) {
                 BearerHeader::Absent | BearerHeader::NotBearer => Authn::Missing,

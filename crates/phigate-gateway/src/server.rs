@@ -106,6 +106,7 @@ pub fn serve(
         metrics,
         upstream: config.upstream.clone(),
         limiter: crate::limiter::InvalidTokenLimiter::new(config.rate_limit),
+        trusted_proxies: config.trusted_proxies.clone(),
         sinks: sink_status,
     });
 
@@ -241,6 +242,7 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
         token_cache_entries: phigate_token::DEFAULT_CACHE_ENTRIES,
         rate_limit: crate::config::RateLimit::default(),
         sinks: Vec::new(),
+        trusted_proxies: Vec::new(),
     };
     print_banner(&opts, upstream, policy.version());
     serve(config, policy, Some(issuer))
