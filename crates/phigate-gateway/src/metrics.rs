@@ -314,21 +314,14 @@ impl Metrics {
         self.policy_last_reload_timestamp.set(unix_now());
     }
 
-    /// Bring scrape-time values up to date and encode the text exposition format.
     /// Copy the validator's counters and key ages into the registry (called before a scrape).
     pub fn observe_validator(&self, v: &phigate_token::Validator) {
         use std::sync::atomic::Ordering;
-        let sync = |c: &IntCounter, now: u64| {
-            let seen = c.get();
-            if now > seen {
-                c.inc_by(now - seen);
-            }
-        };
-        sync(
+        advance(
             &self.token_cache_hits,
             v.cache_stats().hits.load(Ordering::Relaxed),
         );
-        sync(
+        advance(
             &self.token_cache_misses,
             v.cache_stats().misses.load(Ordering::Relaxed),
         );
@@ -353,29 +346,19 @@ impl Metrics {
             self.sink_healthy
                 .with_label_values(&[name])
                 .set(i64::from(s.healthy));
-            for (c, now) in [
-                (&self.sink_errors, s.errors_total),
-                (&self.sink_gap_records, s.gap_records_total),
-            ] {
-                let c = c.with_label_values(&[name]);
-                let seen = c.get();
-                if now > seen {
-                    c.inc_by(now - seen);
-                }
-            }
+            advance(&self.sink_errors.with_label_values(&[name]), s.errors_total);
+            advance(
+                &self.sink_gap_records.with_label_values(&[name]),
+                s.gap_records_total,
+            );
         }
     }
 
+    /// Bring the audit values up to date and encode the text exposition format.
     pub fn render(&self, audit: &SpoolStats) -> Vec<u8> {
-        let sync = |c: &IntCounter, now: u64| {
-            let seen = c.get();
-            if now > seen {
-                c.inc_by(now - seen);
-            }
-        };
-        sync(&self.audit_records, audit.records_written);
-        sync(&self.audit_write_errors, audit.write_errors);
-        sync(&self.audit_fsyncs, audit.fsyncs);
+        advance(&self.audit_records, audit.records_written);
+        advance(&self.audit_write_errors, audit.write_errors);
+        advance(&self.audit_fsyncs, audit.fsyncs);
         self.audit_queue_depth.set(audit.queue_depth as i64);
         self.audit_spool_bytes.set(audit.spool_bytes as i64);
         self.audit_last_seq.set(audit.last_seq as i64);
@@ -384,6 +367,15 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         buf
+    }
+}
+
+/// Move a counter up to a total kept elsewhere (an atomic in the validator,
+/// the spool or a sink): counters only ever increase.
+fn advance(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }
 

@@ -204,6 +204,18 @@ fn unix_now() -> i64 {
 }
 
 impl Gateway {
+    /// The client to rate-limit: the socket peer, or the forwarded client
+    /// when the peer is a trusted proxy (see [`crate::limiter::client_ip`]).
+    fn client_ip(&self, session: &Session) -> Option<std::net::IpAddr> {
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let forwarded = session.req_header().headers.get_all("x-forwarded-for");
+        crate::limiter::client_ip(
+            peer,
+            forwarded.iter().filter_map(|v| v.to_str().ok()),
+            &self.shared.trusted_proxies,
+        )
+    }
+
     /// Answer a denial: small JSON body with the reason and request id, never
     /// the token, never a hint about whether the resource exists.
     async fn respond_deny(&self, session: &mut Session, ctx: &RequestCtx, decision: &Decision) -> Result<()> {
@@ -250,36 +262,30 @@ impl Gateway {
         });
         let mut facts = RequestFacts::new(&ctx.method, &target.path, target.query.as_deref(), unix_now());
         facts.break_glass_justification = ctx.justification.as_deref();
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let forwarded = session.req_header().headers.get_all("x-forwarded-for");
-        let client_ip = crate::limiter::client_ip(
-            peer,
-            forwarded.iter().filter_map(|v| v.to_str().ok()),
-            &self.shared.trusted_proxies,
-        );
         let authn = if phigate_policy::needs_token(&policy, &facts) {
             match bearer_token(&session.req_header().headers) {
                 BearerHeader::Absent | BearerHeader::NotBearer => Authn::Missing,
                 BearerHeader::Ambiguous => return Decision::deny(Reason::MalformedAuthorization),
-                BearerHeader::Token(_) if client_ip.is_some_and(|ip| self.shared.limiter.is_limited(ip)) => {
-                    self.shared.metrics.rate_limited.inc();
-                    return Decision::deny(Reason::RateLimited);
-                }
-                BearerHeader::Token(t) => match self.shared.validator.validate(t).await {
-                    Ok(v) => {
-                        let claims = claims_of(&v);
-                        ctx.claims = Some(claims.clone());
-                        Authn::Valid(claims)
+                BearerHeader::Token(t) => {
+                    // Only token-carrying requests are rate limited, so only they
+                    // need the client's identity.
+                    let client_ip = self.client_ip(session);
+                    if client_ip.is_some_and(|ip| self.shared.limiter.is_limited(ip)) {
+                        self.shared.metrics.rate_limited.inc();
+                        return Decision::deny(Reason::RateLimited);
                     }
-                    Err(e) => {
-                        if e != TokenError::KeysUnavailable {
-                            if let Some(ip) = client_ip {
-                                self.shared.limiter.record_failure(ip);
+                    match self.shared.validator.validate(t).await {
+                        Ok(v) => Authn::Valid(claims_of(&v)),
+                        Err(e) => {
+                            if e != TokenError::KeysUnavailable {
+                                if let Some(ip) = client_ip {
+                                    self.shared.limiter.record_failure(ip);
+                                }
                             }
+                            Authn::Invalid(token_reason(&e))
                         }
-                        Authn::Invalid(token_reason(&e))
                     }
-                },
+                }
             }
         } else {
             Authn::Missing
@@ -290,7 +296,12 @@ impl Gateway {
         if matches!(authn, Authn::Valid(_)) && phigate_policy::needs_body(&policy, &facts) {
             body = match read_inspected_body(session).await {
                 Ok(b) => b,
-                Err(reason) => return Decision::deny(reason),
+                Err(reason) => {
+                    if let Authn::Valid(claims) = authn {
+                        ctx.claims = Some(claims);
+                    }
+                    return Decision::deny(reason);
+                }
             };
             facts.body = Some(&body);
         }
@@ -300,6 +311,9 @@ impl Gateway {
             .metrics
             .decide_seconds
             .observe(started.elapsed().as_secs_f64());
+        if let Authn::Valid(claims) = authn {
+            ctx.claims = Some(claims);
+        }
         ctx.target = Some(target);
         decision
     }
