@@ -138,7 +138,7 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
     if bytes.len() > MAX_JWKS_BYTES {
         return Err(JwksError::TooLarge);
     }
-    let doc = crate::strict_json::parse(bytes).map_err(|e| JwksError::NotJson(e.to_string()))?;
+    let doc = phigate_json::parse(bytes).map_err(|e| JwksError::NotJson(e.to_string()))?;
     let keys = doc
         .get("keys")
         .and_then(Value::as_array)

@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod jwks;
-mod strict_json;
+
 mod validator;
 
 #[cfg(test)]

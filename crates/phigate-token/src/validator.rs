@@ -657,7 +657,7 @@ fn decode_object(segment: &str) -> Result<Map<String, Value>, TokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| TokenError::Malformed)?;
-    match crate::strict_json::parse(&bytes) {
+    match phigate_json::parse(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(TokenError::Malformed),
     }

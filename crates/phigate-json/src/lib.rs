@@ -1,5 +1,11 @@
 //! JSON parsing that rejects duplicate object keys at any depth.
 //!
+//! Used for token headers and payloads (`phigate-token`) and for every
+//! request body the policy core inspects (FHIR bundles), so that phigate
+//! never authorises one reading of a document that another component reads
+//! differently.
+#![forbid(unsafe_code)]
+//!
 //! `serde_json::Value` silently keeps the last of two equal keys; for a token
 //! header or payload that is an ambiguity an attacker can use against a
 //! differently-parsing component (the upstream, an audit consumer), so
