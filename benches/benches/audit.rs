@@ -39,6 +39,7 @@ fn record(i: u64) -> AuditRecord {
         break_glass: false,
         justification: None,
         shadow_decision: None,
+        ..AuditRecord::default()
     }
 }
 

@@ -1,4 +1,5 @@
-//! decide() and path canonicalisation.
+//! prepare() + decide() (what the gateway runs per request: canonicalise,
+//! match, shape checks, decide) and path canonicalisation.
 //!
 //! Route matching must not grow with the number of routes: the 10,000-route
 //! case is compared with the 10-route baseline measured in the same run
@@ -10,7 +11,24 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use phigate_benches::policy_with_routes;
 use std::sync::Arc;
 
-use phigate_policy::{canonicalize, decide, Authn, Claims, RequestFacts};
+use phigate_policy::{
+    canonicalize, decide, prepare, Authn, Claims, HeaderList, HttpVersion, PolicySet, RawRequest,
+};
+
+/// Prepare and decide one request, as the gateway does.
+fn run(policy: &PolicySet, target: &str, headers: &HeaderList, authn: &Authn) -> bool {
+    let prepared = prepare(
+        policy,
+        &RawRequest {
+            method: "GET",
+            target: target.as_bytes(),
+            version: HttpVersion::Http11,
+            headers,
+            now: 1_795_600_800,
+        },
+    );
+    decide(&prepared, None, authn).is_allow()
+}
 
 fn bench_decide(c: &mut Criterion) {
     let authn = Authn::Valid(Claims {
@@ -37,17 +55,26 @@ fn bench_decide(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
     for n in [10usize, 1_000, 10_000] {
         let policy = policy_with_routes(n);
-        let facts = RequestFacts::new("GET", "/fhir/Patient/123", None, 1_795_600_800);
-        assert!(decide(&policy, &facts, &authn).is_allow());
+        // A typical header set (the core looks up a handful of names).
+        let headers = HeaderList::from_pairs([
+            ("Host", "fhir.example.org"),
+            ("Accept", "application/fhir+json"),
+            ("User-Agent", "smart-app/1.0"),
+            ("Authorization", "Bearer x"),
+        ]);
+        let read = "/fhir/Patient/123";
+        assert!(run(&policy, read, &headers, &authn));
         g.bench_with_input(BenchmarkId::new("routes", n), &policy, |b, p| {
-            b.iter(|| decide(black_box(p), black_box(&facts), black_box(&authn)))
+            b.iter(|| {
+                run(
+                    black_box(p),
+                    black_box(read),
+                    black_box(&headers),
+                    black_box(&authn),
+                )
+            })
         });
-        let search = RequestFacts::new(
-            "GET",
-            "/fhir/Encounter",
-            Some("patient=123&date=ge2026-01-01"),
-            1_795_600_800,
-        );
+        let search = "/fhir/Encounter?patient=123&date=ge2026-01-01";
         let fhir_app = Authn::Valid(Claims {
             scopes: vec!["patient/Encounter.rs".into()],
             ..match &patient_app {
@@ -55,9 +82,16 @@ fn bench_decide(c: &mut Criterion) {
                 _ => unreachable!(),
             }
         });
-        assert!(decide(&policy, &search, &fhir_app).is_allow());
+        assert!(run(&policy, search, &headers, &fhir_app));
         g.bench_with_input(BenchmarkId::new("fhir_patient_search", n), &policy, |b, p| {
-            b.iter(|| decide(black_box(p), black_box(&search), black_box(&fhir_app)))
+            b.iter(|| {
+                run(
+                    black_box(p),
+                    black_box(search),
+                    black_box(&headers),
+                    black_box(&fhir_app),
+                )
+            })
         });
     }
     g.finish();

@@ -34,7 +34,7 @@ pub use checkpoint::{SigningKey, VerifyKey};
 pub use error::AuditError;
 pub use record::{
     now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, Outcome, RecordBody,
-    RecoveryRecord, SpoolRecord, SCHEMA_VERSION,
+    RecoveryRecord, SpoolRecord, Truncation, Tunnel, TunnelPhase, SCHEMA_VERSION,
 };
 pub use spool::{
     CheckpointOptions, Commit, CommitInfo, Durability, Slot, Spool, SpoolOptions, SpoolStats, SpoolWorker,

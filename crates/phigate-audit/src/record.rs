@@ -4,6 +4,8 @@
 //! verifiers; it is described in `docs/audit.md` and by the JSON Schema
 //! `docs/audit-record.schema.json` ([`record_schema`]).
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +16,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 ///
 /// Never contains the token, a request or response body, or the query string.
 /// Field names are a contract with SIEM rules: add fields, never rename.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditRecord {
     /// When the decision was made, RFC 3339 UTC with milliseconds.
     pub ts: String,
@@ -64,6 +66,97 @@ pub struct AuditRecord {
     /// allowed request (`reason` holds the would-be denial's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_decision: Option<String>,
+    /// The client's `User-Agent` (at most 256 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// An opted-in protocol upgrade (WebSocket): one record when the tunnel
+    /// opens (`phase: open`, status 101) and one when it closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
+    /// Client-controlled fields that were cut to their bound
+    /// ([`AuditRecord::enforce_bounds`]): field name → original length and
+    /// SHA-256, so a reviewer can match the full value seen elsewhere.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub truncated: BTreeMap<String, Truncation>,
+}
+
+/// The phase and traffic of a WebSocket tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Tunnel {
+    /// `open` (the backend answered 101) or `close`.
+    pub phase: TunnelPhase,
+    /// Bytes the client sent through the tunnel (0 at open).
+    pub bytes_from_client: u64,
+    /// Bytes the backend sent through the tunnel (0 at open).
+    pub bytes_to_client: u64,
+    /// How long the tunnel was open, milliseconds (0 at open).
+    pub duration_ms: u64,
+}
+
+/// See [`Tunnel::phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelPhase {
+    Open,
+    Close,
+}
+
+/// How a field was cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Truncation {
+    /// The original length in bytes (UTF-8).
+    pub length: usize,
+    /// Lowercase hex SHA-256 of the original value.
+    pub sha256: String,
+}
+
+/// Bounds of the client-controlled fields of a record, in bytes.
+pub const MAX_PATH_BYTES: usize = 2048;
+/// See [`MAX_PATH_BYTES`].
+pub const MAX_METHOD_BYTES: usize = 32;
+/// See [`MAX_PATH_BYTES`].
+pub const MAX_USER_AGENT_BYTES: usize = 256;
+/// See [`MAX_PATH_BYTES`] (the policy caps justifications at 4096 characters).
+pub const MAX_JUSTIFICATION_BYTES: usize = 2048;
+/// See [`MAX_PATH_BYTES`].
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+impl AuditRecord {
+    /// Cut every client-controlled field to its bound (path, method, user
+    /// agent, justification, request id; on a UTF-8 character boundary) and
+    /// note each cut in `truncated`, so no request can make a record large
+    /// enough to fill the spool: anyone can send a 64 KiB path without a
+    /// token. Applied by [`crate::Slot::commit`] to every record.
+    pub fn enforce_bounds(&mut self) {
+        fn cut(field: &str, value: &mut String, max: usize, truncated: &mut BTreeMap<String, Truncation>) {
+            if value.len() <= max {
+                return;
+            }
+            use sha2::{Digest, Sha256};
+            truncated.insert(
+                field.to_string(),
+                Truncation {
+                    length: value.len(),
+                    sha256: hex::encode(Sha256::digest(value.as_bytes())),
+                },
+            );
+            let mut end = max;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value.truncate(end);
+        }
+        let t = &mut self.truncated;
+        cut("path", &mut self.path, MAX_PATH_BYTES, t);
+        cut("method", &mut self.method, MAX_METHOD_BYTES, t);
+        cut("request_id", &mut self.request_id, MAX_REQUEST_ID_BYTES, t);
+        if let Some(ua) = &mut self.user_agent {
+            cut("user_agent", ua, MAX_USER_AGENT_BYTES, t);
+        }
+        if let Some(j) = &mut self.justification {
+            cut("justification", j, MAX_JUSTIFICATION_BYTES, t);
+        }
+    }
 }
 
 /// What happened to an access, as one word (the `outcome` of `access` lines).
@@ -242,6 +335,27 @@ mod tests {
             serde_json::to_string(&Outcome::ClientError).unwrap(),
             "\"client_error\""
         );
+    }
+
+    #[test]
+    fn client_controlled_fields_are_bounded_with_length_and_hash() {
+        let mut r = crate::testing::access(1);
+        let long = format!("/fhir/{}", "é".repeat(40_000));
+        r.path = long.clone();
+        r.user_agent = Some("u".repeat(300));
+        r.justification = Some("j".repeat(10));
+        r.enforce_bounds();
+        assert!(r.path.len() <= MAX_PATH_BYTES && long.starts_with(&r.path));
+        assert_eq!(r.user_agent.as_ref().map(String::len), Some(MAX_USER_AGENT_BYTES));
+        assert_eq!(r.justification.as_deref(), Some("jjjjjjjjjj"));
+        let t = &r.truncated["path"];
+        assert_eq!(t.length, long.len());
+        use sha2::Digest;
+        assert_eq!(t.sha256, hex::encode(sha2::Sha256::digest(long.as_bytes())));
+        assert!(r.truncated.contains_key("user_agent"));
+        assert!(!r.truncated.contains_key("justification"));
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.len() < 4096, "{} bytes", line.len());
     }
 
     #[test]

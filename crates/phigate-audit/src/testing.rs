@@ -30,6 +30,7 @@ pub fn access(i: usize) -> AuditRecord {
         break_glass: false,
         justification: None,
         shadow_decision: None,
+        ..AuditRecord::default()
     }
 }
 

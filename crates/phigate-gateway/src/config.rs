@@ -39,6 +39,24 @@ pub struct GatewayFile {
     /// Streaming audit sinks, fed from the spool (NATS, syslog, FHIR, stdout).
     #[serde(default)]
     pub sinks: Vec<phigate_sinks::SinkConfig>,
+    /// Bounds on slow or greedy clients.
+    #[serde(default)]
+    pub limits: Option<LimitsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Longest time from the first byte of a request head to its end (default 5s; 408).
+    #[serde(default, with = "humantime_serde")]
+    pub request_header_timeout: Option<Duration>,
+    /// Longest time to receive a request body: an inspected body before the
+    /// decision, a forwarded one while it streams (default 10s; 408).
+    #[serde(default, with = "humantime_serde")]
+    pub request_body_timeout: Option<Duration>,
+    /// Requests in flight per client address (default 256; 0 disables).
+    #[serde(default)]
+    pub max_in_flight_per_client: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +206,26 @@ pub struct GatewayConfig {
     pub sinks: Vec<phigate_sinks::SinkConfig>,
     /// Proxies whose `X-Forwarded-For` identifies the client for rate limiting.
     pub trusted_proxies: Vec<crate::limiter::Cidr>,
+    pub limits: Limits,
+}
+
+/// Bounds on slow or greedy clients (see [`LimitsFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub request_header_timeout: Duration,
+    pub request_body_timeout: Duration,
+    /// 0: unlimited.
+    pub max_in_flight_per_client: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_header_timeout: Duration::from_secs(5),
+            request_body_timeout: Duration::from_secs(10),
+            max_in_flight_per_client: 256,
+        }
+    }
 }
 
 /// Invalid-token rate limit per client address (`invalid_tokens` = 0 disables).
@@ -522,6 +560,32 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             err(&[PathSeg::Key("sinks")], m);
         }
     }
+    let mut limits = Limits::default();
+    if let Some(l) = &file.limits {
+        let at = |k: &'static str| [PathSeg::Key("limits"), PathSeg::Key(k)];
+        for (key, value, slot) in [
+            (
+                "request_header_timeout",
+                l.request_header_timeout,
+                &mut limits.request_header_timeout,
+            ),
+            (
+                "request_body_timeout",
+                l.request_body_timeout,
+                &mut limits.request_body_timeout,
+            ),
+        ] {
+            if let Some(v) = value {
+                if v < Duration::from_millis(100) || v > Duration::from_secs(600) {
+                    err(&at(key), format!("{key} must be between 100ms and 10m"));
+                }
+                *slot = v;
+            }
+        }
+        if let Some(n) = l.max_in_flight_per_client {
+            limits.max_in_flight_per_client = n;
+        }
+    }
     let threads = file.threads.unwrap_or(2);
     if threads == 0 {
         err(&[PathSeg::Key("threads")], "threads must be at least 1".into());
@@ -549,6 +613,7 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             rate_limit,
             sinks: file.sinks.clone(),
             trusted_proxies,
+            limits,
         }),
         _ => Err(errors),
     }

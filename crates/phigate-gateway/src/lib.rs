@@ -18,6 +18,8 @@
 pub mod admin;
 pub mod config;
 pub mod dev;
+pub mod forward;
+pub mod front;
 pub mod limiter;
 pub mod metrics;
 pub mod policy_loader;

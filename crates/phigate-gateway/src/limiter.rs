@@ -1,3 +1,6 @@
+//! Per-client limits: invalid-token attempts, requests in flight, and
+//! repeated error log lines.
+//!
 //! Rate limit on invalid-token attempts per client address.
 //!
 //! Signature verification is the expensive part of a request; a flood of
@@ -9,7 +12,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::RateLimit;
@@ -258,5 +262,138 @@ mod proxy_tests {
             client_ip(Some(ip("10.0.0.2")), xff(&[]), &trusted),
             Some(ip("10.0.0.2"))
         );
+    }
+}
+
+/// Requests in flight per client address. An audit slot is held from the
+/// decision until the record is committed (the upstream's response
+/// headers), and while a forwarded request body streams in; without a
+/// per-client bound, a few clients sending bodies slowly could hold every
+/// slot and get everyone else 503 `audit_unavailable`.
+///
+/// Counters live in a fixed table of buckets indexed by a keyed hash of the
+/// address (random key per process, so a client cannot aim at another's
+/// bucket): memory is constant and the check is one atomic add. Two
+/// addresses sharing a bucket share its cap.
+pub struct InFlightLimiter {
+    cap: u32,
+    buckets: Box<[AtomicU32]>,
+    keys: std::collections::hash_map::RandomState,
+}
+
+const IN_FLIGHT_BUCKETS: usize = 4096;
+
+/// Releases one in-flight place when dropped.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    limiter: Arc<InFlightLimiter>,
+    bucket: usize,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.limiter.buckets[self.bucket].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for InFlightLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlightLimiter").field("cap", &self.cap).finish()
+    }
+}
+
+impl InFlightLimiter {
+    /// At most `cap` requests in flight per client address (0: unlimited).
+    pub fn new(cap: u32) -> Arc<Self> {
+        Arc::new(InFlightLimiter {
+            cap,
+            buckets: (0..IN_FLIGHT_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            keys: std::collections::hash_map::RandomState::new(),
+        })
+    }
+
+    /// Take a place for `ip`, or `None` when it already has `cap` in flight.
+    pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<InFlightGuard> {
+        use std::hash::BuildHasher;
+        let bucket = match ip {
+            Some(ip) => (self.keys.hash_one(ip) as usize) % IN_FLIGHT_BUCKETS,
+            None => 0,
+        };
+        let b = &self.buckets[bucket];
+        let before = b.fetch_add(1, Ordering::AcqRel);
+        if self.cap > 0 && before >= self.cap {
+            b.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlightGuard {
+            limiter: self.clone(),
+            bucket,
+        })
+    }
+}
+
+/// Logs a repeated error at most once per period, with the number of
+/// occurrences suppressed in between (metrics carry the full count).
+#[derive(Debug)]
+pub struct LogLimiter {
+    period: std::time::Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogLimiter {
+    pub fn new(period: std::time::Duration) -> Self {
+        LogLimiter {
+            period,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when this occurrence should be logged, with the
+    /// count of occurrences not logged since the last one.
+    pub fn should_log(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.0 {
+            Some(t) if t.elapsed() < self.period => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = s.1;
+                *s = (Some(Instant::now()), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn caps_each_address_and_releases_on_drop() {
+        let l = InFlightLimiter::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let g1 = l.acquire(Some(a)).unwrap();
+        let g2 = l.acquire(Some(a)).unwrap();
+        assert!(l.acquire(Some(a)).is_none(), "third in flight refused");
+        drop(g1);
+        let g3 = l.acquire(Some(a)).unwrap();
+        drop((g2, g3));
+        let unlimited = InFlightLimiter::new(0);
+        let guards: Vec<_> = (0..100).map(|_| unlimited.acquire(Some(a)).unwrap()).collect();
+        assert_eq!(guards.len(), 100);
+    }
+
+    #[test]
+    fn log_limiter_counts_what_it_suppresses() {
+        let l = LogLimiter::new(std::time::Duration::from_secs(3600));
+        assert_eq!(l.should_log(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(l.should_log(), None);
+        }
+        let l = LogLimiter::new(std::time::Duration::ZERO);
+        assert_eq!(l.should_log(), Some(0));
+        assert_eq!(l.should_log(), Some(0));
     }
 }

@@ -32,7 +32,9 @@ pub struct Metrics {
     pub sink_healthy: IntGaugeVec,
     pub sink_gap_records: IntCounterVec,
     pub audit_spool_bytes: IntGauge,
+    pub audit_bytes: IntCounter,
     pub audit_last_seq: IntGauge,
+    pub tunnels_open: IntGauge,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub policy_last_reload_success: IntGauge,
@@ -211,6 +213,20 @@ impl Metrics {
                 &r,
                 IntGauge::new("phigate_audit_spool_bytes", "Bytes in all segments of the audit spool"),
             ),
+            audit_bytes: build(
+                &r,
+                IntCounter::new(
+                    "phigate_audit_bytes_total",
+                    "Bytes appended to the audit spool (every client-controlled field of a record is bounded)",
+                ),
+            ),
+            tunnels_open: build(
+                &r,
+                IntGauge::new(
+                    "phigate_tunnels_open",
+                    "WebSocket tunnels open through opted-in routes",
+                ),
+            ),
             audit_last_seq: build(
                 &r,
                 IntGauge::new("phigate_audit_last_seq", "Sequence number of the last audit record written"),
@@ -268,6 +284,31 @@ impl Metrics {
             ),
             registry: r,
         }
+    }
+
+    /// Count one finished request (`phigate_requests_total`,
+    /// `phigate_request_duration_seconds`, break-glass and shadow counters).
+    pub fn count_request(&self, decision: &phigate_policy::Decision, elapsed: std::time::Duration) {
+        let route = decision.route.as_deref().unwrap_or("none");
+        self.requests
+            .with_label_values(&[decision.outcome.as_str(), decision.reason.as_str(), route])
+            .inc();
+        self.request_duration
+            .with_label_values(&[decision.outcome.as_str()])
+            .observe(elapsed.as_secs_f64());
+        if decision.break_glass {
+            self.break_glass.inc();
+        }
+        if let Some(would) = decision.shadow {
+            self.shadow_denials
+                .with_label_values(&[would.as_str(), route])
+                .inc();
+        }
+    }
+
+    /// Count a request refused before the proxy phases (by the HTTP front).
+    pub fn record_refusal(&self, decision: &phigate_policy::Decision) {
+        self.count_request(decision, std::time::Duration::ZERO);
     }
 
     /// The `status_class` label value for a status code.
@@ -357,6 +398,7 @@ impl Metrics {
     /// Bring the audit values up to date and encode the text exposition format.
     pub fn render(&self, audit: &SpoolStats) -> Vec<u8> {
         advance(&self.audit_records, audit.records_written);
+        advance(&self.audit_bytes, audit.bytes_written);
         advance(&self.audit_write_errors, audit.write_errors);
         advance(&self.audit_fsyncs, audit.fsyncs);
         self.audit_queue_depth.set(audit.queue_depth as i64);

@@ -1,10 +1,13 @@
-//! The pingora glue: extract facts → validate token → decide → respond or
-//! forward; `logging()` hands the outcome to audit and metrics.
+//! The pingora glue: prepare the request → validate the token → read an
+//! inspected body → decide → audit → respond or forward; `logging()` hands
+//! the outcome to metrics and the log.
 //!
-//! Nothing here decides anything: the decision is [`phigate_policy::decide`].
+//! Nothing here decides anything: the decision is
+//! [`phigate_policy::prepare`] + [`phigate_policy::decide`], the same
+//! functions `phigate policy test` runs.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -15,11 +18,16 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use phigate_audit::{AuditRecord, Slot, Spool};
-use phigate_policy::{Authn, CanonicalTarget, Claims, Decision, PolicySet, Reason, RequestFacts};
+use phigate_audit::{AuditError, AuditRecord, Slot, Spool, Tunnel, TunnelPhase};
+use phigate_policy::{
+    Authn, BodyKind, CanonicalTarget, Claims, Decision, HttpVersion, PolicySet, RawRequest, Reason,
+    MAX_INSPECTED_BODY,
+};
 use phigate_token::{TokenError, Validator, VerifiedToken};
 
-use crate::config::UpstreamConfig;
+use crate::config::{Limits, UpstreamConfig};
+use crate::forward::{self, HeaderView};
+use crate::limiter::{InFlightGuard, InFlightLimiter, LogLimiter};
 use crate::metrics::Metrics;
 
 /// State shared by every request.
@@ -35,6 +43,22 @@ pub struct Shared {
     pub trusted_proxies: Vec<crate::limiter::Cidr>,
     /// Status of each streaming audit sink.
     pub sinks: Vec<Arc<phigate_sinks::SinkStatus>>,
+    pub limits: Limits,
+    /// Requests in flight per client address.
+    pub in_flight: Arc<InFlightLimiter>,
+    /// Rate limit of the "audit unavailable" error line.
+    pub audit_error_log: LogLimiter,
+}
+
+impl Shared {
+    /// Count a request the audit pipeline could not take and log it (at most
+    /// once per second, with the number of lines suppressed since).
+    pub fn note_audit_failure(&self, e: &AuditError) {
+        self.metrics.audit_fail_closed.inc();
+        if let Some(suppressed) = self.audit_error_log.should_log() {
+            tracing::error!(error = %e, suppressed, "audit unavailable; refusing requests");
+        }
+    }
 }
 
 /// The `ProxyHttp` implementation.
@@ -42,22 +66,40 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
 }
 
+/// A WebSocket tunnel opened through an opted-in route.
+struct TunnelState {
+    opened: Instant,
+    from_client: u64,
+    to_client: u64,
+    /// The slot for the record written when the tunnel closes.
+    close_slot: Option<Slot>,
+}
+
 /// Per-request state, filled in as the request moves through the phases.
 pub struct RequestCtx {
     start: Instant,
     request_id: String,
     method: String,
-    /// Canonical path, or the (truncated) raw target when it was rejected.
+    /// Canonical path, or the raw target when it was rejected (the audit
+    /// record bounds it).
     path: String,
     target: Option<CanonicalTarget>,
     decision: Option<Decision>,
     claims: Option<Claims>,
-    /// The break-glass justification header, when the policy enables break-glass.
+    /// The break-glass justification as recorded.
     justification: Option<String>,
+    user_agent: Option<String>,
     policy_version: String,
     /// The reserved audit slot, until the record is committed.
     audit_slot: Option<Slot>,
+    /// This request's place in its client's in-flight share.
+    in_flight: Option<InFlightGuard>,
     upstream_status: Option<u16>,
+    /// phigate answered `100 Continue` and read the body itself.
+    sent_continue: bool,
+    /// A forwarded (streamed) request body must end by then.
+    body_deadline: Option<Instant>,
+    tunnel: Option<TunnelState>,
 }
 
 /// Map a token validation failure to the shared reason vocabulary.
@@ -121,14 +163,9 @@ pub fn bearer_token(headers: &HeaderMap) -> BearerHeader<'_> {
 fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        })
-        .map(str::to_string)
+        .map(|v| v.as_bytes())
+        .filter(|v| phigate_policy::protocol::is_plain_request_id(v))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
@@ -144,31 +181,54 @@ fn wire_target(head: &[u8]) -> Option<&[u8]> {
     (version.starts_with(b"HTTP/") && parts.next().is_none() && !target.is_empty()).then_some(target)
 }
 
-/// Read a body that must be inspected before forwarding, up to
-/// [`phigate_policy::MAX_INSPECTED_BODY`] (pingora's replay buffer).
-async fn read_inspected_body(session: &mut Session) -> std::result::Result<Vec<u8>, Reason> {
-    let limit = phigate_policy::MAX_INSPECTED_BODY;
+/// Read a body that must be inspected before deciding, up to
+/// [`MAX_INSPECTED_BODY`] (pingora replays it to the upstream), by
+/// `deadline`. A client that asked `Expect: 100-continue` is told to send.
+async fn read_inspected_body(
+    session: &mut Session,
+    deadline: Instant,
+    sent_continue: &mut bool,
+) -> std::result::Result<Vec<u8>, Reason> {
+    let limit = MAX_INSPECTED_BODY;
     let declared = session
         .req_header()
         .headers
         .get("content-length")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+        .and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Reason::PayloadTooLarge);
+    }
+    if declared == Some(0) {
+        return Ok(Vec::new());
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|_| Reason::BadRequestBody)?;
+        *sent_continue = true;
     }
     session.enable_retry_buffering();
     let mut body = Vec::new();
     loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
+        let chunk = tokio::time::timeout_at(deadline.into(), session.read_request_body()).await;
+        match chunk {
+            Err(_) => return Err(Reason::RequestTimeout),
+            Ok(Ok(Some(chunk))) => {
                 if body.len() + chunk.len() > limit {
                     return Err(Reason::PayloadTooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => break,
-            Err(_) => return Err(Reason::BadRequestBody),
+            Ok(Ok(None)) => break,
+            Ok(Err(_)) => return Err(Reason::BadRequestBody),
         }
     }
     if session.as_downstream().retry_buffer_truncated() {
@@ -189,18 +249,35 @@ pub fn claims_of(t: &VerifiedToken) -> Claims {
     }
 }
 
-/// A justification as recorded: control characters replaced, at most 500 characters.
-fn sanitize_justification(j: &str) -> String {
-    j.chars()
-        .take(500)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
-}
-
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The response for a denial: a small JSON body with the reason and request
+/// id — never the token, never a hint about whether the resource exists —
+/// and `WWW-Authenticate` where RFC 6750 / RFC 9470 ask for it.
+pub fn deny_response(decision: &Decision, request_id: &str) -> Result<(Box<ResponseHeader>, Bytes)> {
+    let status = decision.deny_status();
+    let body = serde_json::json!({ "error": decision.reason.as_str(), "request_id": request_id }).to_string();
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        ("cache-control", "no-store".to_string()),
+        ("x-request-id", request_id.to_string()),
+        ("content-length", body.len().to_string()),
+    ];
+    for (k, v) in headers
+        .into_iter()
+        .chain(decision.www_authenticate().map(|w| ("www-authenticate", w)))
+    {
+        resp.insert_header(k, v)?;
+    }
+    if decision.deny_status() == 408 || decision.reason == Reason::BadRequest {
+        resp.insert_header("connection", "close")?;
+    }
+    Ok((Box::new(resp), Bytes::from(body)))
 }
 
 impl Gateway {
@@ -216,53 +293,44 @@ impl Gateway {
         )
     }
 
-    /// Answer a denial: small JSON body with the reason and request id, never
-    /// the token, never a hint about whether the resource exists.
     async fn respond_deny(&self, session: &mut Session, ctx: &RequestCtx, decision: &Decision) -> Result<()> {
-        let status = decision.deny_status();
-        let body = serde_json::json!({ "error": decision.reason.as_str(), "request_id": ctx.request_id })
-            .to_string();
-        let mut resp = ResponseHeader::build(status, Some(6))?;
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("cache-control", "no-store")?;
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        if let Some(w) = decision.www_authenticate() {
-            resp.insert_header("www-authenticate", w)?;
+        let (resp, body) = deny_response(decision, &ctx.request_id)?;
+        if matches!(decision.deny_status(), 400 | 408) {
+            session.set_keepalive(None);
         }
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(Bytes::from(body)), true).await
+        session.write_response_header(resp, false).await?;
+        session.write_response_body(Some(body), true).await
     }
 
-    /// Make the decision for this request (no response written here).
+    /// Make the decision for this request (no response written, no audit
+    /// slot held: a slow client holds nothing while its body arrives).
     async fn decide_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
         let policy = self.shared.policy.load_full();
         ctx.policy_version = policy.version().to_string();
 
         let raw_line = session.as_downstream().to_h1_raw();
         let raw = wire_target(&raw_line).unwrap_or_else(|| session.req_header().raw_path());
-        let target = match std::str::from_utf8(raw).ok().map(phigate_policy::canonicalize) {
-            Some(Ok(t)) => t,
-            _ => {
-                let lossy = String::from_utf8_lossy(raw);
-                ctx.path = lossy.chars().take(256).collect();
-                return Decision::deny(Reason::BadRequestPath);
-            }
+        let version = match session.req_header().version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
+            http::Version::HTTP_2 => HttpVersion::Http2,
+            _ => HttpVersion::Http11,
         };
-        ctx.path = target.path.clone();
-
-        ctx.justification = policy.break_glass().and_then(|bg| {
-            let mut values = session.req_header().headers.get_all(bg.header.as_str()).iter();
-            match (values.next(), values.next()) {
-                (Some(v), None) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                // Repeated headers are ambiguous: an (invalid) empty justification.
-                (Some(_), Some(_)) => Some(String::new()),
-                (None, _) => None,
-            }
-        });
-        let mut facts = RequestFacts::new(&ctx.method, &target.path, target.query.as_deref(), unix_now());
-        facts.break_glass_justification = ctx.justification.as_deref();
-        let authn = if phigate_policy::needs_token(&policy, &facts) {
+        let prepared = phigate_policy::prepare(
+            &policy,
+            &RawRequest {
+                method: &ctx.method,
+                target: raw,
+                version,
+                headers: &HeaderView(&session.req_header().headers),
+                now: unix_now(),
+            },
+        );
+        ctx.path = prepared.path().to_string();
+        ctx.justification = prepared.justification_for_audit();
+        if let Some(refusal) = prepared.refusal() {
+            return refusal.clone();
+        }
+        let authn = if prepared.needs_token() {
             match bearer_token(&session.req_header().headers) {
                 BearerHeader::Absent | BearerHeader::NotBearer => Authn::Missing,
                 BearerHeader::Ambiguous => return Decision::deny(Reason::MalformedAuthorization),
@@ -290,23 +358,32 @@ impl Gateway {
         } else {
             Authn::Missing
         };
-        // FHIR batch/transaction: every entry is authorised, so the (bounded)
-        // body is read here; pingora replays it to the upstream.
-        let body;
-        if matches!(authn, Authn::Valid(_)) && phigate_policy::needs_body(&policy, &facts) {
-            body = match read_inspected_body(session).await {
-                Ok(b) => b,
-                Err(reason) => {
-                    if let Authn::Valid(claims) = authn {
-                        ctx.claims = Some(claims);
+        // Bundles and forms are authorised on their content, so the (bounded)
+        // body is read here — unless a protected route's token already failed:
+        // the answer is 401 either way. pingora replays the body upstream.
+        let mut body = None;
+        if let Some(kind) = prepared.needs_body() {
+            if matches!(authn, Authn::Valid(_)) || !prepared.needs_token() {
+                let deadline = ctx.start + self.shared.limits.request_body_timeout;
+                match read_inspected_body(session, deadline, &mut ctx.sent_continue).await {
+                    Ok(b) => body = Some(b),
+                    Err(reason) => {
+                        if let Authn::Valid(claims) = authn {
+                            ctx.claims = Some(claims);
+                        }
+                        let mut d = Decision::deny(reason);
+                        d.route = prepared.route_label().cloned();
+                        d.detail = Some(match kind {
+                            BodyKind::Bundle => "the batch/transaction body".into(),
+                            BodyKind::Form => "the form body".into(),
+                        });
+                        return d;
                     }
-                    return Decision::deny(reason);
                 }
-            };
-            facts.body = Some(&body);
+            }
         }
         let started = Instant::now();
-        let decision = phigate_policy::decide(&policy, &facts, &authn);
+        let decision = phigate_policy::decide(&prepared, body.as_deref(), &authn);
         self.shared
             .metrics
             .decide_seconds
@@ -314,8 +391,32 @@ impl Gateway {
         if let Authn::Valid(claims) = authn {
             ctx.claims = Some(claims);
         }
-        ctx.target = Some(target);
+        ctx.target = prepared.target().cloned();
         decision
+    }
+
+    /// Take an audit slot and this request's place in its client's share.
+    /// Returns the refusal when either is unavailable; `ctx.audit_slot` is
+    /// then set if the refusal itself can be audited.
+    fn reserve(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Decision> {
+        let guard = self.shared.in_flight.acquire(self.client_ip(session));
+        match self.shared.audit.reserve() {
+            Ok(slot) => ctx.audit_slot = Some(slot),
+            Err(e) => {
+                self.shared.note_audit_failure(&e);
+                return Some(Decision::deny(Reason::AuditUnavailable));
+            }
+        }
+        match guard {
+            Some(g) => {
+                ctx.in_flight = Some(g);
+                None
+            }
+            None => Some(Decision::deny(Reason::ConcurrencyLimited).with_detail(format!(
+                "more than {} requests in flight from this client address",
+                self.shared.limits.max_in_flight_per_client
+            ))),
+        }
     }
 }
 
@@ -333,9 +434,14 @@ impl ProxyHttp for Gateway {
             decision: None,
             claims: None,
             justification: None,
+            user_agent: None,
             policy_version: String::new(),
             audit_slot: None,
+            in_flight: None,
             upstream_status: None,
+            sent_continue: false,
+            body_deadline: None,
+            tunnel: None,
         }
     }
 
@@ -343,23 +449,30 @@ impl ProxyHttp for Gateway {
     /// `true` when the response (a denial) has been written here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.start = Instant::now();
-        ctx.request_id = request_id(&session.req_header().headers);
+        let headers = &session.req_header().headers;
+        ctx.request_id = request_id(headers);
+        ctx.user_agent = headers
+            .get("user-agent")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         ctx.method = session.req_header().method.as_str().to_string();
 
-        // Fail closed: without a place for the audit record, nothing is served.
-        match self.shared.audit.reserve() {
-            Ok(slot) => ctx.audit_slot = Some(slot),
-            Err(e) => {
-                self.shared.metrics.audit_fail_closed.inc();
-                tracing::error!(request_id = %ctx.request_id, error = %e, "audit unavailable; refusing request");
-                let d = Decision::deny(Reason::AuditUnavailable);
-                self.respond_deny(session, ctx, &d).await?;
-                ctx.decision = Some(d);
-                return Ok(true);
-            }
-        }
-
         let decision = self.decide_request(session, ctx).await;
+        // Fail closed: without a place for the audit record, nothing is
+        // served. The slot is taken only now, after the head and any
+        // inspected body arrived, so slow clients hold none while sending.
+        if let Some(refusal) = self.reserve(session, ctx) {
+            ctx.decision = Some(refusal.clone());
+            let refusal = if ctx.audit_slot.is_some()
+                && !self.commit_audit(session, ctx, refusal.deny_status()).await
+            {
+                Decision::deny(Reason::AuditUnavailable)
+            } else {
+                refusal
+            };
+            self.respond_deny(session, ctx, &refusal).await?;
+            ctx.decision = Some(refusal);
+            return Ok(true);
+        }
         let deny = !decision.is_allow();
         ctx.decision = Some(decision);
         if deny {
@@ -375,20 +488,23 @@ impl ProxyHttp for Gateway {
                 self.respond_deny(session, ctx, d).await?;
             }
             ctx.decision = decision;
+            return Ok(true);
         }
-        Ok(deny)
+        // A forwarded body must arrive in time too; stalls fail the read.
+        let timeout = self.shared.limits.request_body_timeout;
+        ctx.body_deadline = Some(ctx.start + timeout);
+        session.as_downstream_mut().set_read_timeout(Some(timeout));
+        Ok(false)
     }
 
     /// Only reached for allowed requests.
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
-        let up = &self.shared.upstream;
-        let mut peer = HttpPeer::new(up.address, false, String::new());
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        Ok(Box::new(peer))
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        let forward = ctx.decision.as_ref().map(|d| d.forward).unwrap_or_default();
+        Ok(Box::new(forward::peer(&self.shared.upstream, forward)))
     }
 
-    /// Forward exactly the canonical target that was authorised.
+    /// Forward exactly the canonical target that was authorised, and nothing
+    /// the backend could execute differently.
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -409,7 +525,30 @@ impl ProxyHttp for Gateway {
         if !self.shared.upstream.forward_authorization {
             upstream_request.remove_header("authorization");
         }
+        let forward = ctx.decision.as_ref().map(|d| d.forward).unwrap_or_default();
+        forward::edit_request(upstream_request, forward, ctx.sent_continue)?;
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// Streamed request bodies: count tunnel traffic, enforce the body deadline.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(t) = &mut ctx.tunnel {
+            t.from_client += body.as_ref().map_or(0, |b| b.len() as u64);
+            return Ok(());
+        }
+        if ctx.body_deadline.is_some_and(|d| Instant::now() > d) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(408),
+                "the request body took longer than limits.request_body_timeout",
+            );
+        }
         Ok(())
     }
 
@@ -436,15 +575,63 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        let status = upstream_response.status.as_u16();
+        let websocket = ctx.decision.as_ref().is_some_and(|d| d.forward.websocket);
+        if status == 101 {
+            if !websocket {
+                // pingora refuses a 101 to a request that was not an upgrade;
+                // never let one through unaudited either.
+                return Error::e_explain(ErrorType::HTTPStatus(502), "unexpected 101 from the upstream");
+            }
+            // The tunnel's close record needs its own slot: take it before
+            // the tunnel opens, or do not open it.
+            match self.shared.audit.reserve() {
+                Ok(slot) => {
+                    ctx.tunnel = Some(TunnelState {
+                        opened: Instant::now(),
+                        from_client: 0,
+                        to_client: 0,
+                        close_slot: Some(slot),
+                    })
+                }
+                Err(e) => {
+                    self.shared.note_audit_failure(&e);
+                    ctx.decision = Some(Decision::deny(Reason::AuditUnavailable));
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(503),
+                        "no audit slot for the tunnel's close record",
+                    );
+                }
+            }
+            // The tunnel has no body deadline.
+            ctx.body_deadline = None;
+            session.as_downstream_mut().set_read_timeout(None);
+            self.shared.metrics.tunnels_open.inc();
+        }
         // Allowed request: record it (durably in per_request mode) before the
         // response is released; if the audit pipeline fails, the client gets
         // 503 instead of an unaudited PHI response.
-        let status = upstream_response.status.as_u16();
         if !self.commit_audit(session, ctx, status).await {
+            if ctx.tunnel.take().is_some() {
+                self.shared.metrics.tunnels_open.dec();
+            }
             ctx.decision = Some(Decision::deny(Reason::AuditUnavailable));
             return Error::e_explain(ErrorType::HTTPStatus(503), "audit record could not be committed");
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let Some(t) = &mut ctx.tunnel {
+            t.to_client += body.as_ref().map_or(0, |b| b.len() as u64);
+        }
+        Ok(None)
     }
 
     /// Errors before a response (upstream unreachable, timeouts, a failed
@@ -455,6 +642,7 @@ impl ProxyHttp for Gateway {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
+                    ErrorType::ReadTimedout => 408,
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,
                 },
@@ -477,7 +665,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// Runs once per request after the response (or a fatal error): every
-    /// decision, allow or deny, becomes one audit record and metric sample.
+    /// decision, allow or deny, has one audit record (two for a tunnel: at
+    /// open and at close) and one metric sample.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         // Normally committed at response time; a request that ended without
@@ -485,25 +674,29 @@ impl ProxyHttp for Gateway {
         if ctx.audit_slot.is_some() {
             self.commit_audit(session, ctx, status).await;
         }
-        let elapsed = ctx.start.elapsed();
+        if let Some(mut t) = ctx.tunnel.take() {
+            self.shared.metrics.tunnels_open.dec();
+            let mut record = self.audit_record(session, ctx, status);
+            record.tunnel = Some(Tunnel {
+                phase: TunnelPhase::Close,
+                bytes_from_client: t.from_client,
+                bytes_to_client: t.to_client,
+                duration_ms: t.opened.elapsed().as_millis() as u64,
+            });
+            if let Some(slot) = t.close_slot.take() {
+                if let Err(err) = slot.commit(record).await {
+                    self.shared.note_audit_failure(&err);
+                }
+            }
+        }
         let decision = ctx
             .decision
             .take()
-            .unwrap_or_else(|| Decision::deny(Reason::BadRequestPath));
+            .unwrap_or_else(|| Decision::deny(Reason::BadRequest));
+        self.shared.metrics.count_request(&decision, ctx.start.elapsed());
         let route = decision.route.as_deref().unwrap_or("none");
-        let m = &self.shared.metrics;
-        m.requests
-            .with_label_values(&[decision.outcome.as_str(), decision.reason.as_str(), route])
-            .inc();
-        m.request_duration
-            .with_label_values(&[decision.outcome.as_str()])
-            .observe(elapsed.as_secs_f64());
         if decision.break_glass {
-            m.break_glass.inc();
             tracing::warn!(request_id = %ctx.request_id, route, "break-glass access");
-        }
-        if let Some(would) = decision.shadow {
-            m.shadow_denials.with_label_values(&[would.as_str(), route]).inc();
         }
         tracing::info!(
             request_id = %ctx.request_id,
@@ -511,9 +704,11 @@ impl ProxyHttp for Gateway {
             reason = decision.reason.as_str(),
             status,
             route,
+            detail = decision.detail.as_deref(),
             error = e.map(|e| e.to_string()),
             "request"
         );
+        ctx.in_flight = None;
     }
 }
 
@@ -526,12 +721,19 @@ impl Gateway {
         let Some(slot) = ctx.audit_slot.take() else {
             return false;
         };
-        let record = self.audit_record(session, ctx, status);
+        let mut record = self.audit_record(session, ctx, status);
+        if status == 101 && ctx.tunnel.is_some() {
+            record.tunnel = Some(Tunnel {
+                phase: TunnelPhase::Open,
+                bytes_from_client: 0,
+                bytes_to_client: 0,
+                duration_ms: 0,
+            });
+        }
         match slot.commit(record).await {
             Ok(_) => true,
             Err(e) => {
-                self.shared.metrics.audit_fail_closed.inc();
-                tracing::error!(request_id = %ctx.request_id, error = %e, "audit commit failed; refusing to release the response");
+                self.shared.note_audit_failure(&e);
                 false
             }
         }
@@ -543,7 +745,7 @@ impl Gateway {
         let decision = match &ctx.decision {
             Some(d) => d,
             None => {
-                fallback = Decision::deny(Reason::BadRequestPath);
+                fallback = Decision::deny(Reason::BadRequest);
                 &fallback
             }
         };
@@ -568,8 +770,10 @@ impl Gateway {
             policy_version: ctx.policy_version.clone(),
             patient: decision.patient.clone(),
             break_glass: decision.break_glass,
-            justification: ctx.justification.as_deref().map(sanitize_justification),
+            justification: ctx.justification.clone(),
             shadow_decision: decision.shadow.map(|_| "deny".to_string()),
+            user_agent: ctx.user_agent.clone(),
+            ..AuditRecord::default()
         }
     }
 }
@@ -630,6 +834,26 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("bad id\"{}"));
         assert_ne!(request_id(&h), "bad id\"{}");
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn deny_responses_carry_reason_and_request_id() {
+        let (h, body) = deny_response(&Decision::deny(Reason::MethodOverride), "r-1").unwrap();
+        assert_eq!(h.status.as_u16(), 400);
+        assert_eq!(h.headers.get("content-type").unwrap(), "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "method_override");
+        assert_eq!(v["request_id"], "r-1");
+        let (h, _) = deny_response(&Decision::deny(Reason::MissingToken), "r-2").unwrap();
+        assert_eq!(h.headers.get("www-authenticate").unwrap(), "Bearer");
+        let (h, _) = deny_response(&Decision::deny(Reason::RequestTimeout), "r-3").unwrap();
+        assert_eq!(
+            (
+                h.status.as_u16(),
+                h.headers.get("connection").unwrap().to_str().unwrap()
+            ),
+            (408, "close")
+        );
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub fn serve(
         limiter: crate::limiter::InvalidTokenLimiter::new(config.rate_limit),
         trusted_proxies: config.trusted_proxies.clone(),
         sinks: sink_status,
+        limits: config.limits,
+        in_flight: crate::limiter::InFlightLimiter::new(config.limits.max_in_flight_per_client),
+        audit_error_log: crate::limiter::LogLimiter::new(Duration::from_secs(1)),
     });
 
     // An empty path means an embedded policy (dev mode without --policies):
@@ -129,12 +132,16 @@ pub fn serve(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service(
+    // The HTTP/1 front reads every request head first, so requests the HTTP
+    // layer refuses are audited too (see crate::front).
+    let proxy = pingora_proxy::http_proxy(
         &server.configuration,
         Gateway {
             shared: shared.clone(),
         },
     );
+    let front = crate::front::Front::new(proxy, shared.clone(), config.limits.request_header_timeout);
+    let mut proxy = Service::new("phigate proxy".to_string(), front);
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
 
@@ -243,6 +250,7 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
         rate_limit: crate::config::RateLimit::default(),
         sinks: Vec::new(),
         trusted_proxies: Vec::new(),
+        limits: crate::config::Limits::default(),
     };
     print_banner(&opts, upstream, policy.version());
     serve(config, policy, Some(issuer))

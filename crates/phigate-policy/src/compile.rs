@@ -20,6 +20,8 @@ pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS
 
 /// Default longest break-glass justification (characters).
 pub const DEFAULT_JUSTIFICATION_MAX: usize = 500;
+/// Default fewest visible characters in a break-glass justification.
+pub const DEFAULT_JUSTIFICATION_MIN: usize = 8;
 
 /// A policy source: a file name (for diagnostics) and its text.
 #[derive(Debug, Clone)]
@@ -180,22 +182,77 @@ pub struct BreakGlass {
     /// Header name, lower case.
     pub header: String,
     pub max_length: usize,
+    /// Fewest visible characters (not whitespace, control, format or
+    /// combining characters) after NFC normalisation.
+    pub min_length: usize,
     pub reason_codes: Option<Vec<String>>,
     pub read_only: bool,
 }
 
+/// Bidirectional-text controls: they can make a justification read
+/// differently in a review tool than it was written (Trojan Source).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that render as nothing (or nothing on their own): whitespace,
+/// controls, format characters (zero-width space/joiners, BOM, soft
+/// hyphen, ...) and combining marks.
+fn is_invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::NonspacingMark
+                | GeneralCategory::EnclosingMark
+                | GeneralCategory::SpacingMark
+                | GeneralCategory::Unassigned
+                | GeneralCategory::PrivateUse
+                | GeneralCategory::Surrogate
+        )
+        || matches!(c, '\u{2800}' | '\u{3164}' | '\u{115F}' | '\u{1160}' | '\u{FFA0}')
+    // blank "letters"
+}
+
+/// A justification as recorded: NFC, control characters replaced, at most
+/// 500 characters (invalid UTF-8 is replaced, never dropped silently).
+pub(crate) fn sanitize_justification(raw: &[u8]) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    String::from_utf8_lossy(raw)
+        .nfc()
+        .take(DEFAULT_JUSTIFICATION_MAX)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 impl BreakGlass {
-    /// Check a justification; `Err` says why it is refused.
-    pub fn check_justification(&self, j: &str) -> Result<(), &'static str> {
-        let t = j.trim();
+    /// Check a justification header value; `Ok` holds the normalised
+    /// (NFC, trimmed) text, `Err` says why it is refused: not UTF-8, bidi
+    /// controls, control characters, fewer than `min_length` visible
+    /// characters (whitespace, zero-width and format characters do not
+    /// count), more than `max_length` characters, or no accepted reason code.
+    pub fn check_justification(&self, raw: &[u8]) -> Result<String, &'static str> {
+        use unicode_normalization::UnicodeNormalization;
+        let Ok(text) = std::str::from_utf8(raw) else {
+            return Err("justification is not valid UTF-8");
+        };
+        let t: String = text.nfc().collect::<String>().trim().to_string();
         if t.is_empty() {
             return Err("justification is empty");
+        }
+        if t.chars().any(is_bidi_control) {
+            return Err("justification contains bidirectional-text controls");
+        }
+        if t.chars().any(char::is_control) {
+            return Err("justification contains control characters");
         }
         if t.chars().count() > self.max_length {
             return Err("justification is too long");
         }
-        if t.chars().any(char::is_control) {
-            return Err("justification contains control characters");
+        if t.chars().filter(|c| !is_invisible(*c)).count() < self.min_length {
+            return Err("justification has too few visible characters");
         }
         if let Some(codes) = &self.reason_codes {
             let ok = codes.iter().any(|c| {
@@ -206,7 +263,7 @@ impl BreakGlass {
                 return Err("justification does not start with an accepted reason code");
             }
         }
-        Ok(())
+        Ok(t)
     }
 }
 
@@ -224,6 +281,9 @@ pub struct Route {
     pub step_up: Option<StepUp>,
     /// Shadow mode: denials are reported, not enforced.
     pub report_only: bool,
+    /// `upgrade: websocket`: a WebSocket handshake may be forwarded (the
+    /// tunnel is audited at open and close); every other route refuses upgrades.
+    pub websocket: bool,
     /// `file:line:column` of the route, for explanations.
     pub origin: String,
 }
@@ -498,6 +558,14 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
                     ));
                     ok = false;
                 }
+                let min_length = bg.min_length.unwrap_or(DEFAULT_JUSTIFICATION_MIN);
+                if min_length == 0 || min_length > max_length {
+                    errors.push(at(
+                        &field("min_length"),
+                        format!("min_length must be between 1 and max_length ({max_length})"),
+                    ));
+                    ok = false;
+                }
                 if let Some(codes) = &bg.reason_codes {
                     if codes.is_empty()
                         || codes
@@ -524,6 +592,7 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
                             scope: bg.scope.clone(),
                             header: bg.header.to_ascii_lowercase(),
                             max_length,
+                            min_length,
                             reason_codes: bg.reason_codes.clone(),
                             read_only: bg.read_only.unwrap_or(true),
                         },
@@ -971,6 +1040,25 @@ fn compile_route(
     }
     let step_up = (step_up != StepUp::default()).then_some(step_up);
     let report_only = spec.mode.or(file_mode) == Some(Mode::ReportOnly);
+    let websocket = match spec.upgrade {
+        None => false,
+        Some(file::UpgradeSpec::Websocket) => {
+            if !methods.iter().all(|m| *m == "GET") {
+                problems.push((
+                    "upgrade",
+                    "`upgrade: websocket` needs `methods: [GET]` (a WebSocket handshake is a GET)".into(),
+                ));
+            }
+            if matches!(access, Some(Access::Fhir { .. })) {
+                problems.push((
+                    "upgrade",
+                    "`upgrade: websocket` belongs on an explicit route (`scopes` or `public`), not a FHIR-aware one"
+                        .into(),
+                ));
+            }
+            true
+        }
+    };
 
     match (problems.is_empty(), pattern, access) {
         (true, Some(pattern), Some(access)) => {
@@ -984,6 +1072,7 @@ fn compile_route(
                 time,
                 step_up,
                 report_only,
+                websocket,
                 origin,
             };
             Ok((route, pattern, methods))

@@ -4,42 +4,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::compile::{Access, ClaimCondition, ConditionOp, Operand, PolicySet, Route, RouteMatch};
-use crate::fhir::{self, FhirRequest, Interaction};
-use crate::smart::{self, Context, SmartScope};
+use crate::compile::{Access, ClaimCondition, ConditionOp, Operand, Route, RouteMatch};
+use crate::fhir::{self, FhirRequest, Include, Interaction, Returned};
+use crate::request::{BodyKind, JustificationHeader, Prepared, Upgrade};
+use crate::smart::{self, Context, Perm, SmartScope};
 use crate::Reason;
-
-/// Facts about the request, extracted once by the gateway.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    /// HTTP method, upper case.
-    pub method: &'a str,
-    /// Canonical path (see [`crate::canonicalize`]).
-    pub path: &'a str,
-    /// Raw query string, if any.
-    pub query: Option<&'a str>,
-    /// Current time, seconds since the Unix epoch (time windows, `max_auth_age`).
-    pub now: i64,
-    /// The break-glass justification header, when the policy enables
-    /// break-glass and the request carries exactly one such header.
-    pub break_glass_justification: Option<&'a str>,
-    /// The request body, only when [`needs_body`] asked for it (FHIR
-    /// batch/transaction bundles, whose entries are each authorised).
-    pub body: Option<&'a [u8]>,
-}
-
-impl<'a> RequestFacts<'a> {
-    pub fn new(method: &'a str, path: &'a str, query: Option<&'a str>, now: i64) -> Self {
-        Self {
-            method,
-            path,
-            query,
-            now,
-            break_glass_justification: None,
-            body: None,
-        }
-    }
-}
 
 /// What phigate knows about the caller from a *validated* token.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -129,6 +98,22 @@ pub struct Decision {
     pub patient: Option<String>,
     /// Human-readable detail for operators (`policy explain`, logs); never sent to clients.
     pub detail: Option<String>,
+    /// How an allowed request must be forwarded.
+    pub forward: Forward,
+}
+
+/// What the gateway must do when forwarding an allowed request, so that the
+/// backend executes what was authorised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Forward {
+    /// Send `Prefer: handling=strict` (replacing any `handling` preference
+    /// of the client): the decision relied on search parameters (a
+    /// patient-compartment or granular-scope search), so a server must fail
+    /// on parameters it does not know rather than ignore them and return more.
+    pub prefer_strict: bool,
+    /// Forward the WebSocket upgrade handshake (the route opted in with
+    /// `upgrade: websocket`); every other upgrade is refused.
+    pub websocket: bool,
 }
 
 impl Decision {
@@ -144,6 +129,7 @@ impl Decision {
             step_up: None,
             patient: None,
             detail: None,
+            forward: Forward::default(),
         }
     }
 
@@ -155,7 +141,8 @@ impl Decision {
         }
     }
 
-    fn with_detail(mut self, detail: impl Into<String>) -> Self {
+    /// The same decision with operator detail.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
     }
@@ -205,26 +192,29 @@ impl Decision {
     }
 }
 
-/// Decide one request.
+/// Decide one prepared request ([`crate::prepare`]). `body` is the body
+/// [`Prepared::needs_body`] asked for (`None` when it was not read).
 ///
-/// Order: a public route is allowed whatever the token; otherwise the caller
-/// must be authenticated (so unauthenticated callers learn nothing about which
-/// routes exist); then an unmatched route is denied (default deny); then the
-/// route's access rule (scopes, or the FHIR interaction's SMART permission and
-/// patient compartment), claim conditions and time window; a denial there may
-/// be turned into an allow by break-glass; then step-up authentication
-/// (`require_acr`, `require_amr`, `max_auth_age`), which break-glass does not
-/// bypass. Finally a `report_only` route turns a denial into an allow that
-/// carries `shadow`.
-pub fn decide(policy: &PolicySet, facts: &RequestFacts<'_>, authn: &Authn) -> Decision {
-    let method = if facts.method == "HEAD" {
-        "GET"
-    } else {
-        facts.method
-    };
-    let m = policy.match_with_params(method, facts.path);
-    let d = decide_inner(policy, facts, method, m.as_ref(), authn);
-    match &m {
+/// Order: a request-shape refusal (bad target, method override, refused
+/// upgrade) stands; a public route is allowed whatever the token; otherwise
+/// the caller must be authenticated (so unauthenticated callers learn
+/// nothing about which routes exist); then an unmatched route is denied
+/// (default deny); then the route's access rule (scopes, or the FHIR
+/// interaction's SMART permissions — for the interaction itself, the search
+/// a conditional interaction runs, and every resource type an
+/// `_include`/`_revinclude` adds — and the patient compartment), claim
+/// conditions and time window; a denial there may be turned into an allow by
+/// break-glass; then step-up authentication (`require_acr`, `require_amr`,
+/// `max_auth_age`), which break-glass does not bypass; then a protocol
+/// upgrade must be one the route opts into. Finally a `report_only` route
+/// turns a denial into an allow that carries `shadow`.
+pub fn decide(p: &Prepared<'_>, body: Option<&[u8]>, authn: &Authn) -> Decision {
+    if let Some(r) = &p.refusal {
+        return r.clone();
+    }
+    let m = p.route.as_ref();
+    let d = decide_inner(p, m, body, authn);
+    match m {
         Some(m) if m.route.report_only && !d.is_allow() && d.reason.is_shadowable() => Decision {
             outcome: Outcome::Allow,
             shadow: Some(d.reason),
@@ -235,16 +225,29 @@ pub fn decide(policy: &PolicySet, facts: &RequestFacts<'_>, authn: &Authn) -> De
 }
 
 fn decide_inner(
-    policy: &PolicySet,
-    facts: &RequestFacts<'_>,
-    method: &str,
+    p: &Prepared<'_>,
     m: Option<&RouteMatch<'_>>,
+    body: Option<&[u8]>,
     authn: &Authn,
 ) -> Decision {
     let route = m.map(|m| m.route);
+    let method = if p.method == "HEAD" {
+        "GET"
+    } else {
+        p.method.as_str()
+    };
+    // A form body may ask for another method, whatever the route.
+    if let (Some(BodyKind::Form), Some(b)) = (p.body, body) {
+        if crate::request::query_has_method_override(Some(&String::from_utf8_lossy(b))) {
+            return with_route(Decision::deny(Reason::MethodOverride), route)
+                .with_detail("the `_method` form parameter asks the backend to execute another method");
+        }
+    }
     if let Some(r) = route {
         if r.access == Access::Public {
-            return Decision::allow(Reason::PublicRoute, r);
+            let mut d = Decision::allow(Reason::PublicRoute, r);
+            d.forward.websocket = p.upgrade == Upgrade::WebSocket;
+            return d;
         }
     }
     let claims = match authn {
@@ -256,7 +259,11 @@ fn decide_inner(
         return Decision::deny(Reason::NoMatchingRoute);
     };
     let route = m.route;
-    let scopes = policy.effective_scopes(&claims.scopes, &claims.roles);
+    let scopes = p.policy.effective_scopes(&claims.scopes, &claims.roles);
+    let (path, query) = match &p.target {
+        Some(t) => (t.path.as_str(), t.query.as_deref()),
+        None => return Decision::deny(Reason::BadRequestPath),
+    };
 
     // 1. Access rule, conditions, time window.
     let mut is_read = matches!(method, "GET" | "HEAD");
@@ -273,12 +280,11 @@ fn decide_inner(
             d
         }
         Access::Fhir { base } => {
-            let rel = crate::fhir::relative_to_base(facts.path, base);
-            match fhir::classify(method, rel, facts.query) {
-                Err(e) => with_route(Decision::deny(Reason::UnmappedInteraction), Some(route))
-                    .with_detail(format!("not an authorisable FHIR interaction: {e}")),
+            let rel = fhir::relative_to_base(path, base);
+            match fhir_request(p, method, rel, query, body) {
+                Err((reason, why)) => with_route(Decision::deny(reason), Some(route)).with_detail(why),
                 Ok(req) if req.interaction == Interaction::Batch => {
-                    batch_decision(route, facts.body, claims, &scopes)
+                    batch_decision(route, body, claims, &scopes)
                 }
                 Ok(req) => {
                     is_read |= req.interaction == Interaction::Search;
@@ -288,9 +294,9 @@ fn decide_inner(
         }
     };
     if d.is_allow() {
-        if let Some(why) = failed_condition(route, &m.params, facts, claims) {
+        if let Some(why) = failed_condition(route, &m.params, query, claims) {
             d = with_route(Decision::deny(Reason::ConditionFailed), Some(route)).with_detail(why);
-        } else if route.time.as_ref().is_some_and(|w| !w.contains(facts.now)) {
+        } else if route.time.as_ref().is_some_and(|w| !w.contains(p.now)) {
             let tz = route.time.as_ref().map(|w| w.tz_name.clone()).unwrap_or_default();
             d = with_route(Decision::deny(Reason::OutsideTimeWindow), Some(route))
                 .with_detail(format!("outside the route's time window ({tz})"));
@@ -308,21 +314,33 @@ fn decide_inner(
                 | Reason::UnmappedInteraction
         )
     {
-        if let (Some(bg), Some(j)) = (policy.break_glass(), facts.break_glass_justification) {
+        if let (Some(bg), false) = (
+            p.policy.break_glass(),
+            p.justification == JustificationHeader::Absent,
+        ) {
             if claims.scopes.iter().chain(scopes.iter()).any(|s| *s == bg.scope) {
                 let original = d.reason;
-                d = if bg.read_only && !is_read {
+                let rejected = |why: String| {
                     with_route(Decision::deny(Reason::BreakGlassRejected), Some(route))
-                        .with_detail(format!("break-glass is read-only (would have been {original})"))
+                        .with_detail(format!("{why} (would have been {original})"))
+                };
+                let checked = match &p.justification {
+                    JustificationHeader::One(j) => bg.check_justification(j),
+                    _ => Err("the justification header was sent more than once"),
+                };
+                d = if bg.read_only && !is_read {
+                    rejected("break-glass is read-only".into())
+                } else if p.upgrade != Upgrade::None {
+                    rejected("break-glass never opens a protocol upgrade".into())
                 } else {
-                    match bg.check_justification(j) {
-                        Err(why) => with_route(Decision::deny(Reason::BreakGlassRejected), Some(route))
-                            .with_detail(format!("{why} (would have been {original})")),
-                        Ok(()) => {
+                    match checked {
+                        Err(why) => rejected(why.into()),
+                        Ok(_) => {
                             let mut a = Decision::allow(Reason::BreakGlass, route);
                             a.break_glass = true;
                             a.patient = d.patient.clone().or_else(|| claims.patient().map(str::to_string));
                             a.scopes_required = d.scopes_required.clone();
+                            a.forward = d.forward;
                             a.detail = Some(format!("emergency access overriding {original}"));
                             a
                         }
@@ -334,13 +352,24 @@ fn decide_inner(
 
     // 3. Step-up authentication.
     if d.is_allow() {
-        if let Some(challenge) = step_up_challenge(route, facts.now, claims) {
+        if let Some(challenge) = step_up_challenge(route, p.now, claims) {
             let mut s = with_route(Decision::deny(Reason::StepUpRequired), Some(route));
             s.detail = Some(challenge.description.clone());
             s.step_up = Some(challenge);
             s.scopes_required = d.scopes_required;
             s.patient = d.patient;
             return s;
+        }
+    }
+
+    // 4. Protocol upgrades only where the route opts in.
+    if p.upgrade != Upgrade::None && d.is_allow() {
+        if route.websocket && p.upgrade == Upgrade::WebSocket {
+            d.forward.websocket = true;
+        } else {
+            return with_route(Decision::deny(Reason::UpgradeRefused), Some(route)).with_detail(
+                "protocol upgrades are refused unless the route opts in with `upgrade: websocket`",
+            );
         }
     }
     d
@@ -351,7 +380,217 @@ fn with_route(mut d: Decision, route: Option<&Route>) -> Decision {
     d
 }
 
-/// SMART permission + patient compartment for a classified FHIR request.
+type Refusal = (Reason, String);
+
+/// Classify a request under a FHIR-aware route, with what the backend will
+/// also act on: the form body of `POST [type]/_search` (merged with the
+/// query string, as FHIR combines them) and `If-None-Exist`.
+fn fhir_request(
+    p: &Prepared<'_>,
+    method: &str,
+    rel: &str,
+    query: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<FhirRequest, Refusal> {
+    let unmapped = |why: String| (Reason::UnmappedInteraction, why);
+    let mut req = fhir::classify(method, rel, query)
+        .map_err(|e| unmapped(format!("not an authorisable FHIR interaction: {e}")))?;
+    if req.interaction == Interaction::Search && method == "POST" {
+        let body = body.unwrap_or_default();
+        if !body.is_empty() {
+            match &p.content_type {
+                Some((t, true)) if t == "application/x-www-form-urlencoded" => {}
+                _ => {
+                    return Err((
+                        Reason::UnsupportedMediaType,
+                        "a POST _search body must be application/x-www-form-urlencoded (UTF-8)".into(),
+                    ))
+                }
+            }
+            let text = std::str::from_utf8(body).map_err(|_| {
+                (
+                    Reason::BadRequestBody,
+                    "the _search form body is not UTF-8".to_string(),
+                )
+            })?;
+            let form =
+                fhir::parse_query(Some(text)).map_err(|e| unmapped(format!("the _search form body: {e}")))?;
+            req.params.extend(form);
+        }
+    }
+    match p.if_none_exist.as_slice() {
+        [] => {}
+        [one] if req.interaction == Interaction::Create => {
+            let text = std::str::from_utf8(one).map_err(|_| unmapped("If-None-Exist is not UTF-8".into()))?;
+            // The header carries the query part only (`identifier=x|1`), but
+            // some clients send `Type?query`.
+            let criteria = text.split_once('?').map_or(text, |(_, q)| q);
+            let parsed = fhir::parse_query(Some(criteria.trim()))
+                .map_err(|e| unmapped(format!("If-None-Exist: {e}")))?;
+            if parsed.is_empty() {
+                return Err(unmapped("If-None-Exist carries no search criteria".into()));
+            }
+            req.criteria = Some(parsed);
+        }
+        [_] => return Err(unmapped("If-None-Exist is only meaningful on a create".into())),
+        _ => return Err(unmapped("If-None-Exist was sent more than once".into())),
+    }
+    Ok(req)
+}
+
+/// What one part of a FHIR request needs from the caller's SMART scopes.
+enum Need<'a> {
+    /// A search (or the search a conditional interaction runs) over `params`.
+    Search {
+        ty: &'a str,
+        params: &'a [(String, String)],
+    },
+    /// Type-level history: spans every instance of the type.
+    TypeHistory { ty: &'a str },
+    /// An interaction on one instance (read, vread, history, update, patch, delete).
+    Instance {
+        ty: &'a str,
+        id: &'a str,
+        interaction: Interaction,
+    },
+    /// A create, or a conditional update/patch/delete (its search is a separate Need).
+    Write {
+        ty: &'a str,
+        interaction: Interaction,
+        criteria: Option<&'a [(String, String)]>,
+    },
+    /// Resources an `_include`/`_revinclude` adds; `patient_ok` when they are
+    /// provably the token's patient or in its compartment.
+    Included {
+        ty: &'a str,
+        by: &'a Include,
+        patient_ok: bool,
+    },
+}
+
+impl Need<'_> {
+    fn ty(&self) -> &str {
+        match self {
+            Need::Search { ty, .. }
+            | Need::TypeHistory { ty }
+            | Need::Instance { ty, .. }
+            | Need::Write { ty, .. }
+            | Need::Included { ty, .. } => ty,
+        }
+    }
+
+    fn search_params(&self) -> Option<&[(String, String)]> {
+        match self {
+            Need::Search { params, .. } => Some(params),
+            _ => None,
+        }
+    }
+
+    /// Whether this part stays in the compartment of `patient`.
+    fn in_compartment(&self, patient: &str) -> Result<(), String> {
+        match self {
+            Need::Search { ty, params } => fhir::compartment_search(ty, params, patient),
+            Need::TypeHistory { ty } => Err(format!("type-level {ty} history spans patients")),
+            Need::Instance { ty: "Patient", id, .. } if *id == patient => Ok(()),
+            Need::Instance { ty: "Patient", .. } => Err("the Patient id differs from the token's patient".into()),
+            Need::Write { ty: "Patient", criteria: Some(c), .. } => fhir::compartment_search("Patient", c, patient),
+            Need::Instance { ty, interaction, .. } | Need::Write { ty, interaction, .. } => Err(format!(
+                "{interaction:?} of {ty} by a patient-scoped token cannot be verified without the resource body; use a search with patient="
+            )),
+            Need::Included { patient_ok: true, .. } => Ok(()),
+            Need::Included { ty, by, .. } => Err(format!(
+                "{} resources added by {} cannot be tied to the token's patient",
+                if *ty == "*" { "any" } else { ty },
+                describe_include(by)
+            )),
+        }
+    }
+}
+
+fn describe_include(i: &Include) -> String {
+    format!(
+        "{}{}={}:{}{}",
+        if i.reverse { "_revinclude" } else { "_include" },
+        if i.iterate { ":iterate" } else { "" },
+        i.source.as_deref().unwrap_or("*"),
+        i.param.as_deref().unwrap_or("*"),
+        i.target.as_deref().map(|t| format!(":{t}")).unwrap_or_default(),
+    )
+}
+
+/// How a part of a request was granted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Via {
+    /// By a `patient/` scope, through the compartment check.
+    patient_bound: bool,
+    /// By a granular scope, through its search-parameter filters.
+    granular: bool,
+}
+
+/// Whether the caller's scopes grant `perm` for one part of a request.
+fn authorize(need: &Need<'_>, perm: Perm, claims: &Claims, granted: &[SmartScope]) -> Result<Via, Refusal> {
+    let ty = need.ty();
+    let what = if ty == "*" {
+        "every resource type".to_string()
+    } else {
+        ty.to_string()
+    };
+    let candidates: Vec<&SmartScope> = granted.iter().filter(|g| g.grants(ty, perm)).collect();
+    if candidates.is_empty() {
+        return Err((
+            Reason::InsufficientScope,
+            format!("no SMART scope grants `{}` on {what}", perm.letter()),
+        ));
+    }
+    let filters_ok = |g: &SmartScope| {
+        !g.is_granular()
+            || need
+                .search_params()
+                .is_some_and(|params| filters_accept(g, params))
+    };
+    // user/ and system/ scopes are not compartment-bound.
+    if let Some(g) = candidates
+        .iter()
+        .find(|g| g.context != Context::Patient && filters_ok(g))
+    {
+        return Ok(Via {
+            patient_bound: false,
+            granular: g.is_granular(),
+        });
+    }
+    let patient_scoped: Vec<&&SmartScope> = candidates
+        .iter()
+        .filter(|g| g.context == Context::Patient)
+        .collect();
+    if patient_scoped.is_empty() {
+        return Err((
+            Reason::InsufficientScope,
+            format!("granular scopes for {what} do not cover this request (granular filters are checked on searches only)"),
+        ));
+    }
+    let Some(patient) = claims.patient() else {
+        return Err((
+            Reason::OutsidePatientCompartment,
+            "patient/ scope but the token has no `patient` claim".into(),
+        ));
+    };
+    need.in_compartment(patient)
+        .map_err(|why| (Reason::OutsidePatientCompartment, why))?;
+    match patient_scoped.iter().find(|g| filters_ok(g)) {
+        Some(g) => Ok(Via {
+            patient_bound: true,
+            granular: g.is_granular(),
+        }),
+        None => Err((
+            Reason::InsufficientScope,
+            format!("granular patient scopes for {what} do not cover this request"),
+        )),
+    }
+}
+
+/// SMART permissions + patient compartment for a classified FHIR request:
+/// the interaction itself, the search a conditional interaction runs, and
+/// every resource type an `_include`/`_revinclude` adds to a search result.
 fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[String]) -> Decision {
     if req.interaction == Interaction::Capabilities {
         return Decision::allow(Reason::Allowed, route);
@@ -362,10 +601,7 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
             req.interaction
         ));
     };
-    let p = perm_char(perm);
-    let hint = vec![format!("user/{ty}.{p}"), format!("patient/{ty}.{p}")];
     let granted = smart::granted(scopes);
-    let candidates: Vec<&SmartScope> = granted.iter().filter(|g| g.grants(ty, perm)).collect();
     let request_patient = {
         let refs = fhir::patient_refs(req);
         match (ty, &req.id) {
@@ -374,107 +610,149 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
             _ => None,
         }
     };
-    let deny = |reason: Reason, detail: String| {
+    let hint = |ty: &str, perm: Perm| {
+        let p = perm.letter();
+        vec![format!("user/{ty}.{p}"), format!("patient/{ty}.{p}")]
+    };
+    let deny = |(reason, detail): Refusal, ty: &str, perm: Perm| {
         let mut d = with_route(Decision::deny(reason), Some(route)).with_detail(detail);
-        d.scopes_required = hint.clone();
+        d.scopes_required = hint(ty, perm);
         d.patient = claims
             .patient()
             .map(str::to_string)
             .or_else(|| request_patient.clone());
         d
     };
-    if candidates.is_empty() {
-        return deny(
-            Reason::InsufficientScope,
-            format!("no SMART scope grants `{p}` on {ty}"),
-        );
-    }
-    let allow = |patient: Option<String>| {
-        let mut d = Decision::allow(Reason::Allowed, route);
-        d.scopes_required = hint.clone();
-        d.patient = patient;
-        d
+    let id = req.id.as_deref().unwrap_or_default();
+    let main = match req.interaction {
+        Interaction::Search => Need::Search {
+            ty,
+            params: &req.params,
+        },
+        Interaction::History if req.id.is_none() => Need::TypeHistory { ty },
+        Interaction::Read
+        | Interaction::Vread
+        | Interaction::History
+        | Interaction::Update
+        | Interaction::Patch
+        | Interaction::Delete => Need::Instance {
+            ty,
+            id,
+            interaction: req.interaction,
+        },
+        _ => Need::Write {
+            ty,
+            interaction: req.interaction,
+            criteria: req.criteria.as_deref(),
+        },
     };
-    let is_search = req.interaction == Interaction::Search;
-    let filters_ok = |g: &SmartScope| !g.is_granular() || (is_search && filters_accept(g, &req.params));
-    // user/ and system/ scopes are not compartment-bound.
-    if candidates
-        .iter()
-        .any(|g| g.context != Context::Patient && filters_ok(g))
-    {
-        return allow(
-            claims
-                .patient()
-                .map(str::to_string)
-                .or_else(|| request_patient.clone()),
-        );
+    let mut prefer_strict = false;
+    let mut patient_bound = false;
+    match authorize(&main, perm, claims, &granted) {
+        Ok(v) => {
+            patient_bound |= v.patient_bound;
+            prefer_strict |= main.search_params().is_some() && (v.patient_bound || v.granular);
+        }
+        Err(r) => return deny(r, ty, perm),
     }
-    let patient_scoped: Vec<&&SmartScope> = candidates
-        .iter()
-        .filter(|g| g.context == Context::Patient)
-        .collect();
-    if patient_scoped.is_empty() {
-        return deny(
-            Reason::InsufficientScope,
-            format!(
-                "granular scopes for {ty} do not cover this request (reads by id cannot be checked against filters)"
-            ),
-        );
+    // The search a conditional create/update/patch/delete runs first.
+    if let Some(criteria) = &req.criteria {
+        let search = Need::Search { ty, params: criteria };
+        match authorize(&search, Perm::S, claims, &granted) {
+            Ok(v) => {
+                patient_bound |= v.patient_bound;
+                prefer_strict |= v.patient_bound || v.granular;
+            }
+            Err((reason, why)) => {
+                return deny(
+                    (reason, format!("conditional criteria (searched as `s`): {why}")),
+                    ty,
+                    Perm::S,
+                )
+            }
+        }
     }
-    let Some(patient) = claims.patient() else {
-        return deny(
-            Reason::OutsidePatientCompartment,
-            "patient/ scope but the token has no `patient` claim".into(),
-        );
+    if req.interaction == Interaction::Search {
+        let includes = match fhir::includes(&req.params) {
+            Ok(i) => i,
+            Err(why) => return deny((Reason::UnmappedInteraction, why), ty, perm),
+        };
+        let compartment_bound = claims
+            .patient()
+            .is_some_and(|pt| fhir::compartment_search(ty, &req.params, pt).is_ok());
+        for inc in &includes {
+            let returned = match inc.returned_types() {
+                Ok(r) => r,
+                Err(why) => {
+                    return deny(
+                        (
+                            Reason::UnmappedInteraction,
+                            format!(
+                                "{}: {why}; what it returns cannot be authorised",
+                                describe_include(inc)
+                            ),
+                        ),
+                        ty,
+                        perm,
+                    )
+                }
+            };
+            let inc_perm = if inc.reverse { Perm::S } else { Perm::R };
+            let types: Vec<&str> = match &returned {
+                Returned::AnyType => vec!["*"],
+                Returned::Types(t) => t.iter().map(String::as_str).collect(),
+            };
+            for t in types {
+                let need = Need::Included {
+                    ty: t,
+                    by: inc,
+                    patient_ok: compartment_bound && include_stays_in_compartment(ty, inc, t),
+                };
+                if let Err((reason, why)) = authorize(&need, inc_perm, claims, &granted) {
+                    let why = format!("{} adds {t} resources: {why}", describe_include(inc));
+                    return deny((reason, why), t, inc_perm);
+                }
+            }
+        }
+    }
+    let mut d = Decision::allow(Reason::Allowed, route);
+    d.scopes_required = hint(ty, perm);
+    d.patient = match (patient_bound, claims.patient()) {
+        (true, Some(pt)) => Some(pt.to_string()),
+        _ => claims.patient().map(str::to_string).or(request_patient),
     };
-    if let Err(why) = in_compartment(req, ty, patient) {
-        return deny(Reason::OutsidePatientCompartment, why);
-    }
-    if patient_scoped.iter().any(|g| filters_ok(g)) {
-        return allow(Some(patient.to_string()));
-    }
-    deny(
-        Reason::InsufficientScope,
-        format!("granular patient scopes for {ty} do not cover this search"),
-    )
+    d.forward.prefer_strict = prefer_strict;
+    d
 }
 
-/// Whether a request stays inside the token's patient compartment.
-fn in_compartment(req: &FhirRequest, ty: &str, patient: &str) -> Result<(), String> {
-    let search_refs = || -> Result<(), String> {
-        if fhir::has_cross_patient_params(req) {
-            return Err("chained, _has, _include and _revinclude parameters can reach other patients".into());
-        }
-        let refs = fhir::patient_refs(req);
-        match refs.as_slice() {
-            [only] if only == patient => Ok(()),
-            [] => Err(format!(
-                "a patient-scoped search on {ty} must name the token's patient"
-            )),
-            [_] => Err("the search names a different patient".into()),
-            _ => Err("the search must name exactly one patient".into()),
-        }
+/// Whether the resources `inc` adds (of type `t`) to a search on `ty` that
+/// is bound to the token's patient are provably that patient's:
+/// - `_include` of a compartment parameter of `ty` pointing at `Patient`
+///   (`Observation?patient=123&_include=Observation:patient`) adds the
+///   patient itself;
+/// - `_revinclude` on a `Patient` search of resources that reference the
+///   patient through one of their compartment parameters
+///   (`Patient?_id=123&_revinclude=Observation:patient`) adds resources in
+///   the compartment.
+///
+/// Iterating includes can walk anywhere and are never provable.
+fn include_stays_in_compartment(ty: &str, inc: &Include, t: &str) -> bool {
+    if inc.iterate {
+        return false;
+    }
+    let (Some(source), Some(param)) = (inc.source.as_deref(), inc.param.as_deref()) else {
+        return false;
     };
-    match (ty, req.interaction) {
-        ("Patient", Interaction::Search) => search_refs(),
-        (
-            "Patient",
-            Interaction::Read
-            | Interaction::Vread
-            | Interaction::History
-            | Interaction::Update
-            | Interaction::Patch
-            | Interaction::Delete,
-        ) => match &req.id {
-            Some(id) if id == patient => Ok(()),
-            Some(_) => Err("the Patient id differs from the token's patient".into()),
-            None => Err("type-level Patient history spans patients".into()),
-        },
-        (_, Interaction::Search) => search_refs(),
-        _ => Err(format!(
-            "{:?} of {ty} by a patient-scoped token cannot be verified without the resource body; use a search with patient=",
-            req.interaction
-        )),
+    if inc.reverse {
+        ty == "Patient"
+            && source == t
+            && fhir::compartment_naming_params(source).contains(&param)
+            && param != "_id"
+    } else {
+        source == ty
+            && t == "Patient"
+            && fhir::compartment_naming_params(ty).contains(&param)
+            && param != "_id"
     }
 }
 
@@ -485,27 +763,17 @@ fn filters_accept(g: &SmartScope, params: &[(String, String)]) -> bool {
     })
 }
 
-fn perm_char(p: smart::Perm) -> char {
-    match p {
-        smart::Perm::C => 'c',
-        smart::Perm::R => 'r',
-        smart::Perm::U => 'u',
-        smart::Perm::D => 'd',
-        smart::Perm::S => 's',
-    }
-}
-
 /// The first claim condition that fails, described.
 fn failed_condition(
     route: &Route,
     params: &[(&str, String)],
-    facts: &RequestFacts<'_>,
+    query: Option<&str>,
     claims: &Claims,
 ) -> Option<String> {
     route
         .conditions
         .iter()
-        .find_map(|c| (!condition_holds(c, params, facts, claims)).then(|| describe(c)))
+        .find_map(|c| (!condition_holds(c, params, query, claims)).then(|| describe(c)))
 }
 
 fn describe(c: &ClaimCondition) -> String {
@@ -524,15 +792,14 @@ fn describe(c: &ClaimCondition) -> String {
 fn condition_holds(
     c: &ClaimCondition,
     params: &[(&str, String)],
-    facts: &RequestFacts<'_>,
+    query: Option<&str>,
     claims: &Claims,
 ) -> bool {
     let operand: Option<String> = match &c.operand {
         Operand::Value(v) => Some(v.clone()),
         Operand::Param(p) => params.iter().find(|(n, _)| n == p).map(|(_, v)| v.clone()),
         Operand::Query(q) => {
-            let mut found =
-                form_urlencoded::parse(facts.query.unwrap_or("").as_bytes()).filter(|(k, _)| k == q);
+            let mut found = form_urlencoded::parse(query.unwrap_or("").as_bytes()).filter(|(k, _)| k == q);
             match (found.next(), found.next()) {
                 (Some((_, v)), None) => Some(v.into_owned()),
                 _ => None, // absent or repeated: fail closed
@@ -600,36 +867,27 @@ fn step_up_challenge(route: &Route, now: i64, claims: &Claims) -> Option<StepUpC
     })
 }
 
-/// Largest batch/transaction body phigate inspects (pingora replays at most
-/// this much to the upstream after reading it); larger bundles are refused.
-pub const MAX_INSPECTED_BODY: usize = 64 * 1024;
 /// Most entries a batch/transaction may have.
 pub const MAX_BUNDLE_ENTRIES: usize = 500;
 
-/// Whether deciding this request needs its body: a POST to the base of a
-/// FHIR-aware route (a batch or transaction bundle).
-pub fn needs_body(policy: &PolicySet, facts: &RequestFacts<'_>) -> bool {
-    let Some(route) = policy.match_route(facts.method, facts.path) else {
-        return false;
-    };
-    match &route.access {
-        Access::Fhir { base } => {
-            let rel = crate::fhir::relative_to_base(facts.path, base);
-            matches!(fhir::classify(facts.method, rel, facts.query), Ok(r) if r.interaction == Interaction::Batch)
-        }
-        _ => false,
-    }
-}
-
 /// Authorise every entry of a batch/transaction bundle; the first denial wins.
+///
+/// The body is parsed strictly: a duplicate JSON member anywhere (`entry`,
+/// `url`, `method`, ...) refuses the bundle, since phigate forwards the
+/// bytes and the server might act on the member phigate did not read.
 fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &[String]) -> Decision {
     let unmapped =
         |why: String| with_route(Decision::deny(Reason::UnmappedInteraction), Some(route)).with_detail(why);
     let Some(body) = body else {
         return unmapped("batch/transaction body was not available for inspection".into());
     };
-    let Ok(bundle) = serde_json::from_slice::<Value>(body) else {
-        return unmapped("batch/transaction body is not a JSON Bundle".into());
+    let bundle = match phigate_json::parse(body) {
+        Ok(b) => b,
+        Err(e) if e.to_string().contains("duplicate key") => {
+            return with_route(Decision::deny(Reason::BadRequestBody), Some(route))
+                .with_detail(format!("ambiguous bundle JSON: {e}"))
+        }
+        Err(_) => return unmapped("batch/transaction body is not a JSON Bundle".into()),
     };
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
         || !matches!(
@@ -650,10 +908,12 @@ fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &
     };
     let mut patients: Vec<String> = Vec::new();
     let mut required: Vec<String> = Vec::new();
+    let mut prefer_strict = false;
     for (i, entry) in entries.iter().enumerate() {
         let request = entry.get("request");
-        let method = request.and_then(|r| r.get("method")).and_then(Value::as_str);
-        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str);
+        let field = |k: &str| request.and_then(|r| r.get(k));
+        let method = field("method").and_then(Value::as_str);
+        let url = field("url").and_then(Value::as_str);
         let (Some(method), Some(url)) = (method, url) else {
             return unmapped(format!("entry {i}: request.method and request.url are required"));
         };
@@ -669,13 +929,37 @@ fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &
                 "entry {i}: request.url `{url}` is not a clean relative reference"
             ));
         };
-        let req = match fhir::classify(method, &target.path, target.query.as_deref()) {
+        if crate::request::query_has_method_override(target.query.as_deref()) {
+            return with_route(Decision::deny(Reason::MethodOverride), Some(route)).with_detail(format!(
+                "entry {i}: `_method` asks the server to execute another method"
+            ));
+        }
+        let mut req = match fhir::classify(method, &target.path, target.query.as_deref()) {
             Ok(r) if r.interaction == Interaction::Batch => {
                 return unmapped(format!("entry {i}: nested batch/transaction"));
+            }
+            Ok(r) if r.interaction == Interaction::Search && method == "POST" => {
+                return unmapped(format!("entry {i}: searches in a bundle use GET entries"));
             }
             Ok(r) => r,
             Err(e) => return unmapped(format!("entry {i}: {e}")),
         };
+        match field("ifNoneExist") {
+            None => {}
+            Some(Value::String(ine)) if req.interaction == Interaction::Create => {
+                let criteria = ine.split_once('?').map_or(ine.as_str(), |(_, q)| q);
+                match fhir::parse_query(Some(criteria)) {
+                    Ok(c) if !c.is_empty() => req.criteria = Some(c),
+                    Ok(_) => return unmapped(format!("entry {i}: ifNoneExist carries no search criteria")),
+                    Err(e) => return unmapped(format!("entry {i}: ifNoneExist: {e}")),
+                }
+            }
+            Some(_) => {
+                return unmapped(format!(
+                    "entry {i}: ifNoneExist must be a string on a POST (create) entry"
+                ))
+            }
+        }
         let d = fhir_decision(route, &req, claims, scopes);
         if !d.is_allow() {
             let detail = format!(
@@ -684,6 +968,7 @@ fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &
             );
             return d.with_detail(detail);
         }
+        prefer_strict |= d.forward.prefer_strict;
         if let Some(p) = d.patient {
             if !patients.contains(&p) {
                 patients.push(p);
@@ -697,15 +982,10 @@ fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &
     }
     let mut d = Decision::allow(Reason::Allowed, route);
     d.scopes_required = required;
+    d.forward.prefer_strict = prefer_strict;
     // One patient across all entries is recorded; several are not named in one field.
     d.patient = if patients.len() == 1 { patients.pop() } else { None };
     d
-}
-
-/// Whether a request needs a validated token to be decided, so the gateway
-/// can skip token validation (and its possible key fetch) for public routes.
-pub fn needs_token(policy: &PolicySet, facts: &RequestFacts<'_>) -> bool {
-    !matches!(policy.match_route(facts.method, facts.path), Some(r) if r.access == Access::Public)
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 //! [`classify`] maps `(method, path relative to the FHIR base, query)` onto
 //! one FHIR RESTful interaction, the resource type and id it targets and its
 //! decoded query parameters. Only the shapes listed on [`classify`] are
-//! recognised; anything else (conditional update/delete, compartment search,
-//! system-level search and history, unknown methods, bad ids or type names)
-//! is [`Unmapped`], so callers can fail closed.
+//! recognised; anything else (compartment search, system-level search and
+//! history, unknown methods, bad ids or type names) is [`Unmapped`], so
+//! callers can fail closed.
 //!
-//! [`patient_refs`] and [`has_cross_patient_params`] support enforcing a
-//! `patient/` scope: the former lists the patients a search names, the
-//! latter spots parameters that reach outside the searched resources
-//! (chaining, `_has`, `_include`, ...).
+//! A patient-scoped search must name the patient through the parameters of
+//! the FHIR R4 Patient CompartmentDefinition ([`compartment_search`], data in
+//! [`crate::fhir_data`]); [`includes`] and [`Include::returned_types`] say
+//! which resource types `_include`/`_revinclude` can add to a search result,
+//! so every one of them can be authorised; [`has_cross_patient_params`]
+//! spots parameters that filter on other resources (chains, `_has`, ...).
 
 use crate::smart::{is_type_name, percent_decode, Perm};
 
@@ -33,6 +35,12 @@ pub enum Interaction {
     Patch,
     /// `DELETE /T/{id}`.
     Delete,
+    /// `PUT /T?criteria`: update the resource the criteria select.
+    ConditionalUpdate,
+    /// `PATCH /T?criteria`.
+    ConditionalPatch,
+    /// `DELETE /T?criteria`: delete the resources the criteria select.
+    ConditionalDelete,
     /// `GET /metadata`.
     Capabilities,
     /// `POST /`: a batch or transaction Bundle (body not inspected).
@@ -52,8 +60,13 @@ pub struct FhirRequest {
     /// The resource id for instance-level requests.
     pub id: Option<String>,
     /// Decoded query parameters in request order (form-urlencoded: `+` is a
-    /// space, `%XX` decoded). Repeated names are kept.
+    /// space, `%XX` decoded). Repeated names are kept. For a conditional
+    /// update, patch or delete these are the criteria (see [`Self::criteria`]).
     pub params: Vec<(String, String)>,
+    /// The search a conditional interaction runs before its effect: the
+    /// query of a conditional update/patch/delete, or the `If-None-Exist`
+    /// criteria of a conditional create. `None` for unconditional requests.
+    pub criteria: Option<Vec<(String, String)>>,
 }
 
 impl FhirRequest {
@@ -68,8 +81,11 @@ impl FhirRequest {
             Interaction::History if self.id.is_some() => Some(Perm::R),
             Interaction::History | Interaction::Search => Some(Perm::S),
             Interaction::Create => Some(Perm::C),
-            Interaction::Update | Interaction::Patch => Some(Perm::U),
-            Interaction::Delete => Some(Perm::D),
+            Interaction::Update
+            | Interaction::Patch
+            | Interaction::ConditionalUpdate
+            | Interaction::ConditionalPatch => Some(Perm::U),
+            Interaction::Delete | Interaction::ConditionalDelete => Some(Perm::D),
             Interaction::Capabilities | Interaction::Batch | Interaction::Operation => None,
         }
     }
@@ -96,7 +112,8 @@ pub enum Unmapped {
     /// A `$` segment that is not a valid operation name.
     #[error("{0:?} is not a valid FHIR operation name (expected '$' followed by A-Z a-z 0-9 - _)")]
     OperationName(String),
-    /// The query string does not decode.
+    /// The query string does not decode (or uses `;` as a separator, which
+    /// servers read differently).
     #[error("invalid query string: {0}")]
     Query(String),
     /// The method and path form no supported interaction.
@@ -142,6 +159,9 @@ pub fn relative_to_base<'a>(path: &'a str, base: &str) -> &'a str {
 /// | `PUT /T/{id}`                    | Update                      |
 /// | `PATCH /T/{id}`                  | Patch                       |
 /// | `DELETE /T/{id}`                 | Delete                      |
+/// | `PUT /T?criteria`                | ConditionalUpdate           |
+/// | `PATCH /T?criteria`              | ConditionalPatch            |
+/// | `DELETE /T?criteria`             | ConditionalDelete           |
 /// | `POST /`                         | Batch                       |
 /// | `GET`/`POST /$op`, `/T/$op`, `/T/{id}/$op` | Operation         |
 ///
@@ -194,6 +214,7 @@ pub fn classify(method: &str, rel_path: &str, query: Option<&str>) -> Result<Fhi
             resource_type,
             id,
             params: parse_query(query)?,
+            criteria: None,
         });
     }
 
@@ -210,20 +231,26 @@ pub fn classify(method: &str, rel_path: &str, query: Option<&str>) -> Result<Fhi
         (_, ["_search"]) => return Err(unsupported("system-level search is not mapped")),
         ("GET", [t]) => (Search, Some(type_name(t)?), None),
         ("POST", [t]) => (Create, Some(type_name(t)?), None),
-        ("PUT", [_]) => {
-            return Err(unsupported(
-                "conditional update (PUT on a resource type) is not mapped",
-            ))
-        }
-        ("DELETE", [_]) => {
-            return Err(unsupported(
-                "conditional delete (DELETE on a resource type) is not mapped",
-            ))
-        }
-        ("PATCH", [_]) => {
-            return Err(unsupported(
-                "conditional patch (PATCH on a resource type) is not mapped",
-            ))
+        ("PUT" | "PATCH" | "DELETE", [t]) => {
+            let t = type_name(t)?;
+            let criteria = parse_query(query)?;
+            if criteria.is_empty() {
+                return Err(unsupported(
+                    "a conditional update, patch or delete needs search criteria in the query",
+                ));
+            }
+            let interaction = match method {
+                "PUT" => ConditionalUpdate,
+                "PATCH" => ConditionalPatch,
+                _ => ConditionalDelete,
+            };
+            return Ok(FhirRequest {
+                interaction,
+                resource_type: Some(t),
+                id: None,
+                params: criteria.clone(),
+                criteria: Some(criteria),
+            });
         }
         ("POST", [t, "_search"]) => (Search, Some(type_name(t)?), None),
         (_, [_, "_search"]) => return Err(unsupported("search via _search must use POST")),
@@ -254,6 +281,7 @@ pub fn classify(method: &str, rel_path: &str, query: Option<&str>) -> Result<Fhi
         resource_type,
         id,
         params: parse_query(query)?,
+        criteria: None,
     })
 }
 
@@ -265,18 +293,16 @@ pub fn operation_name(rel_path: &str) -> Option<&str> {
 }
 
 /// The patient ids a request names in its query parameters, in order and
-/// with duplicates kept, so a caller can require exactly one.
+/// with duplicates kept: a hint for the audit record's `patient` field,
+/// never an authorisation input (see [`compartment_search`] for that).
 ///
 /// Looked at: `patient` and `subject` (also with the `:Patient` type
 /// modifier), and `_id` when the resource type is `Patient`. Values are
 /// split on `,` (FHIR OR). `Patient/X` yields `X` and a bare id yields
 /// itself (`_id` takes only bare ids). A value in any other form (another
 /// resource type such as `Group/1`, an absolute URL, an empty value) is
-/// returned verbatim: it can never equal a bare id, so a caller requiring
-/// exactly one matching id fails closed. The path id of
-/// `/Patient/{id}` is not included; see [`FhirRequest::id`]. Parameters with
-/// other modifiers (`patient:missing`, `subject:Group`, chains) are not
-/// patient ids and are ignored here; see [`has_cross_patient_params`].
+/// returned verbatim. The path id of `/Patient/{id}` is not included; see
+/// [`FhirRequest::id`].
 pub fn patient_refs(req: &FhirRequest) -> Vec<String> {
     let is_patient_search = req.resource_type.as_deref() == Some("Patient");
     let mut refs = Vec::new();
@@ -297,22 +323,251 @@ pub fn patient_refs(req: &FhirRequest) -> Vec<String> {
     refs
 }
 
-/// Whether any parameter can reach resources outside the searched ones,
-/// and so possibly another patient's data: chained parameters (a `.` in the
-/// name, e.g. `subject.name` or `subject:Patient.name`), reverse chaining
-/// (`_has`, `_has:...`), `_include` and `_revinclude` (with any modifier
-/// such as `:iterate`), `_contained` and `_containedType`. `_filter` and
-/// `_query` are also reported, since their expressions or named queries
-/// can do the same.
-pub fn has_cross_patient_params(req: &FhirRequest) -> bool {
-    req.params.iter().any(|(name, _)| {
+/// Whether any parameter filters on resources other than the searched ones,
+/// which a patient-scoped token cannot be trusted with (the filter itself
+/// leaks whether other patients' data matches): chained parameters (a `.`
+/// in the name, e.g. `subject.name` or `subject:Patient.name`), reverse
+/// chaining (`_has`, `_has:...`), `_contained` and `_containedType`.
+/// `_filter` and `_query` are also reported, since their expressions or
+/// named queries can do the same. (`_include`/`_revinclude` are not
+/// filters: they add resources, and [`includes`] says which.)
+pub fn has_cross_patient_params(params: &[(String, String)]) -> bool {
+    params.iter().any(|(name, _)| {
         let base = name.split(':').next().unwrap_or(name);
         name.contains('.')
             || matches!(
                 base,
-                "_has" | "_include" | "_revinclude" | "_contained" | "_containedType" | "_filter" | "_query"
+                "_has" | "_contained" | "_containedType" | "_filter" | "_query"
             )
     })
+}
+
+/// The search parameters that name a patient compartment on resource type
+/// `ty`: the FHIR R4 Patient CompartmentDefinition's parameters for `ty`,
+/// plus `patient` where `ty` defines a `patient` reference parameter that
+/// can only point at a Patient (e.g. `Observation.patient`, a restriction
+/// of the compartment parameter `subject`), plus `_id` for `Patient`
+/// itself. Empty when `ty` is not in the compartment.
+pub fn compartment_naming_params(ty: &str) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = crate::fhir_data::compartment_params(ty)
+        .map(<[&str]>::to_vec)
+        .unwrap_or_default();
+    if names.is_empty() {
+        return names;
+    }
+    if crate::fhir_data::reference_targets(ty, "patient") == Some(&["Patient"][..])
+        && !names.contains(&"patient")
+    {
+        names.push("patient");
+    }
+    if ty == "Patient" {
+        names.push("_id");
+    }
+    names
+}
+
+/// Whether a search on `ty` with `params` stays inside the compartment of
+/// `patient`. `Err` says why not.
+///
+/// The rules (FHIR R4 Patient CompartmentDefinition, see
+/// [`compartment_naming_params`]):
+/// - `ty` must be in the compartment (a `Bundle`, `Practitioner` or
+///   `Medication` search is refused: nothing in it can be tied to the
+///   patient);
+/// - at least one of `ty`'s naming parameters must be present, and every
+///   value of every naming parameter (comma-separated values included) must
+///   be the patient. Parameters that are not naming parameters for `ty`
+///   (`Patient?patient=123`, `Group?patient=123`) name nothing: a lenient
+///   server ignores them and would return everything;
+/// - a naming parameter that can point at other resource types (`subject`:
+///   Patient, Group, Device, Location) needs a typed value, `Patient/123`,
+///   or the `:Patient` modifier: a bare `subject=123` could mean `Group/123`;
+///   `patient` and `_id` take bare ids;
+/// - filters on other resources ([`has_cross_patient_params`]) are refused.
+///
+/// Other parameters and other modifiers of naming parameters are AND-ed by
+/// FHIR search, so they can only narrow the result.
+pub fn compartment_search(ty: &str, params: &[(String, String)], patient: &str) -> Result<(), String> {
+    let naming = compartment_naming_params(ty);
+    if naming.is_empty() {
+        return Err(format!(
+            "{ty} is not in the FHIR R4 Patient compartment: a patient-scoped search cannot be tied to the patient"
+        ));
+    }
+    if has_cross_patient_params(params) {
+        return Err(
+            "chained, _has, _contained, _filter and _query parameters filter on other resources".into(),
+        );
+    }
+    let mut named = 0usize;
+    for (name, value) in params {
+        let (base, modifier) = match name.split_once(':') {
+            Some((b, m)) => (b, Some(m)),
+            None => (name.as_str(), None),
+        };
+        if !naming.contains(&base) || !matches!(modifier, None | Some("Patient")) {
+            continue;
+        }
+        let bare_ok = base == "_id"
+            || modifier == Some("Patient")
+            || crate::fhir_data::reference_targets(ty, base) == Some(&["Patient"][..]);
+        for v in value.split(',') {
+            named += 1;
+            let id = match v.strip_prefix("Patient/") {
+                Some(id) if base != "_id" && is_fhir_id(id) => id,
+                _ if bare_ok => v,
+                _ => {
+                    return Err(format!(
+                        "`{name}={v}` is ambiguous ({base} can point at other resource types): use {base}=Patient/{v} or {base}:Patient={v}"
+                    ))
+                }
+            };
+            if id != patient {
+                return Err(format!("`{name}` names a patient other than the token's patient"));
+            }
+        }
+    }
+    if named == 0 {
+        return Err(format!(
+            "a patient-scoped search on {ty} must name the token's patient with one of: {}",
+            naming.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// One `_include` or `_revinclude` parameter value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// `_revinclude` (resources that reference the matches) rather than
+    /// `_include` (resources the matches reference).
+    pub reverse: bool,
+    /// `:iterate` (or the R3 `:recurse`): also applied to included resources.
+    pub iterate: bool,
+    /// The source resource type; `None` for the wildcard `*`.
+    pub source: Option<String>,
+    /// The reference search parameter; `None` for a wildcard.
+    pub param: Option<String>,
+    /// The target type (`Observation:subject:Patient`), when given.
+    pub target: Option<String>,
+}
+
+/// What an include can add to a search result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Returned {
+    /// Any resource type (a wildcard, or a `Reference(Any)` parameter).
+    AnyType,
+    /// Exactly these types.
+    Types(Vec<String>),
+}
+
+impl Include {
+    /// The resource types this include can add to a result (FHIR R4 search
+    /// parameter targets, [`crate::fhir_data::reference_targets`]). `Err` for
+    /// a parameter phigate does not know (a custom search parameter, a
+    /// typo) or a target the parameter cannot point at: what it returns
+    /// cannot be known, so it cannot be authorised.
+    pub fn returned_types(&self) -> Result<Returned, String> {
+        let (Some(source), Some(param)) = (&self.source, &self.param) else {
+            return Ok(if self.reverse {
+                match &self.source {
+                    Some(s) => Returned::Types(vec![s.clone()]),
+                    None => Returned::AnyType,
+                }
+            } else {
+                Returned::AnyType
+            });
+        };
+        if self.reverse {
+            // `_revinclude=Provenance:target` adds Provenance resources; the
+            // parameter only has to exist.
+            if crate::fhir_data::reference_targets(source, param).is_none() {
+                return Err(format!(
+                    "`{source}:{param}` is not a reference search parameter of {source}"
+                ));
+            }
+            return Ok(Returned::Types(vec![source.clone()]));
+        }
+        let targets = crate::fhir_data::reference_targets(source, param)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("`{source}:{param}` is not a reference search parameter of {source}"))?;
+        let any = targets == ["*"];
+        match &self.target {
+            Some(t) if any || targets.contains(&t.as_str()) => Ok(Returned::Types(vec![t.clone()])),
+            Some(t) => Err(format!("`{source}:{param}` cannot point at {t}")),
+            None if any => Ok(Returned::AnyType),
+            None => Ok(Returned::Types(targets.iter().map(|t| t.to_string()).collect())),
+        }
+    }
+}
+
+/// The `_include` / `_revinclude` parameters of a search, parsed. Values
+/// are `*`, `Source:param`, `Source:*` or `Source:param:Target`; several
+/// comma-separated values count as several includes. Modifiers other than
+/// `:iterate` / `:recurse` are an error, as is any malformed value.
+pub fn includes(params: &[(String, String)]) -> Result<Vec<Include>, String> {
+    let mut out = Vec::new();
+    for (name, value) in params {
+        let (base, modifier) = match name.split_once(':') {
+            Some((b, m)) => (b, Some(m)),
+            None => (name.as_str(), None),
+        };
+        let reverse = match base {
+            "_include" => false,
+            "_revinclude" => true,
+            _ => continue,
+        };
+        let iterate = match modifier {
+            None => false,
+            Some("iterate" | "recurse") => true,
+            Some(m) => return Err(format!("`{base}:{m}`: unknown modifier")),
+        };
+        for v in value.split(',') {
+            let bad = || format!("`{name}={v}` is not `*`, `Type:param` or `Type:param:Target`");
+            let parts: Vec<&str> = v.split(':').collect();
+            let inc = match parts.as_slice() {
+                ["*"] => Include {
+                    reverse,
+                    iterate,
+                    source: None,
+                    param: None,
+                    target: None,
+                },
+                [src, p] | [src, p, _] => {
+                    let source = match *src {
+                        "*" => None,
+                        t if is_type_name(t) => Some(t.to_string()),
+                        _ => return Err(bad()),
+                    };
+                    let param = match *p {
+                        "*" => None,
+                        p if !p.is_empty()
+                            && p.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                        {
+                            Some(p.to_string())
+                        }
+                        _ => return Err(bad()),
+                    };
+                    let target = match parts.get(2) {
+                        None => None,
+                        Some(t) if is_type_name(t) => Some(t.to_string()),
+                        Some(_) => return Err(bad()),
+                    };
+                    Include {
+                        reverse,
+                        iterate,
+                        source,
+                        param,
+                        target,
+                    }
+                }
+                _ => return Err(bad()),
+            };
+            out.push(inc);
+        }
+    }
+    Ok(out)
 }
 
 fn type_name(segment: &str) -> Result<String, Unmapped> {
@@ -352,11 +607,19 @@ fn check_operation_name(segment: &str) -> Result<(), Unmapped> {
     }
 }
 
-/// Parses an application/x-www-form-urlencoded query. Empty pieces
-/// (`a=1&&b=2`) are skipped; a piece without `=` has an empty value. Bad
-/// percent-encoding is an error rather than being passed through.
-fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, Unmapped> {
+/// Parses an application/x-www-form-urlencoded query (or `POST _search`
+/// body, or `If-None-Exist` value). Empty pieces (`a=1&&b=2`) are skipped; a
+/// piece without `=` has an empty value. Bad percent-encoding is an error
+/// rather than being passed through, and so is a literal `;`: some servers
+/// split parameters on it (`a=1;_method=DELETE`), so it must be sent as
+/// `%3B` to mean a character of a value.
+pub fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, Unmapped> {
     let Some(query) = query else { return Ok(Vec::new()) };
+    if query.contains(';') {
+        return Err(Unmapped::Query(
+            "a literal ';' is ambiguous (some servers separate parameters with it); encode it as %3B".into(),
+        ));
+    }
     query
         .split('&')
         .filter(|piece| !piece.is_empty())
@@ -388,6 +651,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            criteria: None,
         }
     }
 
@@ -573,10 +837,24 @@ mod tests {
             ("POST", "/_search", None, "system-level search"),
             ("POST", "/metadata", None, "GET /metadata"),
             ("PUT", "/metadata", None, "GET /metadata"),
-            // conditional interactions
-            ("PUT", "/Patient", Some("identifier=x|1"), "conditional update"),
-            ("DELETE", "/Patient", Some("identifier=x|1"), "conditional delete"),
-            ("PATCH", "/Patient", Some("identifier=x|1"), "conditional patch"),
+            // conditional interactions need criteria
+            ("PUT", "/Patient", None, "needs search criteria"),
+            ("DELETE", "/Patient", Some(""), "needs search criteria"),
+            ("PATCH", "/Patient", Some("&"), "needs search criteria"),
+            (
+                "PUT",
+                "/patient",
+                Some("identifier=x|1"),
+                "not a FHIR resource type name",
+            ),
+            // ';' is a parameter separator for some servers
+            (
+                "GET",
+                "/Observation",
+                Some("patient=1;_method=DELETE"),
+                "literal ';'",
+            ),
+            ("DELETE", "/Observation", Some("code=1;x=2"), "literal ';'"),
             // wrong method for shape
             ("GET", "/Patient/_search", None, "must use POST"),
             ("PUT", "/Patient/_search", None, "must use POST"),
@@ -704,14 +982,180 @@ mod tests {
             Err(Unmapped::Unsupported {
                 method: "PUT".into(),
                 path: "/Patient".into(),
-                why: "conditional update (PUT on a resource type) is not mapped",
+                why: "a conditional update, patch or delete needs search criteria in the query",
             })
         );
         assert_eq!(
             classify("PUT", "/Patient", None).unwrap_err().to_string(),
-            "PUT /Patient is not a supported FHIR interaction: conditional update (PUT on a resource type) \
-             is not mapped"
+            "PUT /Patient is not a supported FHIR interaction: a conditional update, patch or delete needs \
+             search criteria in the query"
         );
+    }
+
+    #[test]
+    fn conditional_interactions_carry_their_criteria() {
+        for (method, want, perm) in [
+            ("PUT", ConditionalUpdate, Perm::U),
+            ("PATCH", ConditionalPatch, Perm::U),
+            ("DELETE", ConditionalDelete, Perm::D),
+        ] {
+            let r = classify(method, "/Observation", Some("identifier=x%7C1&patient=7")).unwrap();
+            assert_eq!(r.interaction, want, "{method}");
+            assert_eq!(r.resource_type.as_deref(), Some("Observation"));
+            assert_eq!(r.required_perm(), Some(perm));
+            let criteria = vec![
+                ("identifier".to_string(), "x|1".to_string()),
+                ("patient".to_string(), "7".to_string()),
+            ];
+            assert_eq!(r.criteria.as_ref(), Some(&criteria), "{method}");
+        }
+        assert_eq!(
+            classify("GET", "/Observation", Some("a=1")).unwrap().criteria,
+            None
+        );
+    }
+
+    fn params(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn compartment_search_follows_the_compartment_definition() {
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            Result<(), &'static str>,
+        );
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            // the usual forms
+            ("Observation", &[("patient", "123")], Ok(())),
+            ("Observation", &[("patient", "Patient/123")], Ok(())),
+            ("Observation", &[("subject", "Patient/123")], Ok(())),
+            ("Observation", &[("subject:Patient", "123")], Ok(())),
+            ("Observation", &[("performer", "Patient/123")], Ok(())),
+            ("Observation", &[("patient", "123"), ("code", "x"), ("subject:missing", "false")], Ok(())),
+            ("Observation", &[("patient", "123"), ("subject", "Patient/123")], Ok(())),
+            ("Encounter", &[("patient", "123")], Ok(())),
+            ("Condition", &[("patient", "123")], Ok(())),
+            ("MedicationRequest", &[("subject", "Patient/123")], Ok(())),
+            ("MedicationRequest", &[("patient", "123")], Ok(())),
+            ("Patient", &[("_id", "123")], Ok(())),
+            ("Patient", &[("link", "Patient/123")], Ok(())),
+            ("Group", &[("member", "Patient/123")], Ok(())),
+            // a parameter the type does not have names nothing
+            ("Patient", &[("patient", "123")], Err("must name the token's patient")),
+            ("Patient", &[("subject", "Patient/123")], Err("must name the token's patient")),
+            ("Group", &[("patient", "123")], Err("must name the token's patient")),
+            ("Observation", &[("code", "x")], Err("must name the token's patient")),
+            ("Observation", &[("patient:missing", "false")], Err("must name the token's patient")),
+            // not in the compartment at all
+            ("Bundle", &[("patient", "123")], Err("not in the FHIR R4 Patient compartment")),
+            ("Practitioner", &[("_id", "123")], Err("not in the FHIR R4 Patient compartment")),
+            ("Device", &[("patient", "123")], Err("not in the FHIR R4 Patient compartment")),
+            // ambiguous bare references
+            ("Observation", &[("subject", "123")], Err("ambiguous")),
+            ("Group", &[("member", "123")], Err("ambiguous")),
+            ("Patient", &[("link", "123")], Err("ambiguous")),
+            // another patient, lists, other forms
+            ("Observation", &[("patient", "124")], Err("other than the token's patient")),
+            ("Observation", &[("patient", "123,124")], Err("other than the token's patient")),
+            ("Observation", &[("patient", "123"), ("subject", "Patient/124")], Err("other than")),
+            ("Observation", &[("subject", "Group/123")], Err("ambiguous")),
+            ("Observation", &[("patient", "")], Err("other than")),
+            ("Patient", &[("_id", "Patient/123")], Err("other than")),
+            // filters on other resources
+            ("Observation", &[("patient", "123"), ("subject.name", "x")], Err("filter on other resources")),
+            ("Observation", &[("patient", "123"), ("_has:Observation:patient:code", "x")], Err("filter on other")),
+            ("Observation", &[("patient", "123"), ("_filter", "x eq 1")], Err("filter on other")),
+        ];
+        for (ty, p, want) in cases {
+            let got = compartment_search(ty, &params(p), "123");
+            match (want, &got) {
+                (Ok(()), Ok(())) => {}
+                (Err(needle), Err(msg)) => {
+                    assert!(msg.contains(needle), "{ty} {p:?}: {msg:?} lacks {needle:?}")
+                }
+                _ => panic!("{ty} {p:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn includes_and_what_they_return() {
+        let types = |v: &[&str]| Returned::Types(v.iter().map(|s| s.to_string()).collect());
+        let one = |name: &str, value: &str| {
+            let mut all = includes(&params(&[(name, value)])).unwrap();
+            assert_eq!(all.len(), 1, "{name}={value}");
+            all.remove(0)
+        };
+        let i = one("_include", "Observation:patient");
+        assert!(!i.reverse && !i.iterate);
+        assert_eq!(i.returned_types(), Ok(types(&["Patient"])));
+        let got = one("_include", "Observation:subject").returned_types().unwrap();
+        let Returned::Types(t) = got else { panic!() };
+        assert!(
+            ["Patient", "Group", "Device", "Location"]
+                .iter()
+                .all(|x| t.iter().any(|y| y == x)),
+            "{t:?}"
+        );
+        assert_eq!(
+            one("_include", "Observation:subject:Patient").returned_types(),
+            Ok(types(&["Patient"]))
+        );
+        assert!(one("_include", "Observation:patient:Group")
+            .returned_types()
+            .is_err());
+        assert_eq!(one("_include", "*").returned_types(), Ok(Returned::AnyType));
+        assert_eq!(
+            one("_include", "Observation:*").returned_types(),
+            Ok(Returned::AnyType)
+        );
+        assert_eq!(
+            one("_include", "Provenance:target").returned_types(),
+            Ok(Returned::AnyType)
+        );
+        assert!(
+            one("_include", "Observation:code").returned_types().is_err(),
+            "token param"
+        );
+        assert!(
+            one("_include", "Observation:custom-x").returned_types().is_err(),
+            "unknown param"
+        );
+        let r = one("_revinclude", "Provenance:target");
+        assert!(r.reverse);
+        assert_eq!(r.returned_types(), Ok(types(&["Provenance"])));
+        assert_eq!(one("_revinclude", "*").returned_types(), Ok(Returned::AnyType));
+        assert_eq!(
+            one("_revinclude", "Provenance:*").returned_types(),
+            Ok(types(&["Provenance"]))
+        );
+        assert!(one("_revinclude", "Provenance:nope").returned_types().is_err());
+        assert!(one("_include:iterate", "Patient:link").iterate);
+        assert!(one("_include:recurse", "Patient:link").iterate);
+        assert_eq!(
+            includes(&params(&[(
+                "_include",
+                "Observation:patient,Observation:performer"
+            )]))
+            .unwrap()
+            .len(),
+            2
+        );
+        for bad in [
+            "",
+            "Observation",
+            "observation:patient",
+            "Observation:pa tient",
+            "a:b:c:d",
+            "Observation:patient:group",
+        ] {
+            assert!(includes(&params(&[("_include", bad)])).is_err(), "{bad:?}");
+        }
+        assert!(includes(&params(&[("_include:weird", "Observation:patient")])).is_err());
+        assert!(includes(&params(&[("patient", "1")])).unwrap().is_empty());
     }
 
     #[test]
@@ -911,12 +1355,9 @@ mod tests {
             // reverse chains
             (&[("_has", "x")], true),
             (&[("_has:Observation:patient:code", "1234")], true),
-            // includes
-            (&[("_include", "Observation:patient")], true),
-            (&[("_include:iterate", "Patient:link")], true),
-            (&[("_include:recurse", "Patient:link")], true),
-            (&[("_revinclude", "Provenance:target")], true),
-            (&[("_revinclude:iterate", "Observation:subject")], true),
+            // includes add resources, they do not filter: see `includes`
+            (&[("_include", "Observation:patient")], false),
+            (&[("_revinclude", "Provenance:target")], false),
             // contained
             (&[("_contained", "true")], true),
             (&[("_containedType", "contained")], true),
@@ -930,7 +1371,7 @@ mod tests {
         ];
         for (params, want) in cases {
             let r = search("Observation", params);
-            assert_eq!(has_cross_patient_params(&r), *want, "{params:?}");
+            assert_eq!(has_cross_patient_params(&r.params), *want, "{params:?}");
         }
     }
 }

@@ -77,6 +77,10 @@ pub struct BreakGlassSpec {
     /// Longest accepted justification (characters); default 500.
     #[serde(default)]
     pub max_length: Option<usize>,
+    /// Fewest visible characters after Unicode NFC normalisation
+    /// (whitespace, zero-width and format characters do not count); default 8.
+    #[serde(default)]
+    pub min_length: Option<usize>,
     /// When set, the justification must start with one of these codes
     /// (followed by end of text, `:` or a space), e.g. `ETREAT: unconscious patient`.
     #[serde(default)]
@@ -124,6 +128,19 @@ pub struct RouteSpec {
     /// `enforce` or `report_only`; defaults to the file's mode.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// Protocol upgrades this route may forward: only `websocket` (e.g. FHIR
+    /// subscription channels). Every other route refuses `Upgrade` requests.
+    #[serde(default)]
+    pub upgrade: Option<UpgradeSpec>,
+}
+
+/// A protocol upgrade a route opts into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeSpec {
+    /// RFC 6455 WebSocket (`GET` with `Upgrade: websocket`); the tunnel is
+    /// audited when it opens and when it closes.
+    Websocket,
 }
 
 /// Which scopes a route requires: exactly one of `all_of` or `any_of`.

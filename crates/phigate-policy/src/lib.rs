@@ -10,9 +10,12 @@
 mod compile;
 mod decide;
 pub mod fhir;
+pub mod fhir_data;
 pub mod file;
 mod path;
+pub mod protocol;
 mod reason;
+mod request;
 pub mod smart;
 pub mod testing;
 
@@ -20,10 +23,11 @@ pub use compile::{
     compile, is_broad_scope, scope_satisfied, Access, BreakGlass, ClaimCondition, ConditionOp, Operand,
     PolicySet, PolicySource, RequiredScopes, Route, RouteMatch, StepUp, TimeWindow, METHODS,
 };
-pub use decide::{
-    decide, needs_body, needs_token, Authn, Claims, Decision, Outcome, RequestFacts, StepUpChallenge,
-    MAX_BUNDLE_ENTRIES, MAX_INSPECTED_BODY,
-};
+pub use decide::{decide, Authn, Claims, Decision, Forward, Outcome, StepUpChallenge, MAX_BUNDLE_ENTRIES};
 pub use path::{canonicalize, CanonicalTarget, PathError};
 pub use phigate_yaml::{Diagnostic, Location};
 pub use reason::Reason;
+pub use request::{
+    prepare, BodyKind, HeaderList, Headers, HttpVersion, Prepared, RawRequest, Upgrade, MAX_INSPECTED_BODY,
+    METHOD_OVERRIDE_HEADERS,
+};

@@ -24,6 +24,22 @@ pub enum Reason {
     BadRequestBody,
     /// A body phigate must inspect (FHIR batch/transaction) exceeds the inspection limit. (413)
     PayloadTooLarge,
+    /// A request the HTTP layer refuses: malformed request line or headers,
+    /// ambiguous framing (two `Content-Length`s, `Transfer-Encoding` with
+    /// `Content-Length`), HTTP/1.1 without `Host`, `CONNECT`. (400)
+    BadRequest,
+    /// `X-HTTP-Method-Override` / `X-HTTP-Method` / `X-Method-Override` or a
+    /// `_method` parameter: the backend could execute another method than
+    /// the one authorised. (400)
+    MethodOverride,
+    /// A protocol upgrade (`Upgrade`, `Connection: upgrade`, `HTTP2-Settings`)
+    /// on a route that does not opt in with `upgrade: websocket`. (400)
+    UpgradeRefused,
+    /// The client took too long to send the request head or an inspected body. (408)
+    RequestTimeout,
+    /// A body phigate must inspect has a media type it cannot read (a
+    /// `POST _search` body that is not `application/x-www-form-urlencoded`). (415)
+    UnsupportedMediaType,
     /// No bearer token. (401)
     MissingToken,
     /// Not a well-formed compact JWS (or a forbidden header such as `crit`). (401)
@@ -62,6 +78,9 @@ pub enum Reason {
     BreakGlassRejected,
     /// Too many invalid tokens from this client address. (429)
     RateLimited,
+    /// This client address already has `limits.max_in_flight_per_client`
+    /// requests in flight (each holds an audit slot). (429)
+    ConcurrencyLimited,
     /// The issuer's keys have never been fetched (or are too old to trust). (503)
     KeysUnavailable,
     /// The audit pipeline cannot take the record; PHI access is refused. (503)
@@ -78,6 +97,11 @@ impl Reason {
         Reason::MalformedAuthorization,
         Reason::BadRequestBody,
         Reason::PayloadTooLarge,
+        Reason::BadRequest,
+        Reason::MethodOverride,
+        Reason::UpgradeRefused,
+        Reason::RequestTimeout,
+        Reason::UnsupportedMediaType,
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::UnsupportedAlgorithm,
@@ -97,6 +121,7 @@ impl Reason {
         Reason::UnmappedInteraction,
         Reason::BreakGlassRejected,
         Reason::RateLimited,
+        Reason::ConcurrencyLimited,
         Reason::KeysUnavailable,
         Reason::AuditUnavailable,
     ];
@@ -111,6 +136,11 @@ impl Reason {
             Reason::MalformedAuthorization => "malformed_authorization",
             Reason::BadRequestBody => "bad_request_body",
             Reason::PayloadTooLarge => "payload_too_large",
+            Reason::BadRequest => "bad_request",
+            Reason::MethodOverride => "method_override",
+            Reason::UpgradeRefused => "upgrade_refused",
+            Reason::RequestTimeout => "request_timeout",
+            Reason::UnsupportedMediaType => "unsupported_media_type",
             Reason::MissingToken => "missing_token",
             Reason::MalformedToken => "malformed_token",
             Reason::UnsupportedAlgorithm => "unsupported_algorithm",
@@ -130,6 +160,7 @@ impl Reason {
             Reason::UnmappedInteraction => "unmapped_interaction",
             Reason::BreakGlassRejected => "break_glass_rejected",
             Reason::RateLimited => "rate_limited",
+            Reason::ConcurrencyLimited => "concurrency_limited",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::AuditUnavailable => "audit_unavailable",
         }
@@ -150,8 +181,15 @@ impl Reason {
     pub const fn deny_status(self) -> u16 {
         match self {
             Reason::Allowed | Reason::PublicRoute | Reason::BreakGlass => 200,
-            Reason::BadRequestPath | Reason::MalformedAuthorization | Reason::BadRequestBody => 400,
+            Reason::BadRequestPath
+            | Reason::MalformedAuthorization
+            | Reason::BadRequestBody
+            | Reason::BadRequest
+            | Reason::MethodOverride
+            | Reason::UpgradeRefused => 400,
+            Reason::RequestTimeout => 408,
             Reason::PayloadTooLarge => 413,
+            Reason::UnsupportedMediaType => 415,
             Reason::MissingToken
             | Reason::MalformedToken
             | Reason::UnsupportedAlgorithm
@@ -170,7 +208,7 @@ impl Reason {
             | Reason::OutsideTimeWindow
             | Reason::UnmappedInteraction
             | Reason::BreakGlassRejected => 403,
-            Reason::RateLimited => 429,
+            Reason::RateLimited | Reason::ConcurrencyLimited => 429,
             Reason::KeysUnavailable | Reason::AuditUnavailable => 503,
         }
     }
@@ -185,7 +223,7 @@ impl Reason {
     /// policy decides about an authenticated-or-not caller. Request-shape and
     /// fail-closed infrastructure denials are never shadowed.
     pub const fn is_shadowable(self) -> bool {
-        !self.is_allow() && !matches!(self.deny_status(), 400 | 413 | 429 | 503)
+        !self.is_allow() && !matches!(self.deny_status(), 400 | 408 | 413 | 415 | 429 | 503)
     }
 }
 

@@ -21,7 +21,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{canonicalize, decide, Access, Authn, Claims, Decision, PolicySet, Reason, RequestFacts};
+use crate::{
+    decide, prepare, Access, Authn, Claims, Decision, HeaderList, HttpVersion, PolicySet, RawRequest, Reason,
+};
 
 /// A policy test file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -49,12 +51,44 @@ pub struct TestRequest {
     pub method: String,
     /// Request target as sent (path and optional `?query`); canonicalised like the gateway does.
     pub path: String,
-    /// Request headers (only the break-glass header is consulted).
+    /// Request headers, as the gateway sees them: a value, or a list of
+    /// values for a header sent more than once.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, HeaderValues>,
+    /// The request body (e.g. a batch Bundle or a `_search` form), read
+    /// when deciding needs it, exactly like the gateway does.
+    #[serde(default)]
+    pub body: Option<String>,
     /// When the request happens, RFC 3339 (default: now).
     #[serde(default)]
     pub at: Option<String>,
+}
+
+/// One header value, or several (the header repeated).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HeaderValues {
+    fn values(&self) -> &[String] {
+        match self {
+            HeaderValues::One(v) => std::slice::from_ref(v),
+            HeaderValues::Many(v) => v,
+        }
+    }
+}
+
+/// Headers of a test request as the list the core reads.
+pub fn header_list(headers: &BTreeMap<String, HeaderValues>) -> HeaderList {
+    HeaderList(
+        headers
+            .iter()
+            .flat_map(|(k, v)| v.values().iter().map(move |v| (k.clone(), v.as_bytes().to_vec())))
+            .collect(),
+    )
 }
 
 /// A (validated) token, or an invalid one.
@@ -160,7 +194,8 @@ pub fn run_tests(
             policy,
             &case.request.method,
             &case.request.path,
-            &case.request.headers,
+            &header_list(&case.request.headers),
+            case.request.body.as_deref().map(str::as_bytes),
             &authn,
             when,
         );
@@ -237,28 +272,31 @@ pub fn build_authn(token: Option<&TestToken>, now: i64) -> Result<Authn, String>
     }))
 }
 
-/// Decide a raw request target the way the gateway does (canonicalise, then decide).
+/// Decide a request the way the gateway does: the same [`prepare`] and
+/// [`decide`], with the body when deciding needs it. (The gateway skips the
+/// body when the token is missing or invalid on a protected route; the
+/// decision is a 401 either way.)
 pub fn evaluate(
     policy: &PolicySet,
     method: &str,
     target: &str,
-    headers: &BTreeMap<String, String>,
+    headers: &HeaderList,
+    body: Option<&[u8]>,
     authn: &Authn,
     now: i64,
 ) -> Decision {
-    let Ok(t) = canonicalize(target) else {
-        return Decision::deny(Reason::BadRequestPath);
-    };
-    let method = method.to_ascii_uppercase();
-    let mut facts = RequestFacts::new(&method, &t.path, t.query.as_deref(), now);
-    let justification = policy.break_glass().and_then(|bg| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(&bg.header))
-            .map(|(_, v)| v.as_str())
-    });
-    facts.break_glass_justification = justification;
-    decide(policy, &facts, authn)
+    let prepared = prepare(
+        policy,
+        &RawRequest {
+            method,
+            target: target.as_bytes(),
+            version: HttpVersion::Http11,
+            headers,
+            now,
+        },
+    );
+    let body = prepared.needs_body().and(body);
+    decide(&prepared, body, authn)
 }
 
 /// A human- and machine-readable account of one decision (`policy explain`).
@@ -288,18 +326,19 @@ pub fn explain(
     policy: &PolicySet,
     method: &str,
     target: &str,
-    headers: &BTreeMap<String, String>,
+    headers: &HeaderList,
+    body: Option<&[u8]>,
     authn: &Authn,
     now: i64,
 ) -> Explanation {
-    let d = evaluate(policy, method, target, headers, authn, now);
-    let canonical = canonicalize(target).ok();
+    let d = evaluate(policy, method, target, headers, body, authn, now);
+    let canonical = crate::canonicalize(target).ok();
     let path = canonical
         .as_ref()
         .map_or_else(|| target.to_string(), |t| t.path.clone());
     let route = canonical
         .as_ref()
-        .and_then(|t| policy.match_route(&method.to_ascii_uppercase(), &t.path));
+        .and_then(|t| policy.match_route(method, &t.path));
     let mut requires = Vec::new();
     if let Some(r) = route {
         requires.push(match &r.access {
@@ -348,7 +387,7 @@ pub fn explain(
         _ => (Vec::new(), Vec::new()),
     };
     Explanation {
-        method: method.to_ascii_uppercase(),
+        method: method.to_string(),
         path,
         route: route.map(|r| r.label.to_string()),
         origin: route.map(|r| r.origin.clone()),
@@ -429,7 +468,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let e = explain(&p, "get", "/x/1", &BTreeMap::new(), &authn, 0);
+        let e = explain(&p, "GET", "/x/1", &HeaderList::default(), None, &authn, 0);
         assert_eq!(e.route.as_deref(), Some("/x/{id}"));
         assert_eq!(e.origin.as_deref(), Some("p.yaml:3:5"));
         assert_eq!(e.requires, vec!["any of scopes: a"]);

@@ -90,6 +90,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum PolicyCommand {
     /// Compile policy directories (or files) and report every error as
     /// file:line:column, plus warnings (broad scopes, unknown SMART resource
@@ -123,9 +124,17 @@ pub enum PolicyCommand {
         /// A claim `name=value` (repeatable); `[...]`, `{...}`, true/false are JSON, anything else a string.
         #[arg(long = "claim")]
         claims: Vec<String>,
-        /// A request header `name=value` (repeatable; e.g. the break-glass header).
+        /// A request header `name=value` (repeatable; a name given twice is a
+        /// header sent twice, as the gateway would see it).
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// The request body (a batch Bundle, a `_search` form), read when
+        /// deciding needs it, as the gateway does.
+        #[arg(long, conflicts_with = "body_file")]
+        body: Option<String>,
+        /// Read the request body from a file.
+        #[arg(long)]
+        body_file: Option<PathBuf>,
         /// Explain as if the token had been rejected with this reason (e.g. token_expired).
         #[arg(long)]
         invalid: Option<String>,

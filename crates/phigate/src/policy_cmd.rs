@@ -22,11 +22,35 @@ pub fn run(command: PolicyCommand) -> ExitCode {
             roles,
             claims,
             headers,
+            body,
+            body_file,
             invalid,
             json,
-        } => explain(
-            &policies, &method, &path, scopes, roles, &claims, &headers, invalid, json,
-        ),
+        } => {
+            let body = match (body, body_file) {
+                (Some(b), _) => Some(b.into_bytes()),
+                (None, Some(f)) => match std::fs::read(&f) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        eprintln!("--body-file {}: {e}", f.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => None,
+            };
+            explain(
+                &policies,
+                &method.to_ascii_uppercase(),
+                &path,
+                scopes,
+                roles,
+                &claims,
+                &headers,
+                body.as_deref(),
+                invalid,
+                json,
+            )
+        }
         PolicyCommand::Schema { write } => schema(write.as_deref()),
     }
 }
@@ -191,6 +215,7 @@ fn explain(
     roles: Vec<String>,
     claims: &[String],
     headers: &[String],
+    body: Option<&[u8]>,
     invalid: Option<String>,
     json: bool,
 ) -> ExitCode {
@@ -223,11 +248,11 @@ fn explain(
             }
         }
     }
-    let mut header_map = BTreeMap::new();
+    let mut header_list = phigate_policy::HeaderList::default();
     for h in headers {
         match key_value(h) {
             Ok((k, v)) => {
-                header_map.insert(k, v);
+                header_list.0.push((k, v.into_bytes()));
             }
             Err(e) => {
                 eprintln!("--header {e}");
@@ -251,7 +276,7 @@ fn explain(
             return ExitCode::from(2);
         }
     };
-    let e = testing::explain(&policy, method, target, &header_map, &authn, now);
+    let e = testing::explain(&policy, method, target, &header_list, body, &authn, now);
     if json {
         println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
     } else {

@@ -123,6 +123,8 @@ pub struct CommitInfo {
 pub struct SpoolStats {
     /// Lines appended since start (access, recovery and checkpoint records).
     pub records_written: u64,
+    /// Bytes appended to segments since start.
+    pub bytes_written: u64,
     /// `fsync` calls (segment files and the directory).
     pub fsyncs: u64,
     /// Failed writes or syncs.
@@ -168,6 +170,7 @@ struct Shared {
     stopping: AtomicBool,
     spool_bytes: AtomicU64,
     records_written: AtomicU64,
+    bytes_written: AtomicU64,
     fsyncs: AtomicU64,
     write_errors: AtomicU64,
     fail_closed: AtomicU64,
@@ -228,7 +231,8 @@ impl Slot {
     /// `event_id` and its place in the hash chain. The returned future
     /// resolves after the record is written (`Interval`, `None`) or written
     /// and `fsync`ed (`PerRequest`); an error means it is not durable.
-    pub fn commit(mut self, record: AuditRecord) -> Commit {
+    pub fn commit(mut self, mut record: AuditRecord) -> Commit {
+        record.enforce_bounds();
         let Some(shared) = self.shared.take() else {
             return Commit(CommitState::Failed(Some(AuditError::Closed)));
         };
@@ -295,6 +299,7 @@ impl Spool {
             stopping: AtomicBool::new(false),
             spool_bytes: AtomicU64::new(0),
             records_written: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             fail_closed: AtomicU64::new(0),
@@ -358,6 +363,7 @@ impl Spool {
         let spool_bytes = s.spool_bytes.load(Ordering::Relaxed);
         SpoolStats {
             records_written: s.records_written.load(Ordering::Relaxed),
+            bytes_written: s.bytes_written.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
             fail_closed: s.fail_closed.load(Ordering::Relaxed),

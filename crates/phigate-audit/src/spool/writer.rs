@@ -330,6 +330,7 @@ impl Writer {
             }
             self.len += size;
             self.shared.spool_bytes.fetch_add(size, Ordering::Relaxed);
+            self.shared.bytes_written.fetch_add(size, Ordering::Relaxed);
             self.shared
                 .records_written
                 .fetch_add(count as u64, Ordering::Relaxed);
