@@ -27,6 +27,43 @@ impl Response {
     }
 }
 
+/// A TCP connection to `addr` from a chosen loopback source address
+/// (`127.0.0.2`, ...), so tests can act as several clients.
+pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::new(source, 0))?;
+        sock.connect(addr).await
+    })?;
+    let s = s.into_std()?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+/// As [`request`], from the loopback address `source`.
+pub fn request_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let mut s = connect_from(source, addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse(&raw)
+}
+
 /// Send one request (`Connection: close`) and read the whole response.
 pub fn request(
     addr: SocketAddr,
@@ -52,11 +89,39 @@ pub fn request(
     parse(&raw)
 }
 
+/// Send `bytes` exactly as given and read until the server closes the
+/// connection (or `limit` passes); parse the first response.
+pub fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(limit))?;
+    s.write_all(bytes)?;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse(&raw)
+}
+
+/// Every response in `raw` bytes, in order (for 1xx + final, or keep-alive).
+pub fn parse_all(mut raw: &[u8]) -> Vec<Response> {
+    let mut out = Vec::new();
+    while let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        let Ok(mut r) = parse(raw) else { break };
+        let len = r
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let end = (split + 4 + len).min(raw.len());
+        r.body = raw[split + 4..end].to_vec();
+        out.push(r);
+        raw = &raw[end..];
+    }
+    out
+}
+
 pub fn get(addr: SocketAddr, target: &str) -> std::io::Result<Response> {
     request(addr, "GET", target, &[], b"")
 }
 
-fn parse(raw: &[u8]) -> std::io::Result<Response> {
+pub fn parse(raw: &[u8]) -> std::io::Result<Response> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let split = raw
         .windows(4)

@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use keys::TestKey;
-pub use servers::{JwksServer, RecordedRequest, Upstream};
+pub use servers::{JwksServer, RawMode, RawUpstream, RecordedRequest, Upstream};
 
 /// A free loopback port: bind `127.0.0.1:0`, read the port, release it.
 pub fn free_addr() -> SocketAddr {
@@ -332,6 +332,18 @@ impl TestEnv {
     /// As [`TestEnv::start_with`], plus extra keys for the `audit:` section
     /// (each line after the first indented by two spaces).
     pub fn start_audited(policy: &str, issuer_yaml: &str, top_yaml: &str, audit_yaml: &str) -> Self {
+        Self::start_full(policy, issuer_yaml, top_yaml, audit_yaml, 10_000)
+    }
+
+    /// As [`TestEnv::start_audited`], with `audit.queue_size` (the number of
+    /// audit slots).
+    pub fn start_full(
+        policy: &str,
+        issuer_yaml: &str,
+        top_yaml: &str,
+        audit_yaml: &str,
+        queue: usize,
+    ) -> Self {
         let key = TestKey::es256("k1");
         let jwks = JwksServer::start(TestKey::jwks(&[&key]));
         let upstream = Upstream::start();
@@ -340,7 +352,7 @@ impl TestEnv {
             upstream: upstream.addr,
             policy,
             extra_issuer_yaml: issuer_yaml,
-            audit_queue_size: 10_000,
+            audit_queue_size: queue,
             extra_yaml: top_yaml,
             audit_yaml,
         });

@@ -44,6 +44,15 @@ fn serve(handler: Handler) -> (SocketAddr, Arc<AtomicUsize>) {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let handler = handler.clone();
                     async move {
+                        // `x-test-delay-ms`: answer late (a slow backend).
+                        let delay = req
+                            .headers()
+                            .get("x-test-delay-ms")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok());
+                        if let Some(ms) = delay {
+                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        }
                         let (parts, body) = req.into_parts();
                         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                         Ok::<_, Infallible>(handler(Request::from_parts(parts, body)))
@@ -176,5 +185,100 @@ impl Upstream {
     }
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// A hand-written upstream on a raw socket, for what an HTTP library would
+/// not do: answer `101 Switching Protocols` and then echo raw bytes.
+/// Records every request head and every byte received after a 101.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    tunnelled: Arc<Mutex<Vec<u8>>>,
+}
+
+/// How a [`RawUpstream`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMode {
+    /// 101 to a WebSocket handshake, then echo; 200 to anything else.
+    WebSocketEcho,
+    /// 101 to every request, then echo (a broken or hostile backend).
+    Always101,
+}
+
+impl RawUpstream {
+    pub fn start(mode: RawMode) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let tunnelled = Arc::new(Mutex::new(Vec::new()));
+        let (h, t) = (heads.clone(), tunnelled.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (h, t) = (h.clone(), t.clone());
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request head at a time (requests here have no body).
+                        let end = loop {
+                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break Some(p + 4);
+                            }
+                            match stream.read(&mut chunk) {
+                                Ok(0) | Err(_) => break None,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let Some(end) = end else { return };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        let lower = head.to_ascii_lowercase();
+                        h.lock().unwrap().push(head);
+                        let upgrade = mode == RawMode::Always101 || lower.contains("upgrade: websocket");
+                        if !upgrade {
+                            let _ = stream.write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+                            );
+                            continue;
+                        }
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                        );
+                        // Tunnel: echo whatever arrives, record it.
+                        t.lock().unwrap().extend_from_slice(&buf);
+                        let _ = stream.write_all(&buf);
+                        loop {
+                            match stream.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    t.lock().unwrap().extend_from_slice(&chunk[..n]);
+                                    if stream.write_all(&chunk[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream {
+            addr,
+            heads,
+            tunnelled,
+        }
+    }
+
+    /// The request heads received, as text.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// Bytes received through tunnels.
+    pub fn tunnelled(&self) -> Vec<u8> {
+        self.tunnelled.lock().unwrap().clone()
     }
 }

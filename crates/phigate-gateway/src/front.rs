@@ -138,14 +138,14 @@ fn refusal_record(
 ) -> AuditRecord {
     let mut path = s.target.clone().unwrap_or_default();
     let mut truncated = std::collections::BTreeMap::new();
-    if s.target_len > path.len() {
-        // The summary keeps the first bytes only; the full length is what a
-        // reviewer needs to recognise an oversized target.
+    if let Some(sha256) = &s.target_sha256 {
+        // The summary keeps the first bytes only: record the full length and
+        // hash, as the audit crate does for every field it cuts.
         truncated.insert(
             "path".to_string(),
             phigate_audit::Truncation {
                 length: s.target_len,
-                sha256: String::new(),
+                sha256: sha256.clone(),
             },
         );
     }

@@ -68,6 +68,8 @@ pub struct HeadSummary {
     pub target: Option<String>,
     /// The full length of the target in bytes.
     pub target_len: usize,
+    /// Lowercase hex SHA-256 of the full target, when `target` was cut.
+    pub target_sha256: Option<String>,
     /// The `X-Request-Id` header, if present and plain.
     pub request_id: Option<String>,
 }
@@ -167,6 +169,10 @@ pub fn head_summary(raw: &[u8]) -> HeadSummary {
     }
     if let Some(t) = parts.next().filter(|t| !t.is_empty()) {
         s.target_len = t.len();
+        if t.len() > SUMMARY_TARGET_MAX {
+            use sha2::{Digest, Sha256};
+            s.target_sha256 = Some(hex::encode(Sha256::digest(t)));
+        }
         let cut = &t[..t.len().min(SUMMARY_TARGET_MAX)];
         s.target = Some(
             String::from_utf8_lossy(cut)
@@ -251,6 +257,7 @@ mod tests {
         let s = head_summary(long.as_bytes());
         assert_eq!(s.target.as_ref().map(String::len), Some(SUMMARY_TARGET_MAX));
         assert_eq!(s.target_len, 70_001);
+        assert_eq!(s.target_sha256.as_ref().map(String::len), Some(64));
         let s = head_summary(b"\x01\x02 garbage");
         assert_eq!(s.method, None);
         assert_eq!(s.target.as_deref(), Some("garbage"));
