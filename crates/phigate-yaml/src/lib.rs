@@ -68,6 +68,171 @@ pub fn parse<T: DeserializeOwned>(file: &str, src: &str) -> Result<T, Diagnostic
     })
 }
 
+/// Deserialise `src` into `T`, reporting **every** problem rather than the
+/// first: a value serde refuses (an unknown key, a bad duration, a string
+/// where a number belongs) is reported at its `file:line:column`, removed
+/// from the document, and deserialisation is tried again, until it
+/// succeeds or nothing more can be removed.
+///
+/// Returns the value deserialised from what was left (so the caller can go
+/// on validating it and report its own errors too) together with the
+/// problems; the value is `None` when the document could not be read at all
+/// (a syntax error, or a required key that was itself an error — make keys
+/// `Option` and check presence after parsing to keep going in that case).
+/// Any diagnostic means the file is invalid, whatever the value.
+pub fn parse_all<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec<Diagnostic>) {
+    if src.trim().is_empty() {
+        return (None, vec![Diagnostic::new(file, None, "file is empty")]);
+    }
+    let mut value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(src) {
+        Ok(v) => v,
+        Err(e) => {
+            let location = e.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            });
+            return (
+                None,
+                vec![Diagnostic::new(file, location, strip_position(&e.to_string()))],
+            );
+        }
+    };
+    let locator = Locator::new(src);
+    let mut errors = Vec::new();
+    let mut removed = Removed::default();
+    // Each round removes one node, so the document bounds the rounds.
+    for _ in 0..10_000 {
+        let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => return (Some(t), errors),
+            Err(e) => e,
+        };
+        let current: Vec<OwnedSeg> = err
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(OwnedSeg::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(OwnedSeg::Index(*index)),
+                _ => None,
+            })
+            .collect();
+        let message = strip_position(&err.inner().to_string());
+        // An unknown key inside an internally tagged enum is reported at the
+        // enclosing value: point at (and remove) the key itself.
+        let mut target = current.clone();
+        if let Some(key) = backticked(&message, "unknown field `") {
+            if target.last() != Some(&OwnedSeg::Key(key.clone())) {
+                target.push(OwnedSeg::Key(key));
+            }
+        }
+        if let Some(field) = backticked(&message, "missing field `") {
+            let mut p = removed.to_original(&current);
+            p.push(OwnedSeg::Key(field));
+            if removed.contains(&p) {
+                // Only missing because its bad value was removed (reported
+                // already): remove the value that needs it and go on.
+                let parent = removed.to_original(&current);
+                if current.is_empty() || !remove_node(&mut value, &current) {
+                    return (None, errors);
+                }
+                removed.paths.push(parent);
+                continue;
+            }
+        }
+        let original = removed.to_original(&target);
+        let at: Vec<PathSeg<'_>> = original
+            .iter()
+            .map(|s| match s {
+                OwnedSeg::Key(k) => PathSeg::Key(k),
+                OwnedSeg::Index(i) => PathSeg::Index(*i),
+            })
+            .collect();
+        errors.push(Diagnostic::new(file, locator.locate(&at), message));
+        if target.is_empty() || !remove_node(&mut value, &target) {
+            return (None, errors);
+        }
+        removed.paths.push(original);
+    }
+    (None, errors)
+}
+
+/// The name between backticks after `prefix` in a serde message.
+fn backticked(message: &str, prefix: &str) -> Option<String> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// Nodes removed by [`parse_all`], by their path in the original document,
+/// to map paths in the edited document back (sequence indices shift).
+#[derive(Default)]
+struct Removed {
+    paths: Vec<Vec<OwnedSeg>>,
+}
+
+impl Removed {
+    fn contains(&self, path: &[OwnedSeg]) -> bool {
+        self.paths.iter().any(|p| p == path)
+    }
+
+    fn to_original(&self, current: &[OwnedSeg]) -> Vec<OwnedSeg> {
+        let mut out: Vec<OwnedSeg> = Vec::with_capacity(current.len());
+        for seg in current {
+            match seg {
+                OwnedSeg::Key(k) => out.push(OwnedSeg::Key(k.clone())),
+                OwnedSeg::Index(i) => {
+                    // The i-th element of this sequence that was not removed.
+                    let mut gone: Vec<usize> = self
+                        .paths
+                        .iter()
+                        .filter(|p| p.len() == out.len() + 1 && p[..out.len()] == out[..])
+                        .filter_map(|p| match p.last() {
+                            Some(OwnedSeg::Index(j)) => Some(*j),
+                            _ => None,
+                        })
+                        .collect();
+                    gone.sort_unstable();
+                    let mut orig = *i;
+                    for g in gone {
+                        if g <= orig {
+                            orig += 1;
+                        }
+                    }
+                    out.push(OwnedSeg::Index(orig));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Remove the node at `path` from a YAML value; false if there is none.
+fn remove_node(value: &mut serde_yaml_ng::Value, path: &[OwnedSeg]) -> bool {
+    use serde_yaml_ng::Value;
+    let Some((last, init)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in init {
+        let next = match (seg, cur) {
+            (OwnedSeg::Key(k), Value::Mapping(m)) => m.get_mut(k.as_str()),
+            (OwnedSeg::Index(i), Value::Sequence(q)) => q.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match (last, cur) {
+        // shift_remove keeps document order, so errors stay in reading order.
+        (OwnedSeg::Key(k), Value::Mapping(m)) => m.shift_remove(k.as_str()).is_some(),
+        (OwnedSeg::Index(i), Value::Sequence(q)) if *i < q.len() => {
+            q.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// serde_yaml_ng appends " at line L column C" to its messages; we print the
 /// position in front instead, so remove the suffix.
 fn strip_position(message: &str) -> String {
@@ -267,6 +432,88 @@ mod tests {
         let src = "name: x\nname: y\nitems: []\n";
         let e = parse::<Doc>("f.yaml", src).unwrap_err();
         assert!(e.message.contains("duplicate"), "{e}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Config {
+        listen: Option<String>,
+        #[serde(default)]
+        threads: Option<u32>,
+        #[serde(default)]
+        items: Vec<Item>,
+        #[serde(default)]
+        sinks: Vec<Sink>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+    #[allow(dead_code)]
+    enum Sink {
+        Nats { name: String, url: String },
+        Stdout { name: String },
+    }
+
+    #[test]
+    fn parse_all_reports_every_error_with_its_position() {
+        let src = "listen: x\nbogus: 1\nthreads: many\nitems:\n  - path: /a\n    n: lots\n  - path: /b\n    oops: 2\n  - path: /c\n    n: 3\nsinks:\n  - type: nats\n    name: a\n    url: u\n    extra: 1\n  - type: weird\n    name: b\n";
+        let (value, errors) = parse_all::<Config>("g.yaml", src);
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        let want = [
+            "g.yaml:2:8: unknown field `bogus`",
+            "g.yaml:3:10: invalid type: string \"many\"",
+            "g.yaml:6:8: invalid type: string \"lots\"",
+            "g.yaml:8:11: unknown field `oops`",
+            "g.yaml:15:12: unknown field `extra`",
+            "g.yaml:16:11: unknown variant `weird`",
+        ];
+        assert_eq!(shown.len(), want.len(), "{shown:#?}");
+        for (got, want) in shown.iter().zip(want) {
+            assert!(got.starts_with(want), "{got} does not start with {want}");
+        }
+        // What was left still deserialised, for the caller's own checks.
+        let v = value.unwrap();
+        assert_eq!(v.listen.as_deref(), Some("x"));
+        assert_eq!(v.items.len(), 3);
+        assert_eq!(v.items[2].n, 3);
+        assert_eq!(v.sinks.len(), 1);
+    }
+
+    #[test]
+    fn parse_all_gives_up_only_when_the_root_needs_a_removed_key() {
+        // `name` is required: its bad value is reported, and so is what follows.
+        let (value, errors) = parse_all::<Doc>("f.yaml", "name: [x]\nitems: []\nbogus: 1\n");
+        assert!(value.is_none());
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].to_string().starts_with("f.yaml:1:7: invalid type"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1]
+                .to_string()
+                .starts_with("f.yaml:3:8: unknown field `bogus`"),
+            "{}",
+            errors[1]
+        );
+        // A required key of a list item: the item goes, the rest is checked.
+        let (value, errors) = parse_all::<Doc>(
+            "f.yaml",
+            "name: x\nitems:\n  - path: [1]\n  - path: /b\n    n: many\n",
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[1].to_string().starts_with("f.yaml:5:8: invalid type"),
+            "{}",
+            errors[1]
+        );
+        assert_eq!(value.map(|d| d.items.len()), Some(1));
+        let (value, errors) = parse_all::<Doc>("f.yaml", "name: x\nitems: [\n");
+        assert!(value.is_none() && errors.len() == 1 && errors[0].location.is_some());
+        let (value, errors) = parse_all::<Doc>("f.yaml", "name: x\nitems: []\n");
+        assert!(value.is_some() && errors.is_empty());
     }
 
     #[test]
