@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use phigate_sinks::testing::TestSpool;
-use phigate_sinks::{build_sinks, Error, SinkConfig, SinkStatus};
+use phigate_sinks::{build_forwarders, build_sinks, Error, SinkConfig, SinkStatus};
 use phigate_tests::audit_repo::AuditRepo;
 use phigate_tests::nats::NatsServer;
 use phigate_tests::rsyslog::{Rsyslog, TestPki};
@@ -419,8 +419,9 @@ async fn fhir_audit_repository_gets_every_audit_event_once_despite_failures_and_
     );
 }
 
-/// `build_sinks` turns a mixed `sinks:` list into forwarders, in order,
-/// without connecting anywhere.
+/// `validate` + `build_forwarders` (and `build_sinks`, which chains them)
+/// turn a mixed `sinks:` list into forwarders, in order, without connecting
+/// anywhere.
 #[test]
 fn a_mixed_sinks_list_builds_without_connecting() {
     let configs: Vec<SinkConfig> = serde_json::from_value(serde_json::json!([
@@ -430,15 +431,48 @@ fn a_mixed_sinks_list_builds_without_connecting() {
         {"type": "syslog", "name": "siem", "address": "127.0.0.1:514", "transport": "tcp"},
     ]))
     .unwrap();
+    let want = [
+        ("out".to_owned(), "stdout"),
+        ("js".to_owned(), "nats"),
+        ("arr".to_owned(), "fhir"),
+        ("siem".to_owned(), "syslog"),
+    ];
+    let validated = phigate_sinks::config::validate(&configs).unwrap();
+    let fwds = build_forwarders(&validated).unwrap();
+    let kinds: Vec<_> = fwds.iter().map(|f| (f.name().to_owned(), f.kind())).collect();
+    assert_eq!(kinds, want);
     let fwds = build_sinks(&configs).unwrap();
     let kinds: Vec<_> = fwds.iter().map(|f| (f.name().to_owned(), f.kind())).collect();
+    assert_eq!(kinds, want);
+}
+
+/// Keys of another kind are rejected by serde; bad values are located by
+/// entry index and key.
+#[test]
+fn sink_config_problems_are_located() {
+    let e = serde_json::from_value::<Vec<SinkConfig>>(serde_json::json!([
+        {"type": "nats", "name": "js", "url": "nats://127.0.0.1:1", "address": "h:1"},
+    ]))
+    .unwrap_err();
+    assert!(e.to_string().contains("unknown field `address`"), "{e}");
+
+    let configs: Vec<SinkConfig> = serde_json::from_value(serde_json::json!([
+        {"type": "stdout", "name": "out"},
+        {"type": "syslog", "name": "siem", "address": "127.0.0.1:514", "transport": "udp"},
+        {"type": "fhir", "name": "arr"},
+    ]))
+    .unwrap();
+    let problems = phigate_sinks::config::validate(&configs).unwrap_err();
+    let at: Vec<_> = problems.iter().map(|p| (p.index, p.key)).collect();
+    assert_eq!(at, [(1, Some("transport")), (2, None)]);
+    let Err(Error::Config(messages)) = build_sinks(&configs) else {
+        panic!("expected a configuration error")
+    };
     assert_eq!(
-        kinds,
+        messages,
         [
-            ("out".to_owned(), "stdout"),
-            ("js".to_owned(), "nats"),
-            ("arr".to_owned(), "fhir"),
-            ("siem".to_owned(), "syslog")
+            "sinks[1].transport: `transport` must be `tcp` or `tls`, not `udp`",
+            "sinks[2]: `base_url` is required for a `fhir` sink",
         ]
     );
 }

@@ -28,7 +28,10 @@ pub mod stdout;
 pub mod syslog;
 pub mod testing;
 
-pub use config::{build_sinks, SinkConfig};
+pub use config::{
+    build_forwarders, build_sinks, FhirSinkFile, NatsSinkFile, SinkConfig, SinkProblem, StdoutSinkFile,
+    SyslogSinkFile,
+};
 pub use error::Error;
 pub use fhir::{export_fhir, to_audit_event};
 pub use forwarder::{Forwarder, ForwarderSettings, Sink, SinkError, SinkStatus, SinkStatusSnapshot};
