@@ -170,6 +170,24 @@ impl Upstream {
                 // Echo the body byte for byte.
                 return respond(StatusCode::CREATED, "application/fhir+json", req.body().clone());
             }
+            // `x-test-next-link: URL`: answer like a FHIR server paging a
+            // search (HAPI style), `link` before `entry`.
+            if let Some(next) = req
+                .headers()
+                .get("x-test-next-link")
+                .and_then(|v| v.to_str().ok())
+            {
+                let body = serde_json::json!({
+                    "resourceType": "Bundle", "type": "searchset", "total": 40,
+                    "link": [
+                        {"relation": "self", "url": format!("http://backend{}", req.uri())},
+                        {"relation": "next", "url": next}
+                    ],
+                    "entry": [{"resource": {"resourceType": "Basic", "echo": req.uri().to_string()}}]
+                })
+                .to_string();
+                return respond(StatusCode::OK, "application/fhir+json", body);
+            }
             let body =
                 serde_json::json!({ "resourceType": "Basic", "echo": req.uri().to_string() }).to_string();
             respond(StatusCode::OK, "application/fhir+json", body)

@@ -23,7 +23,7 @@ break_glass:
 routes:
   - { name: fhir-metadata, methods: [GET], path: /fhir/metadata, public: true }
   - { name: fhir, methods: ["*"], path: /fhir/**, fhir: { base: /fhir } }
-  - { name: fhir-batch, methods: [POST], path: /fhir, fhir: { base: /fhir } }
+  - { name: fhir-batch, methods: [GET, POST], path: /fhir, fhir: { base: /fhir } }
   - name: subscriptions
     methods: [GET]
     path: /ws/subscriptions
@@ -867,4 +867,81 @@ fn break_glass_justifications_without_information_are_rejected() {
         (Some("break_glass"), Some(true))
     );
     assert_eq!(rec["justification"], "Unconscious patient, ED bay 4");
+}
+
+/// Issue 10: HAPI-style paging links (`GET [base]?_getpages=…`) were denied
+/// even after an allowed search. They are followed for the caller whose
+/// search produced them, and for nobody else.
+#[test]
+fn paging_links_of_an_allowed_search_are_followed_by_the_same_caller_only() {
+    let e = TestEnv::start_with(POLICY, "", "paging:\n  ttl: 2s\n");
+    let next =
+        "http://backend.internal:8080/fhir?_getpages=a1b2&_getpagesoffset=20&_count=20&_bundletype=searchset";
+    let page = "/fhir?_getpages=a1b2&_getpagesoffset=20&_count=20&_bundletype=searchset";
+    let alice = token(
+        &e,
+        "patient/Observation.rs",
+        json!({"patient": "123", "sub": "alice"}),
+    );
+    // Before any search: refused.
+    let r = send(&e, "early", "GET", page, &alice, &[], b"");
+    assert_deny(&r, 403, "unmapped_interaction");
+    let r = send(
+        &e,
+        "search",
+        "GET",
+        "/fhir/Observation?patient=123&_count=20",
+        &alice,
+        &[("X-Test-Next-Link", next), ("Accept-Encoding", "gzip")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let seen = e.upstream.requests();
+    assert!(
+        seen[0].header("accept-encoding").is_none(),
+        "asked for an uncompressed result"
+    );
+    // The same caller follows the link: decided as the search, forwarded as the page.
+    let r = send(&e, "page2", "GET", page, &alice, &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(e.upstream.requests()[1].target, page);
+    let rec = record(&e.gw, "page2");
+    assert_eq!(
+        (rec["reason"].as_str(), rec["patient"].as_str()),
+        (Some("allowed"), Some("123"))
+    );
+    // Another subject, another client, or another page id: refused, not forwarded.
+    let bob = token(
+        &e,
+        "patient/Observation.rs",
+        json!({"patient": "123", "sub": "bob"}),
+    );
+    let r = send(&e, "bob", "GET", page, &bob, &[], b"");
+    assert_deny(&r, 403, "unmapped_interaction");
+    let other_app = token(
+        &e,
+        "patient/Observation.rs",
+        json!({"patient": "123", "sub": "alice", "client_id": "other-app"}),
+    );
+    let r = send(&e, "other-app", "GET", page, &other_app, &[], b"");
+    assert_deny(&r, 403, "unmapped_interaction");
+    let r = send(
+        &e,
+        "forged",
+        "GET",
+        "/fhir?_getpages=zzz&_getpagesoffset=20",
+        &alice,
+        &[],
+        b"",
+    );
+    assert_deny(&r, 403, "unmapped_interaction");
+    // A token that lost the search scope cannot page on either.
+    let narrowed = token(&e, "patient/Patient.r", json!({"patient": "123", "sub": "alice"}));
+    let r = send(&e, "narrowed", "GET", page, &narrowed, &[], b"");
+    assert_deny(&r, 403, "insufficient_scope");
+    assert_eq!(e.upstream.requests().len(), 2);
+    // Links expire.
+    std::thread::sleep(Duration::from_millis(2200));
+    let r = send(&e, "late", "GET", page, &alice, &[], b"");
+    assert_deny(&r, 403, "unmapped_interaction");
 }

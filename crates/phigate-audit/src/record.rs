@@ -42,8 +42,14 @@ pub struct AuditRecord {
     pub iss: Option<String>,
     /// The token's scopes.
     pub scopes_granted: Vec<String>,
-    /// The matched route's required scopes.
+    /// The scopes that would satisfy the request: the route's scopes, or for
+    /// FHIR-aware routes every SMART form that would (`patient/`, `user/`,
+    /// `system/`, v2 and v1).
     pub scopes_required: Vec<String>,
+    /// The granted scopes that did satisfy an allowed request (absent for
+    /// denials and public routes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope_used: Vec<String>,
     /// The upstream's status for allowed requests that reached it.
     pub upstream_status: Option<u16>,
     /// Request duration in milliseconds.

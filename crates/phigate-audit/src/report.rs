@@ -1,7 +1,10 @@
 //! `phigate audit report`: who was granted what, what they used, denials,
 //! break-glass use and how many patients each user reached.
 //!
-//! "Used" scopes: a granted scope `g` of a record counts as used when, for an
+//! "Used" scopes: a granted scope counts as used when the record's
+//! `scope_used` names it (the gateway records the grants that satisfied each
+//! allowed request). For records without `scope_used` (older spools), a
+//! granted scope `g` counts as used when, for an
 //! *allowed* record, `g` alone satisfies at least one of the record's
 //! `scopes_required` entries (the policy core's own
 //! [`phigate_policy::scope_satisfied`]). Granted scopes never used are the
@@ -200,7 +203,15 @@ impl Builder {
             rep.unauthenticated += 1;
             return;
         }
-        let used: Vec<&String> = if allowed {
+        let used: Vec<&String> = if allowed && !r.scope_used.is_empty() {
+            // Recorded by the gateway: exactly the grants that satisfied it.
+            r.scopes_granted
+                .iter()
+                .filter(|g| r.scope_used.contains(g))
+                .collect()
+        } else if allowed {
+            // Records written before `scope_used` existed: infer from what
+            // the route required.
             let mut used = Vec::new();
             for g in &r.scopes_granted {
                 if r.scopes_required.iter().any(|req| self.satisfies(g, req)) {

@@ -633,3 +633,38 @@ async fn the_mirror_file_holds_exactly_the_spool_lines() {
     assert_eq!(mirror_lines, spool_lines);
     assert_eq!(stats.mirror_errors, 0);
 }
+
+/// Issue 10: a backend service holding `system/` scopes was flagged
+/// over-granted, because its records named only `user/` and `patient/`
+/// forms as required. A grant that satisfied a request (`scope_used`) is used.
+#[tokio::test]
+async fn report_counts_the_scope_that_satisfied_a_request_as_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::None));
+    let mut r = access(0);
+    r.client_id = Some("backend-svc".into());
+    r.sub = Some("backend-svc".into());
+    r.scopes_granted = vec!["system/Patient.rs".into(), "system/Observation.rs".into()];
+    // What an older gateway wrote as required: no system/ form at all.
+    r.scopes_required = vec!["user/Patient.r".into(), "patient/Patient.r".into()];
+    r.scope_used = vec!["system/Patient.rs".into()];
+    run.commit_record(r).await;
+    run.stop().await;
+    let rep = report::report(&[dir.path().to_path_buf()], None).unwrap();
+    let svc = &rep.clients[0];
+    assert_eq!(svc.scopes_used, ["system/Patient.rs"]);
+    assert_eq!(svc.scopes_unused, ["system/Observation.rs"]);
+    // Over-granted only for the scope it really never used.
+    assert_eq!(rep.over_granted_clients, ["backend-svc"]);
+    let mut one = access(1);
+    one.client_id = Some("backend-2".into());
+    one.scopes_granted = vec!["system/Patient.rs".into()];
+    one.scopes_required = vec!["user/Patient.r".into(), "patient/Patient.r".into()];
+    one.scope_used = vec!["system/Patient.rs".into()];
+    let dir2 = tempfile::tempdir().unwrap();
+    let run = Running::start(dir2.path(), opts(Durability::None));
+    run.commit_record(one).await;
+    run.stop().await;
+    let rep = report::report(&[dir2.path().to_path_buf()], None).unwrap();
+    assert!(rep.over_granted_clients.is_empty(), "{:?}", rep.clients);
+}

@@ -1,29 +1,49 @@
 //! Gateway configuration: the file types (`*File`), kept apart from the
 //! runtime [`GatewayConfig`] they are validated into once, at load.
+//!
+//! Every problem in a file is reported in one run, each at its
+//! `file:line:column`: serde's own errors (unknown keys, bad durations,
+//! wrong types) are collected by [`phigate_yaml::parse_all`], which removes
+//! each bad value and reads on; every key is optional to serde, so a
+//! removed value never hides the rest, and required keys are checked here,
+//! together with everything serde cannot know (addresses, ranges, files).
+//! Defaults live in one place: [`GatewayConfig::new`] and the `new`/`default`
+//! of its parts; dev mode builds its configuration through the same
+//! constructors.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use phigate_policy::PolicySet;
 use phigate_token::{Algorithm, IssuerConfig, KeySource};
-use phigate_yaml::{Diagnostic, Locator, PathSeg};
+use phigate_yaml::{Diagnostic, Location, Locator, PathSeg};
 use serde::Deserialize;
 
 /// `gateway.yaml` as written by operators.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
-    /// Proxy listener, e.g. `0.0.0.0:8080`.
-    pub listen: String,
-    /// Admin listener (`/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9090`.
-    pub admin_listen: String,
-    pub upstream: UpstreamFile,
-    pub issuers: Vec<IssuerFile>,
-    /// Directory of policy YAML files (relative paths are relative to the config file).
-    pub policies: PathBuf,
-    pub audit: AuditFile,
+    /// Proxy listener, e.g. `0.0.0.0:8080` (required).
     #[serde(default)]
-    pub log: LogFile,
+    pub listen: Option<String>,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9090` (required).
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// The FHIR server (required).
+    #[serde(default)]
+    pub upstream: Option<UpstreamFile>,
+    /// Token issuers (at least one).
+    #[serde(default)]
+    pub issuers: Option<Vec<IssuerFile>>,
+    /// Directory of policy YAML files (relative paths are relative to the config file; required).
+    #[serde(default)]
+    pub policies: Option<PathBuf>,
+    /// The audit spool (required).
+    #[serde(default)]
+    pub audit: Option<AuditFile>,
+    #[serde(default)]
+    pub log: Option<LogFile>,
     /// Worker threads for the proxy service (default 2).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -42,6 +62,20 @@ pub struct GatewayFile {
     /// Bounds on slow or greedy clients.
     #[serde(default)]
     pub limits: Option<LimitsFile>,
+    /// Paging links of allowed FHIR searches (see `crate::paging`).
+    #[serde(default)]
+    pub paging: Option<PagingFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagingFile {
+    /// How long a search's paging links may be followed (default 10m).
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Links remembered at most, oldest dropped first (default 100000; 0 disables).
+    #[serde(default)]
+    pub max_links: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,8 +111,9 @@ pub struct RateLimitFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    /// `host:port` of the FHIR server (plain HTTP/1.1).
-    pub address: String,
+    /// `host:port` of the FHIR server (plain HTTP/1.1; required).
+    #[serde(default)]
+    pub address: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -91,8 +126,12 @@ pub struct UpstreamFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerFile {
-    pub issuer: String,
-    pub audiences: Vec<String>,
+    /// Exact `iss` value (required).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted audiences (required, at least one).
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
     #[serde(default)]
     pub jwks_uri: Option<String>,
     #[serde(default)]
@@ -131,8 +170,9 @@ pub struct IssuerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditFile {
-    /// Spool directory: hash-chained, append-only JSONL segments (the record of truth).
-    pub dir: PathBuf,
+    /// Spool directory: hash-chained, append-only JSONL segments (the record of truth; required).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
     /// Optional plain JSONL copy of every spool line (for tools that tail one file).
     #[serde(default)]
     pub file: Option<PathBuf>,
@@ -168,9 +208,11 @@ pub enum DurabilityFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointFile {
-    pub every: u64,
+    #[serde(default)]
+    pub every: Option<u64>,
     /// Ed25519 private key (PKCS#8 PEM or raw seed; `phigate audit keygen`).
-    pub key: PathBuf,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +230,14 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Where a setting was written, for errors found after loading (a policy
+/// directory that cannot be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub location: Option<Location>,
+}
+
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -195,18 +245,76 @@ pub struct GatewayConfig {
     pub admin_listen: SocketAddr,
     pub upstream: UpstreamConfig,
     pub issuers: Vec<IssuerConfig>,
+    /// The policy directory; empty for an embedded policy (dev mode).
     pub policies: PathBuf,
+    /// Where `policies:` was configured.
+    pub policies_origin: Option<Origin>,
     pub audit: AuditConfig,
     pub log_format: LogFormat,
     pub threads: usize,
     pub shutdown_grace: Duration,
     pub token_cache_entries: usize,
     pub rate_limit: RateLimit,
-    /// Validated sink configurations (built into forwarders at start).
-    pub sinks: Vec<phigate_sinks::SinkConfig>,
-    /// Proxies whose `X-Forwarded-For` identifies the client for rate limiting.
+    /// Validated sinks (built into forwarders at start).
+    pub sinks: Vec<phigate_sinks::config::ValidatedSink>,
+    /// Proxies whose `X-Forwarded-For` identifies the client (rate limits, in-flight share).
     pub trusted_proxies: Vec<crate::limiter::Cidr>,
     pub limits: Limits,
+    pub paging: crate::paging::PagingConfig,
+}
+
+impl GatewayConfig {
+    /// A configuration with every optional setting at its default: the one
+    /// place the defaults are written down (the file loader and dev mode
+    /// both start here).
+    pub fn new(
+        listen: SocketAddr,
+        admin_listen: SocketAddr,
+        upstream: UpstreamConfig,
+        issuers: Vec<IssuerConfig>,
+        policies: PathBuf,
+        audit: AuditConfig,
+    ) -> Self {
+        GatewayConfig {
+            listen,
+            admin_listen,
+            upstream,
+            issuers,
+            policies,
+            policies_origin: None,
+            audit,
+            log_format: LogFormat::default(),
+            threads: DEFAULT_THREADS,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            token_cache_entries: phigate_token::DEFAULT_CACHE_ENTRIES,
+            rate_limit: RateLimit::default(),
+            sinks: Vec::new(),
+            trusted_proxies: Vec::new(),
+            limits: Limits::default(),
+            paging: crate::paging::PagingConfig::default(),
+        }
+    }
+}
+
+/// Default proxy worker threads.
+pub const DEFAULT_THREADS: usize = 2;
+/// Default graceful-shutdown wait.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Invalid-token rate limit per client address (`invalid_tokens` = 0 disables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub invalid_tokens: u32,
+    pub window: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            invalid_tokens: 20,
+            window: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Bounds on slow or greedy clients (see [`LimitsFile`]).
@@ -228,22 +336,6 @@ impl Default for Limits {
     }
 }
 
-/// Invalid-token rate limit per client address (`invalid_tokens` = 0 disables).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub invalid_tokens: u32,
-    pub window: Duration,
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        Self {
-            invalid_tokens: 20,
-            window: Duration::from_secs(10),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub address: SocketAddr,
@@ -253,6 +345,8 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// An upstream with the default timeouts (connect 2 s, read 30 s) that
+    /// receives the client's `Authorization`.
     pub fn new(address: SocketAddr) -> Self {
         Self {
             address,
@@ -303,239 +397,113 @@ pub fn load(path: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
     parse(&name, &text, base)
 }
 
-/// Validate configuration text; `base` resolves relative paths.
-pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
-    let file: GatewayFile = phigate_yaml::parse(name, text).map_err(|d| vec![d])?;
-    let loc = Locator::new(text);
-    let mut errors = Vec::new();
-    let mut err =
-        |path: &[PathSeg<'_>], msg: String| errors.push(Diagnostic::new(name, loc.locate(path), msg));
+/// Collects problems at their location in one file.
+struct Problems<'a> {
+    name: &'a str,
+    loc: Locator,
+    errors: Vec<Diagnostic>,
+}
 
-    let addr =
-        |key: &'static str, value: &str, err: &mut dyn FnMut(&[PathSeg<'_>], String)| -> Option<SocketAddr> {
-            match value.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    err(
-                        &[PathSeg::Key(key)],
-                        format!("`{value}` is not an address like 127.0.0.1:8080"),
-                    );
-                    None
-                }
-            }
-        };
-    let listen = addr("listen", &file.listen, &mut err);
-    let admin_listen = addr("admin_listen", &file.admin_listen, &mut err);
-    if listen.is_some() && listen == admin_listen {
-        err(
-            &[PathSeg::Key("admin_listen")],
-            "admin listener must differ from the proxy listener".into(),
-        );
+impl Problems<'_> {
+    fn at(&mut self, path: &[PathSeg<'_>], msg: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::new(self.name, self.loc.locate(path), msg.into()));
     }
-    let upstream_addr = match file.upstream.address.parse::<SocketAddr>() {
+
+    /// `value`, or an error "missing `key`" at `parent` when it is absent.
+    fn required<'v, T>(&mut self, parent: &[PathSeg<'_>], key: &str, value: &'v Option<T>) -> Option<&'v T> {
+        if value.is_none() {
+            let mut at = parent.to_vec();
+            at.push(PathSeg::Key(key));
+            let owner = if parent.is_empty() {
+                "the configuration".to_string()
+            } else {
+                format!("`{}`", describe(parent))
+            };
+            self.errors.push(Diagnostic::new(
+                self.name,
+                self.loc.locate(&at),
+                format!("`{key}` is required in {owner}"),
+            ));
+        }
+        value.as_ref()
+    }
+}
+
+fn describe(path: &[PathSeg<'_>]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            PathSeg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            PathSeg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn address(p: &mut Problems<'_>, path: &[PathSeg<'_>], value: &str, example: &str) -> Option<SocketAddr> {
+    match value.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            err(
-                &[PathSeg::Key("upstream"), PathSeg::Key("address")],
-                format!(
-                    "`{}` is not an address like 127.0.0.1:8081",
-                    file.upstream.address
-                ),
-            );
+            p.at(path, format!("`{value}` is not an address like {example}"));
             None
         }
-    };
+    }
+}
 
-    if file.issuers.is_empty() {
-        err(
-            &[PathSeg::Key("issuers")],
-            "at least one issuer is required".into(),
-        );
-    }
-    let mut issuers = Vec::new();
-    for (i, f) in file.issuers.iter().enumerate() {
-        let at = |k: &'static str| [PathSeg::Key("issuers"), PathSeg::Index(i), PathSeg::Key(k)];
-        if issuers.iter().any(|c: &IssuerConfig| c.issuer == f.issuer) {
-            err(&at("issuer"), format!("duplicate issuer `{}`", f.issuer));
-        }
-        if f.issuer.is_empty() {
-            err(&at("issuer"), "issuer must not be empty".into());
-        }
-        if f.audiences.is_empty() || f.audiences.iter().any(String::is_empty) {
-            err(
-                &at("audiences"),
-                "at least one non-empty audience is required".into(),
-            );
-        }
-        let source = match (&f.jwks_uri, &f.jwks_file) {
-            (None, None) if f.discovery == Some(true) => {
-                if !(f.issuer.starts_with("https://") || f.issuer.starts_with("http://")) {
-                    err(
-                        &at("discovery"),
-                        "OIDC discovery needs an http(s) issuer URL".into(),
-                    );
-                }
-                Some(KeySource::Discovery)
-            }
-            (Some(_), _) | (_, Some(_)) if f.discovery == Some(true) => {
-                err(
-                    &at("discovery"),
-                    "`discovery: true` excludes `jwks_uri` and `jwks_file`".into(),
-                );
-                None
-            }
-            (Some(u), None) => {
-                if !(u.starts_with("https://") || u.starts_with("http://")) {
-                    err(&at("jwks_uri"), format!("`{u}` must be an http(s) URL"));
-                }
-                Some(KeySource::JwksUri(u.clone()))
-            }
-            (None, Some(p)) => Some(KeySource::JwksFile(base.join(p))),
-            _ => {
-                err(
-                    &at("issuer"),
-                    "exactly one of `jwks_uri`, `jwks_file` or `discovery: true` is required".into(),
-                );
-                None
-            }
-        };
-        let mut algorithms = Vec::new();
-        for a in f
-            .algorithms
-            .clone()
-            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()])
-        {
-            match parse_algorithm(&a) {
-                Ok(alg) => algorithms.push(alg),
-                Err(msg) => err(&at("algorithms"), msg),
-            }
-        }
-        if algorithms.is_empty() && f.algorithms.is_some() {
-            err(&at("algorithms"), "at least one algorithm is required".into());
-        }
-        if let Some(source) = source {
-            let mut c = IssuerConfig::new(f.issuer.clone(), f.audiences.clone(), source);
-            c.algorithms = algorithms;
-            if let Some(l) = f.leeway {
-                if l > Duration::from_secs(300) {
-                    err(
-                        &at("leeway"),
-                        "leeway above 5m defeats expiry; keep it small".into(),
-                    );
-                }
-                c.leeway = l;
-            }
-            if let Some(t) = f.jwks_ttl {
-                c.jwks_ttl = t;
-            }
-            if let Some(t) = f.unknown_kid_cooldown {
-                c.unknown_kid_cooldown = t;
-            }
-            for (key, value) in [("scope_claim", &f.scope_claim), ("roles_claim", &f.roles_claim)] {
-                if let Some(v) = value {
-                    if v.is_empty() || v.split('.').any(str::is_empty) {
-                        err(&at(key), format!("`{v}` is not a claim name or dotted path"));
-                    }
-                }
-            }
-            c.scope_claim = f.scope_claim.clone();
-            if let Some(m) = f.max_stale {
-                c.max_stale = m;
-            }
-            if let Some(r) = f.require_typ {
-                c.require_typ = r;
-            }
-            if let Some(t) = &f.allowed_typ {
-                if t.is_empty() {
-                    err(
-                        &at("allowed_typ"),
-                        "allowed_typ must list at least one value".into(),
-                    );
-                }
-                c.allowed_typ = t.clone();
-            }
-            if let Some(n) = f.max_token_bytes {
-                if !(512..=65536).contains(&n) {
-                    err(
-                        &at("max_token_bytes"),
-                        "max_token_bytes must be between 512 and 65536".into(),
-                    );
-                }
-                c.max_token_bytes = n;
-            }
-            if let Some(r) = &f.roles_claim {
-                c.roles_claim = r.clone();
-            }
-            issuers.push(c);
-        }
-    }
-
-    let a = &file.audit;
-    let audit_at = |k: &'static str| [PathSeg::Key("audit"), PathSeg::Key(k)];
-    let mut audit = AuditConfig::new(base.join(&a.dir));
-    audit.mirror = a.file.as_ref().map(|f| base.join(f));
-    if audit.mirror.as_ref().is_some_and(|m| m.starts_with(&audit.dir)) {
-        err(
-            &audit_at("file"),
-            "the mirror file must not live inside the spool directory".into(),
-        );
-    }
-    let interval = a.fsync_interval.unwrap_or(Duration::from_millis(10));
-    if a.fsync_interval.is_some() && a.durability.is_some_and(|d| d != DurabilityFile::Interval) {
-        err(
-            &audit_at("fsync_interval"),
-            "fsync_interval only applies to `durability: interval`".into(),
-        );
-    }
-    if interval.is_zero() || interval > Duration::from_secs(1) {
-        err(
-            &audit_at("fsync_interval"),
-            "fsync_interval must be between 1ms and 1s".into(),
-        );
-    }
-    audit.durability = match a.durability.unwrap_or(DurabilityFile::Interval) {
-        DurabilityFile::Interval => phigate_audit::Durability::Interval(interval),
-        DurabilityFile::PerRequest => phigate_audit::Durability::PerRequest,
-        DurabilityFile::None => phigate_audit::Durability::None,
+/// Validate configuration text; `base` resolves relative paths. Every
+/// problem — serde's and the checks below — is reported together.
+pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
+    let (file, errors) = phigate_yaml::parse_all::<GatewayFile>(name, text);
+    let mut p = Problems {
+        name,
+        loc: Locator::new(text),
+        errors,
     };
-    if let Some(n) = a.segment_max_bytes {
-        if n < 64 * 1024 {
-            err(
-                &audit_at("segment_max_bytes"),
-                "segment_max_bytes must be at least 65536".into(),
-            );
-        }
-        audit.segment_max_bytes = n;
+    let Some(file) = file else { return Err(p.errors) };
+    let root: &[PathSeg<'_>] = &[];
+
+    let listen = p
+        .required(root, "listen", &file.listen)
+        .and_then(|v| address(&mut p, &[PathSeg::Key("listen")], v, "0.0.0.0:8080"));
+    let admin_listen = p
+        .required(root, "admin_listen", &file.admin_listen)
+        .and_then(|v| address(&mut p, &[PathSeg::Key("admin_listen")], v, "127.0.0.1:9090"));
+    if listen.is_some() && listen == admin_listen {
+        p.at(
+            &[PathSeg::Key("admin_listen")],
+            "admin listener must differ from the proxy listener",
+        );
     }
-    if let Some(n) = a.max_bytes {
-        if n < audit.segment_max_bytes {
-            err(
-                &audit_at("max_bytes"),
-                "max_bytes must be at least segment_max_bytes".into(),
-            );
-        }
-        audit.max_bytes = n;
-    }
-    audit.queue = a.queue_size.unwrap_or(DEFAULT_AUDIT_QUEUE);
-    if audit.queue == 0 {
-        err(&audit_at("queue_size"), "queue_size must be at least 1".into());
-    }
-    if let Some(c) = &a.checkpoint {
-        if c.every == 0 {
-            err(
-                &audit_at("checkpoint"),
-                "checkpoint.every must be at least 1".into(),
-            );
-        }
-        audit.checkpoint = Some((c.every, base.join(&c.key)));
-    }
+    let upstream = p
+        .required(root, "upstream", &file.upstream)
+        .and_then(|u| upstream(&mut p, u));
+    let issuers = issuers(&mut p, file.issuers.as_deref(), base);
+    let policies = p.required(root, "policies", &file.policies).map(|d| base.join(d));
+    let audit = p
+        .required(root, "audit", &file.audit)
+        .and_then(|a| audit(&mut p, a, base));
+
     let mut rate_limit = RateLimit::default();
     let mut trusted_proxies = Vec::new();
     if let Some(r) = &file.rate_limit {
-        for c in &r.trusted_proxies {
+        let at = |k: &'static str| [PathSeg::Key("rate_limit"), PathSeg::Key(k)];
+        for (i, c) in r.trusted_proxies.iter().enumerate() {
             match c.parse::<crate::limiter::Cidr>() {
                 Ok(c) => trusted_proxies.push(c),
-                Err(m) => err(&[PathSeg::Key("rate_limit"), PathSeg::Key("trusted_proxies")], m),
+                Err(m) => p.at(
+                    &[
+                        PathSeg::Key("rate_limit"),
+                        PathSeg::Key("trusted_proxies"),
+                        PathSeg::Index(i),
+                    ],
+                    m,
+                ),
             }
         }
         if let Some(n) = r.invalid_tokens {
@@ -543,23 +511,24 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         }
         if let Some(w) = r.window {
             if w < Duration::from_secs(1) || w > Duration::from_secs(3600) {
-                err(
-                    &[PathSeg::Key("rate_limit"), PathSeg::Key("window")],
-                    "window must be between 1s and 1h".into(),
-                );
+                p.at(&at("window"), "window must be between 1s and 1h");
             }
             rate_limit.window = w;
         }
     }
-    if let Err(e) = phigate_sinks::config::validate(&file.sinks) {
-        let messages = match e {
-            phigate_sinks::Error::Config(m) => m,
-            other => vec![other.to_string()],
-        };
-        for m in messages {
-            err(&[PathSeg::Key("sinks")], m);
+    let sinks = match phigate_sinks::config::validate(&file.sinks) {
+        Ok(v) => v,
+        Err(problems) => {
+            for problem in problems {
+                let mut at = vec![PathSeg::Key("sinks"), PathSeg::Index(problem.index)];
+                if let Some(k) = problem.key {
+                    at.push(PathSeg::Key(k));
+                }
+                p.at(&at, problem.message);
+            }
+            Vec::new()
         }
-    }
+    };
     let mut limits = Limits::default();
     if let Some(l) = &file.limits {
         let at = |k: &'static str| [PathSeg::Key("limits"), PathSeg::Key(k)];
@@ -577,7 +546,7 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         ] {
             if let Some(v) = value {
                 if v < Duration::from_millis(100) || v > Duration::from_secs(600) {
-                    err(&at(key), format!("{key} must be between 100ms and 10m"));
+                    p.at(&at(key), format!("{key} must be between 100ms and 10m"));
                 }
                 *slot = v;
             }
@@ -586,37 +555,294 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
             limits.max_in_flight_per_client = n;
         }
     }
-    let threads = file.threads.unwrap_or(2);
-    if threads == 0 {
-        err(&[PathSeg::Key("threads")], "threads must be at least 1".into());
+    let mut paging = crate::paging::PagingConfig::default();
+    if let Some(pg) = &file.paging {
+        if let Some(t) = pg.ttl {
+            if t < Duration::from_secs(1) || t > Duration::from_secs(24 * 3600) {
+                p.at(
+                    &[PathSeg::Key("paging"), PathSeg::Key("ttl")],
+                    "ttl must be between 1s and 24h",
+                );
+            }
+            paging.ttl = t;
+        }
+        if let Some(n) = pg.max_links {
+            paging.max_links = n;
+        }
+    }
+    if file.threads == Some(0) {
+        p.at(&[PathSeg::Key("threads")], "threads must be at least 1");
     }
 
-    match (listen, admin_listen, upstream_addr) {
-        (Some(listen), Some(admin_listen), Some(address)) if errors.is_empty() => Ok(GatewayConfig {
-            listen,
-            admin_listen,
-            upstream: UpstreamConfig {
-                address,
-                connect_timeout: file.upstream.connect_timeout.unwrap_or(Duration::from_secs(2)),
-                read_timeout: file.upstream.read_timeout.unwrap_or(Duration::from_secs(30)),
-                forward_authorization: file.upstream.forward_authorization.unwrap_or(true),
-            },
-            issuers,
-            policies: base.join(&file.policies),
-            audit,
-            log_format: file.log.format.unwrap_or_default(),
-            threads,
-            shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(5)),
-            token_cache_entries: file
-                .token_cache_entries
-                .unwrap_or(phigate_token::DEFAULT_CACHE_ENTRIES),
-            rate_limit,
-            sinks: file.sinks.clone(),
-            trusted_proxies,
-            limits,
-        }),
-        _ => Err(errors),
+    match (listen, admin_listen, upstream, policies, audit) {
+        (Some(listen), Some(admin_listen), Some(upstream), Some(policies), Some(audit))
+            if p.errors.is_empty() =>
+        {
+            let mut c = GatewayConfig::new(listen, admin_listen, upstream, issuers, policies, audit);
+            c.policies_origin = Some(Origin {
+                file: name.to_string(),
+                location: p.loc.locate(&[PathSeg::Key("policies")]),
+            });
+            if let Some(f) = file.log.as_ref().and_then(|l| l.format) {
+                c.log_format = f;
+            }
+            if let Some(t) = file.threads {
+                c.threads = t;
+            }
+            if let Some(g) = file.shutdown_grace {
+                c.shutdown_grace = g;
+            }
+            if let Some(n) = file.token_cache_entries {
+                c.token_cache_entries = n;
+            }
+            c.rate_limit = rate_limit;
+            c.trusted_proxies = trusted_proxies;
+            c.sinks = sinks;
+            c.limits = limits;
+            c.paging = paging;
+            Ok(c)
+        }
+        _ => Err(p.errors),
     }
+}
+
+fn upstream(p: &mut Problems<'_>, u: &UpstreamFile) -> Option<UpstreamConfig> {
+    let at = [PathSeg::Key("upstream")];
+    let address = p.required(&at, "address", &u.address).and_then(|a| {
+        address(
+            p,
+            &[PathSeg::Key("upstream"), PathSeg::Key("address")],
+            a,
+            "127.0.0.1:8081",
+        )
+    })?;
+    let mut c = UpstreamConfig::new(address);
+    if let Some(t) = u.connect_timeout {
+        c.connect_timeout = t;
+    }
+    if let Some(t) = u.read_timeout {
+        c.read_timeout = t;
+    }
+    if let Some(f) = u.forward_authorization {
+        c.forward_authorization = f;
+    }
+    Some(c)
+}
+
+fn issuers(p: &mut Problems<'_>, files: Option<&[IssuerFile]>, base: &Path) -> Vec<IssuerConfig> {
+    let files = files.unwrap_or_default();
+    if files.is_empty() {
+        p.at(&[PathSeg::Key("issuers")], "at least one issuer is required");
+    }
+    let mut issuers: Vec<IssuerConfig> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let here = [PathSeg::Key("issuers"), PathSeg::Index(i)];
+        let at = |k: &'static str| [PathSeg::Key("issuers"), PathSeg::Index(i), PathSeg::Key(k)];
+        let issuer = p
+            .required(&here, "issuer", &f.issuer)
+            .cloned()
+            .unwrap_or_default();
+        if f.issuer.is_some() {
+            if issuer.is_empty() {
+                p.at(&at("issuer"), "issuer must not be empty");
+            } else if issuers.iter().any(|c| c.issuer == issuer) {
+                p.at(&at("issuer"), format!("duplicate issuer `{issuer}`"));
+            }
+        }
+        let audiences = p
+            .required(&here, "audiences", &f.audiences)
+            .cloned()
+            .unwrap_or_default();
+        if f.audiences.is_some() && (audiences.is_empty() || audiences.iter().any(String::is_empty)) {
+            p.at(&at("audiences"), "at least one non-empty audience is required");
+        }
+        let source = match (&f.jwks_uri, &f.jwks_file) {
+            (None, None) if f.discovery == Some(true) => {
+                if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+                    p.at(&at("discovery"), "OIDC discovery needs an http(s) issuer URL");
+                }
+                Some(KeySource::Discovery)
+            }
+            (Some(_), _) | (_, Some(_)) if f.discovery == Some(true) => {
+                p.at(
+                    &at("discovery"),
+                    "`discovery: true` excludes `jwks_uri` and `jwks_file`",
+                );
+                None
+            }
+            (Some(u), None) => {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    p.at(&at("jwks_uri"), format!("`{u}` must be an http(s) URL"));
+                }
+                Some(KeySource::JwksUri(u.clone()))
+            }
+            (None, Some(path)) => Some(KeySource::JwksFile(base.join(path))),
+            _ => {
+                p.at(
+                    &here,
+                    "exactly one of `jwks_uri`, `jwks_file` or `discovery: true` is required",
+                );
+                None
+            }
+        };
+        let mut algorithms = Vec::new();
+        for a in f
+            .algorithms
+            .clone()
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()])
+        {
+            match parse_algorithm(&a) {
+                Ok(alg) => algorithms.push(alg),
+                Err(msg) => p.at(&at("algorithms"), msg),
+            }
+        }
+        if algorithms.is_empty() && f.algorithms.is_some() {
+            p.at(&at("algorithms"), "at least one algorithm is required");
+        }
+        for (key, value) in [("scope_claim", &f.scope_claim), ("roles_claim", &f.roles_claim)] {
+            if let Some(v) = value {
+                if v.is_empty() || v.split('.').any(str::is_empty) {
+                    p.at(&at(key), format!("`{v}` is not a claim name or dotted path"));
+                }
+            }
+        }
+        if f.leeway.is_some_and(|l| l > Duration::from_secs(300)) {
+            p.at(&at("leeway"), "leeway above 5m defeats expiry; keep it small");
+        }
+        if f.allowed_typ.as_ref().is_some_and(Vec::is_empty) {
+            p.at(&at("allowed_typ"), "allowed_typ must list at least one value");
+        }
+        if f.max_token_bytes.is_some_and(|n| !(512..=65536).contains(&n)) {
+            p.at(
+                &at("max_token_bytes"),
+                "max_token_bytes must be between 512 and 65536",
+            );
+        }
+        let Some(source) = source else { continue };
+        let mut c = IssuerConfig::new(issuer, audiences, source);
+        c.algorithms = algorithms;
+        if let Some(l) = f.leeway {
+            c.leeway = l;
+        }
+        if let Some(t) = f.jwks_ttl {
+            c.jwks_ttl = t;
+        }
+        if let Some(t) = f.unknown_kid_cooldown {
+            c.unknown_kid_cooldown = t;
+        }
+        c.scope_claim = f.scope_claim.clone();
+        if let Some(m) = f.max_stale {
+            c.max_stale = m;
+        }
+        if let Some(r) = f.require_typ {
+            c.require_typ = r;
+        }
+        if let Some(t) = &f.allowed_typ {
+            c.allowed_typ = t.clone();
+        }
+        if let Some(n) = f.max_token_bytes {
+            c.max_token_bytes = n;
+        }
+        if let Some(r) = &f.roles_claim {
+            c.roles_claim = r.clone();
+        }
+        issuers.push(c);
+    }
+    issuers
+}
+
+fn audit(p: &mut Problems<'_>, a: &AuditFile, base: &Path) -> Option<AuditConfig> {
+    let here = [PathSeg::Key("audit")];
+    let at = |k: &'static str| [PathSeg::Key("audit"), PathSeg::Key(k)];
+    let dir = p.required(&here, "dir", &a.dir).map(|d| base.join(d));
+    let mut audit = AuditConfig::new(dir.clone().unwrap_or_default());
+    audit.mirror = a.file.as_ref().map(|f| base.join(f));
+    if audit.mirror.as_ref().is_some_and(|m| m.starts_with(&audit.dir)) && dir.is_some() {
+        p.at(
+            &at("file"),
+            "the mirror file must not live inside the spool directory",
+        );
+    }
+    let interval = a.fsync_interval.unwrap_or(Duration::from_millis(10));
+    if a.fsync_interval.is_some() && a.durability.is_some_and(|d| d != DurabilityFile::Interval) {
+        p.at(
+            &at("fsync_interval"),
+            "fsync_interval only applies to `durability: interval`",
+        );
+    }
+    if interval.is_zero() || interval > Duration::from_secs(1) {
+        p.at(&at("fsync_interval"), "fsync_interval must be between 1ms and 1s");
+    }
+    audit.durability = match a.durability.unwrap_or(DurabilityFile::Interval) {
+        DurabilityFile::Interval => phigate_audit::Durability::Interval(interval),
+        DurabilityFile::PerRequest => phigate_audit::Durability::PerRequest,
+        DurabilityFile::None => phigate_audit::Durability::None,
+    };
+    if let Some(n) = a.segment_max_bytes {
+        if n < 64 * 1024 {
+            p.at(
+                &at("segment_max_bytes"),
+                "segment_max_bytes must be at least 65536",
+            );
+        }
+        audit.segment_max_bytes = n;
+    }
+    if let Some(n) = a.max_bytes {
+        if n < audit.segment_max_bytes {
+            p.at(&at("max_bytes"), "max_bytes must be at least segment_max_bytes");
+        }
+        audit.max_bytes = n;
+    }
+    audit.queue = a.queue_size.unwrap_or(DEFAULT_AUDIT_QUEUE);
+    if audit.queue == 0 {
+        p.at(&at("queue_size"), "queue_size must be at least 1");
+    }
+    if let Some(c) = &a.checkpoint {
+        let cp = [PathSeg::Key("audit"), PathSeg::Key("checkpoint")];
+        let every = p.required(&cp, "every", &c.every).copied();
+        let key = p.required(&cp, "key", &c.key).map(|k| base.join(k));
+        if every == Some(0) {
+            p.at(
+                &[
+                    PathSeg::Key("audit"),
+                    PathSeg::Key("checkpoint"),
+                    PathSeg::Key("every"),
+                ],
+                "checkpoint.every must be at least 1",
+            );
+        }
+        if let (Some(every), Some(key)) = (every, key) {
+            audit.checkpoint = Some((every, key));
+        }
+    }
+    dir.map(|_| audit)
+}
+
+/// Read and compile the configured policy directory. Problems with the
+/// directory itself (missing, unreadable, no policy file in it) are reported
+/// at the `policies:` line of the configuration that names it.
+pub fn load_policies(config: &GatewayConfig) -> Result<PolicySet, Vec<Diagnostic>> {
+    let dir = &config.policies;
+    let at_config = |msg: String| match &config.policies_origin {
+        Some(o) => vec![Diagnostic::new(&o.file, o.location, format!("policies: {msg}"))],
+        None => vec![Diagnostic::new(dir.display().to_string(), None, msg)],
+    };
+    let files = match std::fs::read_dir(dir) {
+        Err(e) => {
+            return Err(at_config(format!(
+                "cannot read policy directory {}: {e}",
+                dir.display()
+            )))
+        }
+        Ok(_) => crate::policy_loader::policy_files(dir)?,
+    };
+    if files.is_empty() {
+        return Err(at_config(format!(
+            "no policy files (*.yaml, *.yml) in {}",
+            dir.display()
+        )));
+    }
+    crate::policy_loader::load_dir(dir)
 }
 
 /// Parse an algorithm name from the allow-list. Symmetric and `none`
@@ -644,110 +870,4 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-listen: 127.0.0.1:8080
-admin_listen: 127.0.0.1:9090
-upstream:
-  address: 127.0.0.1:8081
-issuers:
-  - issuer: https://idp.example.com
-    audiences: [phigate]
-    jwks_uri: https://idp.example.com/jwks.json
-    leeway: 10s
-policies: policies
-audit:
-  dir: audit
-"#;
-
-    #[test]
-    fn loads_a_valid_file_with_defaults() {
-        let c = parse("g.yaml", GOOD, Path::new("/etc/phigate")).unwrap();
-        assert_eq!(c.listen.port(), 8080);
-        assert_eq!(c.issuers[0].leeway, Duration::from_secs(10));
-        assert_eq!(c.issuers[0].algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
-        assert_eq!(c.policies, Path::new("/etc/phigate/policies"));
-        assert_eq!(c.audit.queue, DEFAULT_AUDIT_QUEUE);
-        assert_eq!(c.audit.dir, Path::new("/etc/phigate/audit"));
-        assert_eq!(
-            c.audit.durability,
-            phigate_audit::Durability::Interval(Duration::from_millis(10))
-        );
-        assert!(c.upstream.forward_authorization);
-    }
-
-    #[test]
-    fn reports_all_errors_with_locations() {
-        let bad = r#"
-listen: nowhere
-admin_listen: 127.0.0.1:9090
-upstream:
-  address: also-nowhere
-issuers:
-  - issuer: https://idp.example.com
-    audiences: []
-    algorithms: [HS256, RS256]
-    jwks_uri: ftp://x
-policies: policies
-audit:
-  dir: audit
-  queue_size: 0
-"#;
-        let errs = parse("g.yaml", bad, Path::new(".")).unwrap_err();
-        let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        let joined = all.join("\n");
-        for want in [
-            "g.yaml:2:",
-            "g.yaml:5:",
-            "g.yaml:8:",
-            "g.yaml:9:",
-            "g.yaml:10:",
-            "g.yaml:14:",
-        ] {
-            assert!(joined.contains(want), "missing {want} in\n{joined}");
-        }
-        assert!(joined.contains("never allowed"), "{joined}");
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected() {
-        let errs = parse(
-            "g.yaml",
-            &GOOD.replace("policies: policies", "policy: policies"),
-            Path::new("."),
-        )
-        .unwrap_err();
-        assert!(
-            errs[0].to_string().contains("unknown field `policy`"),
-            "{}",
-            errs[0]
-        );
-    }
-
-    #[test]
-    fn needs_exactly_one_key_source() {
-        let text = GOOD.replace("    jwks_uri: https://idp.example.com/jwks.json\n", "");
-        let errs = parse("g.yaml", &text, Path::new(".")).unwrap_err();
-        assert!(errs[0]
-            .message
-            .contains("exactly one of `jwks_uri`, `jwks_file` or `discovery: true`"));
-    }
-}
-
-#[cfg(test)]
-mod sample_tests {
-    use super::*;
-
-    /// The commented sample in deploy/ must always load.
-    #[test]
-    fn deploy_sample_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/gateway.yaml");
-        let c = load(&path).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(c.issuers.len(), 1);
-        assert_eq!(c.audit.queue, 10_000);
-        assert!(c.policies.ends_with("policies/dev"));
-        crate::policy_loader::load_dir(&c.policies).unwrap_or_else(|e| panic!("{e:?}"));
-    }
-}
+mod tests;

@@ -132,7 +132,7 @@ mod tests {
             &mut req,
             Forward {
                 prefer_strict: true,
-                websocket: false,
+                ..Forward::default()
             },
             true,
         )

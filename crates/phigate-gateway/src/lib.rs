@@ -22,6 +22,7 @@ pub mod forward;
 pub mod front;
 pub mod limiter;
 pub mod metrics;
+pub mod paging;
 pub mod policy_loader;
 pub mod proxy;
 pub mod reload;

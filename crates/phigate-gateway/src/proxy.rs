@@ -48,6 +48,8 @@ pub struct Shared {
     pub in_flight: Arc<InFlightLimiter>,
     /// Rate limit of the "audit unavailable" error line.
     pub audit_error_log: LogLimiter,
+    /// Paging links of allowed searches, per caller.
+    pub paging: crate::paging::PagingLinks,
 }
 
 impl Shared {
@@ -100,6 +102,18 @@ pub struct RequestCtx {
     /// A forwarded (streamed) request body must end by then.
     body_deadline: Option<Instant>,
     tunnel: Option<TunnelState>,
+    /// An allowed search whose result's paging links are being read.
+    links: Option<LinkCapture>,
+}
+
+/// Reading the paging links of an allowed search's result.
+struct LinkCapture {
+    caller: crate::paging::Caller,
+    /// The canonical target of the search the links continue.
+    original: String,
+    /// The route's FHIR base, for relative links.
+    base: String,
+    buf: Vec<u8>,
 }
 
 /// Map a token validation failure to the shared reason vocabulary.
@@ -249,6 +263,15 @@ pub fn claims_of(t: &VerifiedToken) -> Claims {
     }
 }
 
+/// Who a paging link belongs to.
+fn caller(c: &Claims) -> crate::paging::Caller {
+    crate::paging::Caller {
+        issuer: c.issuer.clone(),
+        subject: c.subject.clone(),
+        client_id: c.client_id.clone(),
+    }
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -383,11 +406,48 @@ impl Gateway {
             }
         }
         let started = Instant::now();
-        let decision = phigate_policy::decide(&prepared, body.as_deref(), &authn);
+        // A page of an earlier search by the same caller, e.g. HAPI's
+        // `GET [base]?_getpages=…`: decided as that search.
+        let original = match (&authn, prepared.target()) {
+            (Authn::Valid(claims), Some(t)) if prepared.is_paging_candidate() => {
+                self.shared.paging.lookup(&caller(claims), &t.to_request_target())
+            }
+            _ => None,
+        };
+        let mut search_target = prepared.target().map(|t| t.to_request_target());
+        let decision = match &original {
+            Some(orig) => {
+                let orig_prepared = phigate_policy::prepare(
+                    &policy,
+                    &RawRequest {
+                        method: "GET",
+                        target: orig.as_bytes(),
+                        version,
+                        headers: &HeaderView(&session.req_header().headers),
+                        now: unix_now(),
+                    },
+                );
+                search_target = Some(orig.clone());
+                phigate_policy::decide_continuation(&prepared, &orig_prepared, &authn)
+            }
+            None => phigate_policy::decide(&prepared, body.as_deref(), &authn),
+        };
         self.shared
             .metrics
             .decide_seconds
             .observe(started.elapsed().as_secs_f64());
+        if let Authn::Valid(claims) = &authn {
+            if decision.is_allow() && decision.shadow.is_none() && decision.forward.search_links {
+                if let (Some(base), Some(original)) = (prepared.fhir_base(), search_target) {
+                    ctx.links = Some(LinkCapture {
+                        caller: caller(claims),
+                        original,
+                        base: base.to_string(),
+                        buf: Vec::new(),
+                    });
+                }
+            }
+        }
         if let Authn::Valid(claims) = authn {
             ctx.claims = Some(claims);
         }
@@ -442,6 +502,7 @@ impl ProxyHttp for Gateway {
             sent_continue: false,
             body_deadline: None,
             tunnel: None,
+            links: None,
         }
     }
 
@@ -527,6 +588,10 @@ impl ProxyHttp for Gateway {
         }
         let forward = ctx.decision.as_ref().map(|d| d.forward).unwrap_or_default();
         forward::edit_request(upstream_request, forward, ctx.sent_continue)?;
+        if ctx.links.is_some() {
+            // The paging links are read from the result: ask for it uncompressed.
+            upstream_request.remove_header("accept-encoding");
+        }
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
@@ -560,6 +625,14 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        let readable = status == 200
+            && upstream_response
+                .headers
+                .get("content-encoding")
+                .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if !readable {
+            ctx.links = None;
+        }
         self.shared
             .metrics
             .upstream_responses
@@ -625,11 +698,26 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if let Some(t) = &mut ctx.tunnel {
             t.to_client += body.as_ref().map_or(0, |b| b.len() as u64);
+        }
+        if let Some(c) = &mut ctx.links {
+            if let Some(b) = body {
+                let room = crate::paging::CAPTURE_BYTES.saturating_sub(c.buf.len());
+                c.buf.extend_from_slice(&b[..b.len().min(room)]);
+            }
+            if end_of_stream || c.buf.len() >= crate::paging::CAPTURE_BYTES {
+                if let Some(c) = ctx.links.take() {
+                    let links: Vec<String> = phigate_policy::fhir::bundle_links(&c.buf)
+                        .into_iter()
+                        .filter_map(|(_, url)| crate::paging::link_target(&url, &c.base))
+                        .collect();
+                    self.shared.paging.remember(&c.caller, &links, &c.original);
+                }
+            }
         }
         Ok(None)
     }
@@ -764,6 +852,11 @@ impl Gateway {
             iss: (!claims.issuer.is_empty()).then_some(claims.issuer),
             scopes_granted: claims.scopes,
             scopes_required: decision.scopes_required.clone(),
+            scope_used: if decision.is_allow() && decision.shadow.is_none() {
+                decision.scope_used.clone()
+            } else {
+                Vec::new()
+            },
             upstream_status: ctx.upstream_status,
             duration_ms: (ctx.start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             remote_addr: session.client_addr().map(|a| a.to_string()),

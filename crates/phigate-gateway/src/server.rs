@@ -85,7 +85,7 @@ pub fn serve(
         Validator::new(config.issuers.clone(), observer)?.with_cache_capacity(config.token_cache_entries),
     );
     let (audit, worker) = open_spool(&config.audit)?;
-    let forwarders = phigate_sinks::build_sinks(&config.sinks).map_err(|e| {
+    let forwarders = phigate_sinks::config::build_forwarders(&config.sinks).map_err(|e| {
         GatewayError::Config(vec![phigate_yaml::Diagnostic::new("sinks", None, e.to_string())])
     })?;
     let sink_status: Vec<_> = forwarders.iter().map(|f| f.status()).collect();
@@ -111,6 +111,7 @@ pub fn serve(
         limits: config.limits,
         in_flight: crate::limiter::InFlightLimiter::new(config.limits.max_in_flight_per_client),
         audit_error_log: crate::limiter::LogLimiter::new(Duration::from_secs(1)),
+        paging: crate::paging::PagingLinks::new(config.paging),
     });
 
     // An empty path means an embedded policy (dev mode without --policies):
@@ -232,26 +233,21 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
         KeySource::JwksUri(format!("http://{}/dev/jwks.json", opts.admin_listen)),
     );
     dev_issuer.algorithms = vec![Algorithm::ES256];
-    let config = GatewayConfig {
-        listen: opts.listen,
-        admin_listen: opts.admin_listen,
-        upstream: UpstreamConfig::new(upstream),
-        issuers: vec![dev_issuer],
-        policies: opts.policies.clone().unwrap_or_default(),
-        audit: crate::config::AuditConfig {
+    let mut config = GatewayConfig::new(
+        opts.listen,
+        opts.admin_listen,
+        UpstreamConfig::new(upstream),
+        vec![dev_issuer],
+        opts.policies.clone().unwrap_or_default(),
+        crate::config::AuditConfig {
             mirror: Some(opts.audit_file.clone()),
             durability: opts.audit_durability,
             ..crate::config::AuditConfig::new(opts.audit_dir.clone())
         },
-        log_format: LogFormat::Pretty,
-        threads: 2,
-        shutdown_grace: Duration::from_secs(1),
-        token_cache_entries: phigate_token::DEFAULT_CACHE_ENTRIES,
-        rate_limit: crate::config::RateLimit::default(),
-        sinks: Vec::new(),
-        trusted_proxies: Vec::new(),
-        limits: crate::config::Limits::default(),
-    };
+    );
+    // Dev mode differs only here: readable logs and a quick Ctrl-C.
+    config.log_format = LogFormat::Pretty;
+    config.shutdown_grace = Duration::from_secs(1);
     print_banner(&opts, upstream, policy.version());
     serve(config, policy, Some(issuer))
 }

@@ -69,15 +69,60 @@ impl RequiredScopes {
     /// exact-match strings with no implicit hierarchy; SMART scopes are parsed,
     /// so `user/Patient.read` (v1) or `user/*.cruds` satisfy `user/Patient.rs`.
     pub fn is_satisfied_by(&self, granted: &[String]) -> bool {
+        self.satisfied_by(granted).is_some()
+    }
+
+    /// The granted scopes that satisfy this requirement (`scope_used`), or
+    /// `None` when it is not satisfied. For a required SMART scope met by
+    /// several granted ones adding up (`user/Patient.r` + `user/Patient.s`
+    /// for `user/Patient.rs`), every contributing scope is listed.
+    pub fn satisfied_by(&self, granted: &[String]) -> Option<Vec<String>> {
         // Exact matches need no parsing; SMART scopes are parsed only when needed.
         let smart = std::cell::OnceCell::new();
-        let has = |s: &String| {
-            granted.iter().any(|g| g == s)
-                || scope_satisfied(s, granted, smart.get_or_init(|| smart::granted(granted)))
+        let used_for = |s: &String| -> Option<Vec<String>> {
+            if granted.iter().any(|g| g == s) {
+                return Some(vec![s.clone()]);
+            }
+            let parsed = smart.get_or_init(|| smart::granted(granted));
+            if !scope_satisfied(s, granted, parsed) {
+                return None;
+            }
+            // Which granted SMART scopes contribute: those that alone cover
+            // part of the requirement.
+            let req = smart::parse(s).ok()?;
+            Some(
+                granted
+                    .iter()
+                    .filter(|g| {
+                        smart::parse(g).is_ok_and(|g| {
+                            g.context == req.context
+                                && !g.is_granular()
+                                && req
+                                    .resource
+                                    .as_ref()
+                                    .is_none_or(|r| g.resource.as_ref().is_none_or(|t| t == r))
+                                && smart::Perm::ALL
+                                    .iter()
+                                    .any(|p| req.perms.contains(*p) && g.perms.contains(*p))
+                        })
+                    })
+                    .cloned()
+                    .collect(),
+            )
         };
         match self {
-            RequiredScopes::AllOf(req) => req.iter().all(has),
-            RequiredScopes::AnyOf(req) => req.iter().any(has),
+            RequiredScopes::AllOf(req) => {
+                let mut used = Vec::new();
+                for s in req {
+                    for u in used_for(s)? {
+                        if !used.contains(&u) {
+                            used.push(u);
+                        }
+                    }
+                }
+                Some(used)
+            }
+            RequiredScopes::AnyOf(req) => req.iter().find_map(used_for),
         }
     }
 }

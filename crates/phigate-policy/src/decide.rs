@@ -85,9 +85,15 @@ pub struct Decision {
     pub reason: Reason,
     /// The matched route's label (name or template); `None` when no route matched.
     pub route: Option<Arc<str>>,
-    /// Scopes the matched route required (for FHIR-aware routes: the SMART
-    /// scopes that would have sufficed).
+    /// Scopes the matched route required (for FHIR-aware routes: every SMART
+    /// scope form that would satisfy the request — `patient/` where the
+    /// compartment can apply, `user/`, `system/`, and the v1 `read`/`write`
+    /// forms).
     pub scopes_required: Vec<String>,
+    /// The granted scopes that did satisfy an allowed request (one or more per
+    /// part: the interaction, a conditional search, each included type, each
+    /// bundle entry; effective scopes, so a role's scope appears as such).
+    pub scope_used: Vec<String>,
     /// Shadow mode: the request was let through although the policy says deny.
     pub shadow: Option<Reason>,
     /// Emergency access was used.
@@ -114,6 +120,10 @@ pub struct Forward {
     /// Forward the WebSocket upgrade handshake (the route opted in with
     /// `upgrade: websocket`); every other upgrade is refused.
     pub websocket: bool,
+    /// An allowed FHIR search: the paging links of its result (`next`,
+    /// `previous`, ...) may be followed by the same caller (see
+    /// [`decide_continuation`]).
+    pub search_links: bool,
 }
 
 impl Decision {
@@ -124,6 +134,7 @@ impl Decision {
             reason,
             route: None,
             scopes_required: Vec::new(),
+            scope_used: Vec::new(),
             shadow: None,
             break_glass: false,
             step_up: None,
@@ -270,10 +281,13 @@ fn decide_inner(
     let mut d = match &route.access {
         Access::Public => Decision::allow(Reason::PublicRoute, route),
         Access::Scopes(req) => {
-            let mut d = if req.is_satisfied_by(&scopes) {
-                Decision::allow(Reason::Allowed, route)
-            } else {
-                with_route(Decision::deny(Reason::InsufficientScope), Some(route))
+            let mut d = match req.satisfied_by(&scopes) {
+                Some(used) => {
+                    let mut d = Decision::allow(Reason::Allowed, route);
+                    d.scope_used = used;
+                    d
+                }
+                None => with_route(Decision::deny(Reason::InsufficientScope), Some(route)),
             };
             d.scopes_required = req.scopes().to_vec();
             d.patient = claims.patient().map(str::to_string);
@@ -340,6 +354,7 @@ fn decide_inner(
                             a.break_glass = true;
                             a.patient = d.patient.clone().or_else(|| claims.patient().map(str::to_string));
                             a.scopes_required = d.scopes_required.clone();
+                            a.scope_used = vec![bg.scope.clone()];
                             a.forward = d.forward;
                             a.detail = Some(format!("emergency access overriding {original}"));
                             a
@@ -479,6 +494,19 @@ impl Need<'_> {
         }
     }
 
+    /// Whether some `patient/` scope could ever grant this part (for the
+    /// `scopes_required` hint): not for types outside the compartment, nor
+    /// for what phigate cannot tie to a patient without the resource body.
+    fn patient_possible(&self) -> bool {
+        match self {
+            Need::Search { ty, .. } => !fhir::compartment_naming_params(ty).is_empty(),
+            Need::TypeHistory { .. } => false,
+            Need::Instance { ty, .. } => *ty == "Patient",
+            Need::Write { ty, criteria, .. } => *ty == "Patient" && criteria.is_some(),
+            Need::Included { patient_ok, .. } => *patient_ok,
+        }
+    }
+
     fn search_params(&self) -> Option<&[(String, String)]> {
         match self {
             Need::Search { params, .. } => Some(params),
@@ -519,23 +547,57 @@ fn describe_include(i: &Include) -> String {
 }
 
 /// How a part of a request was granted.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Via {
     /// By a `patient/` scope, through the compartment check.
     patient_bound: bool,
     /// By a granular scope, through its search-parameter filters.
     granular: bool,
+    /// The granted scope that did it.
+    scope: String,
+}
+
+/// Every SMART scope form that would grant `perm` on `ty` for this part of
+/// a request: v2 (`user/Observation.s`) and v1 (`user/Observation.read`),
+/// for `patient/` only where the compartment can apply, and for `system/`.
+fn satisfying_forms(need: &Need<'_>, perm: Perm) -> Vec<String> {
+    let ty = need.ty();
+    let v1 = if matches!(perm, Perm::R | Perm::S) {
+        "read"
+    } else {
+        "write"
+    };
+    let contexts: &[&str] = if need.patient_possible() {
+        &["patient", "user", "system"]
+    } else {
+        &["user", "system"]
+    };
+    let mut out: Vec<String> = contexts
+        .iter()
+        .map(|c| format!("{c}/{ty}.{}", perm.letter()))
+        .collect();
+    out.extend(contexts.iter().map(|c| format!("{c}/{ty}.{v1}")));
+    out
 }
 
 /// Whether the caller's scopes grant `perm` for one part of a request.
-fn authorize(need: &Need<'_>, perm: Perm, claims: &Claims, granted: &[SmartScope]) -> Result<Via, Refusal> {
+fn authorize(
+    need: &Need<'_>,
+    perm: Perm,
+    claims: &Claims,
+    granted: &[(&str, SmartScope)],
+) -> Result<Via, Refusal> {
     let ty = need.ty();
     let what = if ty == "*" {
         "every resource type".to_string()
     } else {
         ty.to_string()
     };
-    let candidates: Vec<&SmartScope> = granted.iter().filter(|g| g.grants(ty, perm)).collect();
+    let candidates: Vec<(&str, &SmartScope)> = granted
+        .iter()
+        .filter(|(_, g)| g.grants(ty, perm))
+        .map(|(s, g)| (*s, g))
+        .collect();
     if candidates.is_empty() {
         return Err((
             Reason::InsufficientScope,
@@ -549,18 +611,19 @@ fn authorize(need: &Need<'_>, perm: Perm, claims: &Claims, granted: &[SmartScope
                 .is_some_and(|params| filters_accept(g, params))
     };
     // user/ and system/ scopes are not compartment-bound.
-    if let Some(g) = candidates
+    if let Some((s, g)) = candidates
         .iter()
-        .find(|g| g.context != Context::Patient && filters_ok(g))
+        .find(|(_, g)| g.context != Context::Patient && filters_ok(g))
     {
         return Ok(Via {
             patient_bound: false,
             granular: g.is_granular(),
+            scope: s.to_string(),
         });
     }
-    let patient_scoped: Vec<&&SmartScope> = candidates
+    let patient_scoped: Vec<&(&str, &SmartScope)> = candidates
         .iter()
-        .filter(|g| g.context == Context::Patient)
+        .filter(|(_, g)| g.context == Context::Patient)
         .collect();
     if patient_scoped.is_empty() {
         return Err((
@@ -576,10 +639,11 @@ fn authorize(need: &Need<'_>, perm: Perm, claims: &Claims, granted: &[SmartScope
     };
     need.in_compartment(patient)
         .map_err(|why| (Reason::OutsidePatientCompartment, why))?;
-    match patient_scoped.iter().find(|g| filters_ok(g)) {
-        Some(g) => Ok(Via {
+    match patient_scoped.iter().find(|(_, g)| filters_ok(g)) {
+        Some((s, g)) => Ok(Via {
             patient_bound: true,
             granular: g.is_granular(),
+            scope: s.to_string(),
         }),
         None => Err((
             Reason::InsufficientScope,
@@ -601,7 +665,7 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
             req.interaction
         ));
     };
-    let granted = smart::granted(scopes);
+    let granted = smart::granted_with_sources(scopes);
     let request_patient = {
         let refs = fhir::patient_refs(req);
         match (ty, &req.id) {
@@ -610,13 +674,9 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
             _ => None,
         }
     };
-    let hint = |ty: &str, perm: Perm| {
-        let p = perm.letter();
-        vec![format!("user/{ty}.{p}"), format!("patient/{ty}.{p}")]
-    };
-    let deny = |(reason, detail): Refusal, ty: &str, perm: Perm| {
+    let deny = |(reason, detail): Refusal, need: &Need<'_>, perm: Perm| {
         let mut d = with_route(Decision::deny(reason), Some(route)).with_detail(detail);
-        d.scopes_required = hint(ty, perm);
+        d.scopes_required = satisfying_forms(need, perm);
         d.patient = claims
             .patient()
             .map(str::to_string)
@@ -648,12 +708,19 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
     };
     let mut prefer_strict = false;
     let mut patient_bound = false;
+    let mut used: Vec<String> = Vec::new();
+    let note = |v: Via, used: &mut Vec<String>| {
+        if !used.contains(&v.scope) {
+            used.push(v.scope);
+        }
+    };
     match authorize(&main, perm, claims, &granted) {
         Ok(v) => {
             patient_bound |= v.patient_bound;
             prefer_strict |= main.search_params().is_some() && (v.patient_bound || v.granular);
+            note(v, &mut used);
         }
-        Err(r) => return deny(r, ty, perm),
+        Err(r) => return deny(r, &main, perm),
     }
     // The search a conditional create/update/patch/delete runs first.
     if let Some(criteria) = &req.criteria {
@@ -662,11 +729,12 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
             Ok(v) => {
                 patient_bound |= v.patient_bound;
                 prefer_strict |= v.patient_bound || v.granular;
+                note(v, &mut used);
             }
             Err((reason, why)) => {
                 return deny(
                     (reason, format!("conditional criteria (searched as `s`): {why}")),
-                    ty,
+                    &search,
                     Perm::S,
                 )
             }
@@ -675,7 +743,7 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
     if req.interaction == Interaction::Search {
         let includes = match fhir::includes(&req.params) {
             Ok(i) => i,
-            Err(why) => return deny((Reason::UnmappedInteraction, why), ty, perm),
+            Err(why) => return deny((Reason::UnmappedInteraction, why), &main, perm),
         };
         let compartment_bound = claims
             .patient()
@@ -692,7 +760,7 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
                                 describe_include(inc)
                             ),
                         ),
-                        ty,
+                        &main,
                         perm,
                     )
                 }
@@ -708,20 +776,53 @@ fn fhir_decision(route: &Route, req: &FhirRequest, claims: &Claims, scopes: &[St
                     by: inc,
                     patient_ok: compartment_bound && include_stays_in_compartment(ty, inc, t),
                 };
-                if let Err((reason, why)) = authorize(&need, inc_perm, claims, &granted) {
-                    let why = format!("{} adds {t} resources: {why}", describe_include(inc));
-                    return deny((reason, why), t, inc_perm);
+                match authorize(&need, inc_perm, claims, &granted) {
+                    Ok(v) => note(v, &mut used),
+                    Err((reason, why)) => {
+                        let why = format!("{} adds {t} resources: {why}", describe_include(inc));
+                        return deny((reason, why), &need, inc_perm);
+                    }
                 }
             }
         }
     }
     let mut d = Decision::allow(Reason::Allowed, route);
-    d.scopes_required = hint(ty, perm);
+    d.scopes_required = satisfying_forms(&main, perm);
+    d.scope_used = used;
     d.patient = match (patient_bound, claims.patient()) {
         (true, Some(pt)) => Some(pt.to_string()),
         _ => claims.patient().map(str::to_string).or(request_patient),
     };
     d.forward.prefer_strict = prefer_strict;
+    d.forward.search_links = req.interaction == Interaction::Search;
+    d
+}
+
+/// Decide a request for a search-result page (`GET [base]?_getpages=…`, or
+/// any link a server returned in `Bundle.link`) that phigate recorded from
+/// the allowed search `original` of the same caller: the page is decided as
+/// that search, with the caller's current token (a scope revoked since
+/// then ends the paging), and is allowed only if the search still is.
+/// `page` is the request itself (its route must be FHIR-aware).
+pub fn decide_continuation(page: &Prepared<'_>, original: &Prepared<'_>, authn: &Authn) -> Decision {
+    if !page.is_paging_candidate() {
+        return decide(page, None, authn);
+    }
+    let mut d = decide(original, None, authn);
+    let what = format!("page of the search GET {}", original.path());
+    d.detail = Some(match d.detail.take() {
+        Some(x) => format!("{what}: {x}"),
+        None => what,
+    });
+    if d.is_allow() && !d.forward.search_links {
+        // Only searches have pages.
+        return with_route(
+            Decision::deny(Reason::UnmappedInteraction),
+            original.route.as_ref().map(|m| m.route),
+        )
+        .with_detail("the recorded original is not a search");
+    }
+    d.route = page.route_label().cloned();
     d
 }
 
@@ -909,6 +1010,7 @@ fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &
     let mut patients: Vec<String> = Vec::new();
     let mut required: Vec<String> = Vec::new();
     let mut prefer_strict = false;
+    let mut scope_used: Vec<String> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let request = entry.get("request");
         let field = |k: &str| request.and_then(|r| r.get(k));
@@ -969,6 +1071,11 @@ fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &
             return d.with_detail(detail);
         }
         prefer_strict |= d.forward.prefer_strict;
+        for u in d.scope_used {
+            if !scope_used.contains(&u) {
+                scope_used.push(u);
+            }
+        }
         if let Some(p) = d.patient {
             if !patients.contains(&p) {
                 patients.push(p);
@@ -982,6 +1089,7 @@ fn batch_decision(route: &Route, body: Option<&[u8]>, claims: &Claims, scopes: &
     }
     let mut d = Decision::allow(Reason::Allowed, route);
     d.scopes_required = required;
+    d.scope_used = scope_used;
     d.forward.prefer_strict = prefer_strict;
     // One patient across all entries is recorded; several are not named in one field.
     d.patient = if patients.len() == 1 { patients.pop() } else { None };

@@ -23,7 +23,10 @@ pub use compile::{
     compile, is_broad_scope, scope_satisfied, Access, BreakGlass, ClaimCondition, ConditionOp, Operand,
     PolicySet, PolicySource, RequiredScopes, Route, RouteMatch, StepUp, TimeWindow, METHODS,
 };
-pub use decide::{decide, Authn, Claims, Decision, Forward, Outcome, StepUpChallenge, MAX_BUNDLE_ENTRIES};
+pub use decide::{
+    decide, decide_continuation, Authn, Claims, Decision, Forward, Outcome, StepUpChallenge,
+    MAX_BUNDLE_ENTRIES,
+};
 pub use path::{canonicalize, CanonicalTarget, PathError};
 pub use phigate_yaml::{Diagnostic, Location};
 pub use reason::Reason;

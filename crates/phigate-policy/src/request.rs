@@ -219,6 +219,34 @@ impl<'p> Prepared<'p> {
     pub fn upgrade(&self) -> Upgrade {
         self.upgrade
     }
+
+    /// Whether this could be a search-result page phigate recorded
+    /// ([`crate::decide_continuation`]): a GET on a FHIR-aware route that is
+    /// no interaction phigate can decide by itself (HAPI's
+    /// `GET [base]?_getpages=…`). Anything phigate can decide directly is
+    /// decided directly.
+    pub fn is_paging_candidate(&self) -> bool {
+        if self.refusal.is_some() || !matches!(self.method.as_str(), "GET" | "HEAD") {
+            return false;
+        }
+        match (&self.route, &self.target) {
+            (Some(m), Some(t)) => match &m.route.access {
+                Access::Fhir { base } => {
+                    fhir::classify("GET", fhir::relative_to_base(&t.path, base), t.query.as_deref()).is_err()
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// The FHIR base of the matched route, if it is FHIR-aware.
+    pub fn fhir_base(&self) -> Option<&str> {
+        match &self.route.as_ref()?.route.access {
+            Access::Fhir { base } => Some(base),
+            _ => None,
+        }
+    }
 }
 
 /// Canonicalise, match and check the shape of a request. Never fails: a

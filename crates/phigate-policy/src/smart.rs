@@ -328,6 +328,15 @@ pub fn granted(scopes: &[String]) -> Vec<SmartScope> {
         .collect()
 }
 
+/// As [`granted`], keeping each scope's string (for `scope_used`).
+pub fn granted_with_sources(scopes: &[String]) -> Vec<(&str, SmartScope)> {
+    scopes
+        .iter()
+        .filter(|s| looks_like_smart(s))
+        .filter_map(|s| parse(s).ok().map(|p| (s.as_str(), p)))
+        .collect()
+}
+
 /// Does a granular filter value accept the request's values for that
 /// search parameter?
 ///

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use phigate_gateway::config::{self, LogFormat};
-use phigate_gateway::{policy_loader, DevOptions};
+use phigate_gateway::DevOptions;
 
 mod audit_cmd;
 mod policy_cmd;
@@ -195,7 +195,7 @@ pub fn main_entry() -> ExitCode {
                 }
             };
             init_tracing(forced.unwrap_or(cfg.log_format));
-            let policy = match policy_loader::load_dir(&cfg.policies) {
+            let policy = match config::load_policies(&cfg) {
                 Ok(p) => p,
                 Err(d) => {
                     print_diagnostics(&d);
@@ -242,7 +242,7 @@ pub fn main_entry() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match policy_loader::load_dir(&cfg.policies) {
+            match config::load_policies(&cfg) {
                 Ok(set) => {
                     println!("{}: ok (policy version {})", path.display(), set.version());
                     ExitCode::SUCCESS

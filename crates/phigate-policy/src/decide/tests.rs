@@ -324,7 +324,10 @@ fn www_authenticate_per_reason() {
     let d = run(&p, "GET", "/fhir/Patient/1", &token(&[], json!({})), None);
     assert_eq!(
         d.www_authenticate().as_deref(),
-        Some("Bearer error=\"insufficient_scope\", scope=\"user/Patient.r patient/Patient.r\"")
+        Some(
+            "Bearer error=\"insufficient_scope\", scope=\"patient/Patient.r user/Patient.r system/Patient.r \
+             patient/Patient.read user/Patient.read system/Patient.read\""
+        )
     );
     assert_eq!(
         Decision::deny(Reason::MissingToken).www_authenticate().as_deref(),
@@ -931,4 +934,100 @@ fn break_glass_justifications_must_carry_information() {
         NOW,
     );
     assert_eq!(d.reason, Reason::BreakGlass);
+}
+
+#[test]
+fn scopes_required_names_every_form_that_would_satisfy_and_scope_used_the_one_that_did() {
+    let p = side_doors();
+    // A backend service with system/ scopes (issue 10: was reported as user/ + patient/).
+    let svc = token(&["system/Observation.rs"], json!({}));
+    let d = run_full(&p, "GET", "/fhir/Observation?code=x", &[], None, &svc, NOW);
+    assert!(d.is_allow());
+    assert_eq!(d.scope_used, ["system/Observation.rs"]);
+    assert_eq!(
+        d.scopes_required,
+        [
+            "patient/Observation.s",
+            "user/Observation.s",
+            "system/Observation.s",
+            "patient/Observation.read",
+            "user/Observation.read",
+            "system/Observation.read"
+        ]
+    );
+    let refused = token(&["system/Observation.r"], json!({}));
+    let d = run_full(&p, "GET", "/fhir/Observation?code=x", &[], None, &refused, NOW);
+    assert_eq!(d.reason, Reason::InsufficientScope);
+    let h = d.www_authenticate().unwrap();
+    assert!(h.contains("system/Observation.s"), "{h}");
+    // A read by id of a non-Patient resource can never be granted by a patient/ scope.
+    let d = run_full(&p, "GET", "/fhir/Observation/1", &[], None, &refused, NOW);
+    assert_eq!(d.scope_used, ["system/Observation.r"]);
+    assert!(
+        d.scopes_required.iter().all(|s| !s.starts_with("patient/")),
+        "{:?}",
+        d.scopes_required
+    );
+    // v1 scopes are named as what they are.
+    let v1 = token(&["user/Observation.read"], json!({}));
+    let d = run_full(&p, "GET", "/fhir/Observation/1", &[], None, &v1, NOW);
+    assert_eq!(d.scope_used, ["user/Observation.read"]);
+    // Includes and conditional criteria add what they used.
+    let two = token(&["user/Observation.rs", "user/Patient.r"], json!({}));
+    let d = run_full(
+        &p,
+        "GET",
+        "/fhir/Observation?_include=Observation:patient",
+        &[],
+        None,
+        &two,
+        NOW,
+    );
+    assert_eq!(d.scope_used, ["user/Observation.rs", "user/Patient.r"]);
+    let cs = token(&["user/Observation.c", "system/Observation.s"], json!({}));
+    let d = run_full(
+        &p,
+        "POST",
+        "/fhir/Observation",
+        &[("If-None-Exist", "identifier=x")],
+        None,
+        &cs,
+        NOW,
+    );
+    assert_eq!(d.scope_used, ["user/Observation.c", "system/Observation.s"]);
+    // Explicit routes: the granted scopes that met the requirement.
+    let explicit = compile(&[PolicySource::new(
+        "p.yaml",
+        "version: 1\nroutes:\n  - methods: [GET]\n    path: /x\n    scopes: { all_of: [user/Patient.rs, notes.read] }\n",
+    )])
+    .unwrap();
+    let d = run_full(
+        &explicit,
+        "GET",
+        "/x",
+        &[],
+        None,
+        &token(
+            &["openid", "user/Patient.r", "user/Patient.s", "notes.read"],
+            json!({}),
+        ),
+        NOW,
+    );
+    assert!(d.is_allow());
+    assert_eq!(d.scope_used, ["user/Patient.r", "user/Patient.s", "notes.read"]);
+    // Break-glass used its own scope.
+    let eg = token(&["emergency.phi.read"], json!({}));
+    let d = run_full(
+        &p,
+        "GET",
+        "/fhir/Patient/9",
+        &[("X-Break-Glass-Reason", "unconscious patient in ED")],
+        None,
+        &eg,
+        NOW,
+    );
+    assert_eq!(
+        (d.reason, d.scope_used.clone()),
+        (Reason::BreakGlass, vec!["emergency.phi.read".to_string()])
+    );
 }
