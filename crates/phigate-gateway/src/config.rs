@@ -459,12 +459,8 @@ fn address(p: &mut Problems<'_>, path: &[PathSeg<'_>], value: &str, example: &st
 /// Validate configuration text; `base` resolves relative paths. Every
 /// problem — serde's and the checks below — is reported together.
 pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
-    let (file, errors) = phigate_yaml::parse_all::<GatewayFile>(name, text);
-    let mut p = Problems {
-        name,
-        loc: Locator::new(text),
-        errors,
-    };
+    let (file, errors, loc) = phigate_yaml::parse_all_located::<GatewayFile>(name, text);
+    let mut p = Problems { name, loc, errors };
     let Some(file) = file else { return Err(p.errors) };
     let root: &[PathSeg<'_>] = &[];
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use phigate_yaml::{Diagnostic, Locator, PathSeg};
+use phigate_yaml::{Diagnostic, PathSeg};
 use sha2::{Digest, Sha256};
 
 use crate::file::{self, Mode, PolicyFile, RolesMode, RouteSpec};
@@ -519,14 +519,11 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
     }
 
     for src in sources {
-        let file: PolicyFile = match phigate_yaml::parse(&src.name, &src.text) {
-            Ok(f) => f,
-            Err(d) => {
-                errors.push(d);
-                continue;
-            }
-        };
-        let locator = Locator::new(&src.text);
+        // Every serde problem of the file (unknown keys, wrong types) is
+        // reported; what could be read is checked further below.
+        let (file, problems, locator) = phigate_yaml::parse_all_located::<PolicyFile>(&src.name, &src.text);
+        errors.extend(problems);
+        let Some(file) = file else { continue };
         let at = |path: &[PathSeg<'_>], msg: String| Diagnostic::new(&src.name, locator.locate(path), msg);
         let origin_of = |path: &[PathSeg<'_>]| match locator.locate(path) {
             Some(l) => format!("{}:{}:{}", src.name, l.line, l.column),

@@ -81,8 +81,28 @@ pub fn parse<T: DeserializeOwned>(file: &str, src: &str) -> Result<T, Diagnostic
 /// `Option` and check presence after parsing to keep going in that case).
 /// Any diagnostic means the file is invalid, whatever the value.
 pub fn parse_all<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec<Diagnostic>) {
+    let (value, errors, _) = parse_all_located(file, src);
+    (value, errors)
+}
+
+/// As [`parse_all`], plus a [`Locator`] for the value returned: paths into
+/// what was left (where list items after a removed one have moved up) are
+/// mapped back to their position in the original text, so the caller's own
+/// errors point at the right line too.
+pub fn parse_all_located<T: DeserializeOwned>(
+    file: &str,
+    src: &str,
+) -> (Option<T>, Vec<Diagnostic>, Locator) {
+    let (value, errors, removed) = parse_all_core(file, src);
+    let mut locator = Locator::new(src);
+    locator.removed = removed.paths;
+    (value, errors, locator)
+}
+
+fn parse_all_core<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec<Diagnostic>, Removed) {
+    let mut removed = Removed::default();
     if src.trim().is_empty() {
-        return (None, vec![Diagnostic::new(file, None, "file is empty")]);
+        return (None, vec![Diagnostic::new(file, None, "file is empty")], removed);
     }
     let mut value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(src) {
         Ok(v) => v,
@@ -94,16 +114,16 @@ pub fn parse_all<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec<
             return (
                 None,
                 vec![Diagnostic::new(file, location, strip_position(&e.to_string()))],
+                removed,
             );
         }
     };
     let locator = Locator::new(src);
     let mut errors = Vec::new();
-    let mut removed = Removed::default();
     // Each round removes one node, so the document bounds the rounds.
     for _ in 0..10_000 {
         let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => return (Some(t), errors),
+            Ok(t) => return (Some(t), errors, removed),
             Err(e) => e,
         };
         let current: Vec<OwnedSeg> = err
@@ -132,7 +152,7 @@ pub fn parse_all<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec<
                 // already): remove the value that needs it and go on.
                 let parent = removed.to_original(&current);
                 if current.is_empty() || !remove_node(&mut value, &current) {
-                    return (None, errors);
+                    return (None, errors, removed);
                 }
                 removed.paths.push(parent);
                 continue;
@@ -148,11 +168,11 @@ pub fn parse_all<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec<
             .collect();
         errors.push(Diagnostic::new(file, locator.locate(&at), message));
         if target.is_empty() || !remove_node(&mut value, &target) {
-            return (None, errors);
+            return (None, errors, removed);
         }
         removed.paths.push(original);
     }
-    (None, errors)
+    (None, errors, removed)
 }
 
 /// The name between backticks after `prefix` in a serde message.
@@ -259,6 +279,9 @@ pub enum PathSeg<'a> {
 #[derive(Debug, Clone)]
 pub struct Locator {
     nodes: Vec<(Vec<OwnedSeg>, Location)>,
+    /// Nodes [`parse_all_located`] removed (original paths): paths given to
+    /// [`Locator::locate`] are into the document without them.
+    removed: Vec<Vec<OwnedSeg>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,11 +375,32 @@ impl Locator {
                 _ => {}
             }
         }
-        Self { nodes }
+        Self {
+            nodes,
+            removed: Vec::new(),
+        }
     }
 
     /// The position of the node at `path`, or of its closest existing ancestor.
     pub fn locate(&self, path: &[PathSeg<'_>]) -> Option<Location> {
+        let owned: Vec<OwnedSeg> = path
+            .iter()
+            .map(|s| match s {
+                PathSeg::Key(k) => OwnedSeg::Key((*k).to_string()),
+                PathSeg::Index(i) => OwnedSeg::Index(*i),
+            })
+            .collect();
+        let original = Removed {
+            paths: self.removed.clone(),
+        }
+        .to_original(&owned);
+        let path: Vec<PathSeg<'_>> = original
+            .iter()
+            .map(|s| match s {
+                OwnedSeg::Key(k) => PathSeg::Key(k),
+                OwnedSeg::Index(i) => PathSeg::Index(*i),
+            })
+            .collect();
         for len in (0..=path.len()).rev() {
             let want = &path[..len];
             let hit = self.nodes.iter().find(|(p, _)| {

@@ -1031,3 +1031,21 @@ fn scopes_required_names_every_form_that_would_satisfy_and_scope_used_the_one_th
         (Reason::BreakGlass, vec!["emergency.phi.read".to_string()])
     );
 }
+
+#[test]
+fn policy_check_reports_every_error_of_a_file_at_once() {
+    let text = "version: 1\nroutes:\n  - methods: [GET]\n    path: /a\n    public: true\n    colour: red\n  - methods: [GET]\n    path: /b\n    scopes: { any_of: [x] }\n    max_auth_age: 10 parsecs\n  - methods: GET\n    path: /c\n    public: true\n  - methods: [BREW]\n    path: /d\n    public: true\n";
+    let errors = compile(&[PolicySource::new("p.yaml", text)]).unwrap_err();
+    let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    for want in [
+        "p.yaml:6:13: unknown field `colour`",
+        "p.yaml:10:19: `10 parsecs` is not a duration",
+        "p.yaml:11:14: invalid type: string \"GET\"",
+        "p.yaml:14:14: unknown method 'BREW'",
+    ] {
+        assert!(
+            shown.iter().any(|s| s.starts_with(want)),
+            "missing {want:?} in {shown:#?}"
+        );
+    }
+}
