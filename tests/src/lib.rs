@@ -255,6 +255,22 @@ shutdown_grace: 1s
         .unwrap_or_else(|| panic!("expected {n} audit records, got {:?}", self.audit_records()))
     }
 
+    /// The audit record with this request id (waits up to 10 s for it).
+    pub fn record(&self, request_id: &str) -> serde_json::Value {
+        eventually(Duration::from_secs(10), || {
+            self.audit_records()
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no audit record for {request_id}:
+{}",
+                self.audit_text()
+            )
+        })
+    }
+
     /// The raw audit file text.
     pub fn audit_text(&self) -> String {
         std::fs::read_to_string(&self.audit_file).unwrap_or_default()
@@ -297,6 +313,21 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Run the `phigate` binary with `args`; its success and stdout + stderr.
+pub fn run_phigate<I, S>(args: I) -> (bool, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(Gateway::binary()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// Parse a JSON-lines file (missing file: no records).

@@ -40,17 +40,7 @@ fn spool_records(dir: &std::path::Path) -> Vec<Value> {
 }
 
 fn audit_verify(dir: &std::path::Path) -> (bool, String) {
-    let out = Command::new(Gateway::binary())
-        .args(["audit", "verify"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    phigate_tests::run_phigate([std::ffi::OsStr::new("audit"), "verify".as_ref(), dir.as_os_str()])
 }
 
 fn crash_mid_load_loses_nothing(durability: &str) {

@@ -71,14 +71,6 @@ fn assert_deny(r: &Response, status: u16, reason: &str) {
     assert_eq!(r.json()["error"], reason, "{}", r.text());
 }
 
-/// The audit record with this request id (waits for it).
-fn record(gw: &Gateway, id: &str) -> Value {
-    eventually(Duration::from_secs(10), || {
-        gw.audit_records().into_iter().find(|r| r["request_id"] == id)
-    })
-    .unwrap_or_else(|| panic!("no audit record for {id}:\n{}", gw.audit_text()))
-}
-
 fn records_for(gw: &Gateway, id: &str) -> Vec<Value> {
     gw.audit_records()
         .into_iter()
@@ -105,7 +97,7 @@ fn upgrade_requests_are_refused_where_the_route_does_not_opt_in() {
     for (id, target, headers) in cases {
         let r = send(&e, id, "GET", target, &t, headers, b"");
         assert_deny(&r, 400, "upgrade_refused");
-        let rec = record(&e.gw, id);
+        let rec = e.gw.record(id);
         assert_eq!(
             (rec["reason"].as_str(), rec["status"].as_u64()),
             (Some("upgrade_refused"), Some(400))
@@ -221,7 +213,7 @@ fn a_101_from_the_backend_to_a_plain_request_never_opens_a_tunnel() {
     )
     .unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
-    let rec = record(&gw, "bogus-101");
+    let rec = gw.record("bogus-101");
     assert_eq!(rec["status"], 502);
     assert!(rec.get("tunnel").is_none(), "{rec}");
     assert!(upstream.tunnelled().is_empty());
@@ -259,7 +251,7 @@ fn method_overrides_are_refused_and_never_forwarded() {
     for (id, method, target, headers, body) in cases {
         let r = send(&e, id, method, target, &t, headers, body);
         assert_deny(&r, 400, "method_override");
-        assert_eq!(record(&e.gw, id)["reason"], "method_override");
+        assert_eq!(e.gw.record(id)["reason"], "method_override");
     }
     // Read-only break-glass cannot be turned into a write either.
     let eg = token(&e, "emergency.phi.read", json!({}));
@@ -351,7 +343,7 @@ fn requests_the_http_layer_refuses_are_audited_as_bad_request() {
         let r = http::raw(e.gw.proxy, raw.as_bytes(), Duration::from_secs(10)).unwrap();
         assert_deny(&r, 400, "bad_request");
         assert_eq!(r.json()["request_id"], *id);
-        let rec = record(&e.gw, id);
+        let rec = e.gw.record(id);
         assert_eq!(
             (rec["reason"].as_str(), rec["status"].as_u64()),
             (Some("bad_request"), Some(400)),
@@ -444,7 +436,7 @@ fn patient_searches_must_use_the_searched_types_compartment_parameters() {
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].header("prefer"), Some("handling=strict"));
     assert_eq!(seen[1].header("prefer"), Some("return=minimal, handling=strict"));
-    assert_eq!(record(&e.gw, "ok")["patient"], "123");
+    assert_eq!(e.gw.record("ok")["patient"], "123");
 }
 
 #[test]
@@ -655,7 +647,7 @@ fn bundles_with_duplicate_json_members_are_refused() {
     let r = send(&e, "dup2", "POST", "/fhir", &t, &[], body.as_bytes());
     assert_deny(&r, 400, "bad_request_body");
     assert!(e.upstream.requests().is_empty());
-    assert_eq!(record(&e.gw, "dup")["reason"], "bad_request_body");
+    assert_eq!(e.gw.record("dup")["reason"], "bad_request_body");
 }
 
 #[test]
@@ -686,7 +678,7 @@ fn a_slow_request_head_gets_408_and_is_audited() {
         started.elapsed() < Duration::from_secs(9),
         "cut by the deadline, not the read timeout"
     );
-    let rec = record(&e.gw, "slow-head");
+    let rec = e.gw.record("slow-head");
     assert_eq!(
         (rec["reason"].as_str(), rec["status"].as_u64()),
         (Some("request_timeout"), Some(408))
@@ -724,7 +716,7 @@ fn slow_request_bodies_hold_no_audit_slot_and_time_out() {
         let _ = s.read_to_end(&mut raw);
         let r = http::parse(&raw).unwrap();
         assert_deny(&r, 408, "request_timeout");
-        assert_eq!(record(&e.gw, &format!("slow-{i}"))["reason"], "request_timeout");
+        assert_eq!(e.gw.record(&format!("slow-{i}"))["reason"], "request_timeout");
     }
     assert_eq!(
         e.upstream.requests().len(),
@@ -760,7 +752,7 @@ fn one_client_address_cannot_hold_every_in_flight_place() {
     std::thread::sleep(Duration::from_millis(500));
     let r = send(&e, "third", "GET", "/fhir/Patient/1", &t, &[], b"");
     assert_deny(&r, 429, "concurrency_limited");
-    assert_eq!(record(&e.gw, "third")["reason"], "concurrency_limited");
+    assert_eq!(e.gw.record("third")["reason"], "concurrency_limited");
     // Another client address is not affected.
     let other = http::request_from(
         "127.0.0.2".parse().unwrap(),
@@ -792,7 +784,7 @@ fn audit_records_bound_every_client_controlled_field() {
     )
     .unwrap();
     assert_deny(&r, 401, "missing_token");
-    let rec = record(&e.gw, "huge");
+    let rec = e.gw.record("huge");
     let path = rec["path"].as_str().unwrap();
     assert!(
         path.len() <= 2048 && long_path.starts_with(path),
@@ -820,7 +812,7 @@ fn audit_records_bound_every_client_controlled_field() {
     let too_long = format!("/fhir/Patient/{}", "b".repeat(70 * 1024));
     let r = http::request(e.gw.proxy, "GET", &too_long, &[("X-Request-Id", "too-long")], b"").unwrap();
     assert_deny(&r, 400, "bad_request");
-    let rec = record(&e.gw, "too-long");
+    let rec = e.gw.record("too-long");
     assert!(rec["path"].as_str().unwrap().len() <= 2048);
     assert_eq!(rec["truncated"]["path"]["length"], too_long.len());
     assert_eq!(rec["truncated"]["path"]["sha256"].as_str().unwrap().len(), 64);
@@ -848,7 +840,7 @@ fn break_glass_justifications_without_information_are_rejected() {
             b"",
         );
         assert_deny(&r, 403, "break_glass_rejected");
-        assert_eq!(record(&e.gw, id)["break_glass"], Value::Null);
+        assert_eq!(e.gw.record(id)["break_glass"], Value::Null);
     }
     assert!(e.upstream.requests().is_empty());
     let r = send(
@@ -861,7 +853,7 @@ fn break_glass_justifications_without_information_are_rejected() {
         b"",
     );
     assert_eq!(r.status, 200);
-    let rec = record(&e.gw, "ok");
+    let rec = e.gw.record("ok");
     assert_eq!(
         (rec["reason"].as_str(), rec["break_glass"].as_bool()),
         (Some("break_glass"), Some(true))
@@ -905,7 +897,7 @@ fn paging_links_of_an_allowed_search_are_followed_by_the_same_caller_only() {
     let r = send(&e, "page2", "GET", page, &alice, &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(e.upstream.requests()[1].target, page);
-    let rec = record(&e.gw, "page2");
+    let rec = e.gw.record("page2");
     assert_eq!(
         (rec["reason"].as_str(), rec["patient"].as_str()),
         (Some("allowed"), Some("123"))

@@ -25,6 +25,10 @@
 //!   the server).
 //! - break-glass → `purposeOfEvent` v3-ActReason `ETREAT` + `BTG`, the
 //!   justification in `purposeOfEvent.text`.
+//!
+//! (Over 600 lines on purpose: the whole BALP mapping reads top to bottom in
+//! one place, next to the sink that sends it; splitting it would scatter one
+//! table across files.)
 
 use std::time::Duration;
 

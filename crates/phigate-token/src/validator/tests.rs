@@ -1,14 +1,20 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex as StdMutex;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
-use jsonwebtoken::{EncodingKey, Header};
-use serde_json::json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
+use super::fetch::parse_max_age;
+use super::verify::extract_roles;
 use super::*;
 use crate::test_keys::{forge_raw, jwks, TestKey};
-use crate::NoopObserver;
+use crate::{KeySource, NoopObserver};
 
 const ISS: &str = "https://idp.test";
 const AUD: &str = "phigate-test";

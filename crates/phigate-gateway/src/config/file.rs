@@ -1,0 +1,213 @@
+//! `gateway.yaml` as operators write it: the file types. Every key is
+//! optional to serde (so one bad value never hides the rest of the file);
+//! required keys and everything serde cannot check are validated in
+//! [`super::parse`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use super::LogFormat;
+
+/// `gateway.yaml` as written by operators.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    /// Proxy listener, e.g. `0.0.0.0:8080` (required).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9090` (required).
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// The FHIR server (required).
+    #[serde(default)]
+    pub upstream: Option<UpstreamFile>,
+    /// Token issuers (at least one).
+    #[serde(default)]
+    pub issuers: Option<Vec<IssuerFile>>,
+    /// Directory of policy YAML files (relative paths are relative to the config file; required).
+    #[serde(default)]
+    pub policies: Option<PathBuf>,
+    /// The audit spool (required).
+    #[serde(default)]
+    pub audit: Option<AuditFile>,
+    #[serde(default)]
+    pub log: Option<LogFile>,
+    /// Worker threads for the proxy service (default 2).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// How long a graceful shutdown waits for in-flight requests (default 5 s).
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+    /// Verified-token cache size in entries (default 10000; 0 disables).
+    #[serde(default)]
+    pub token_cache_entries: Option<usize>,
+    /// Rate limit on invalid tokens per client address.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitFile>,
+    /// Streaming audit sinks, fed from the spool (NATS, syslog, FHIR, stdout).
+    #[serde(default)]
+    pub sinks: Vec<phigate_sinks::SinkConfig>,
+    /// Bounds on slow or greedy clients.
+    #[serde(default)]
+    pub limits: Option<LimitsFile>,
+    /// Paging links of allowed FHIR searches (see `crate::paging`).
+    #[serde(default)]
+    pub paging: Option<PagingFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagingFile {
+    /// How long a search's paging links may be followed (default 10m).
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Links remembered at most, oldest dropped first (default 100000; 0 disables).
+    #[serde(default)]
+    pub max_links: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Longest time from the first byte of a request head to its end (default 5s; 408).
+    #[serde(default, with = "humantime_serde")]
+    pub request_header_timeout: Option<Duration>,
+    /// Longest time to receive a request body: an inspected body before the
+    /// decision, a forwarded one while it streams (default 10s; 408).
+    #[serde(default, with = "humantime_serde")]
+    pub request_body_timeout: Option<Duration>,
+    /// Requests in flight per client address (default 256; 0 disables).
+    #[serde(default)]
+    pub max_in_flight_per_client: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Invalid-token attempts allowed per client address per window (default 20; 0 disables).
+    #[serde(default)]
+    pub invalid_tokens: Option<u32>,
+    /// Window length (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// Load balancers / ingress proxies (CIDRs) whose `X-Forwarded-For` names
+    /// the client; without this, everyone behind one proxy shares a limit.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// `host:port` of the FHIR server (plain HTTP/1.1; required).
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub read_timeout: Option<Duration>,
+    /// Forward the client's `Authorization` header upstream (default true).
+    #[serde(default)]
+    pub forward_authorization: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    /// Exact `iss` value (required).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted audiences (required, at least one).
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub jwks_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub unknown_kid_cooldown: Option<Duration>,
+    /// Use OIDC discovery (`<issuer>/.well-known/openid-configuration`) to find the JWKS.
+    #[serde(default)]
+    pub discovery: Option<bool>,
+    /// How long last-known-good keys keep serving when refreshes fail (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub max_stale: Option<Duration>,
+    /// Require a `typ` header (RFC 9068: `at+jwt`).
+    #[serde(default)]
+    pub require_typ: Option<bool>,
+    /// Accepted `typ` values (default `[at+jwt, JWT]`).
+    #[serde(default)]
+    pub allowed_typ: Option<Vec<String>>,
+    /// Tokens larger than this are refused before decoding (default 8192 bytes).
+    #[serde(default)]
+    pub max_token_bytes: Option<usize>,
+    /// Claim holding scopes (default: `scope`, then `scp`).
+    #[serde(default)]
+    pub scope_claim: Option<String>,
+    /// Claim holding roles, dotted path (default `roles`; e.g. `realm_access.roles`).
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Spool directory: hash-chained, append-only JSONL segments (the record of truth; required).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Optional plain JSONL copy of every spool line (for tools that tail one file).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// `interval` (default), `per_request`, or `none` (benchmarks only).
+    #[serde(default)]
+    pub durability: Option<DurabilityFile>,
+    /// fsync period in `interval` mode (default 10ms).
+    #[serde(default, with = "humantime_serde")]
+    pub fsync_interval: Option<Duration>,
+    /// Segment size before rotation, bytes (default 64 MiB).
+    #[serde(default)]
+    pub segment_max_bytes: Option<u64>,
+    /// Byte bound on the spool directory (default 10 GiB); at the bound, PHI
+    /// requests are refused with 503 until the operator archives segments.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Records in flight (default 10000); full → 503.
+    #[serde(default)]
+    pub queue_size: Option<usize>,
+    /// Signed checkpoints every `every` records with an Ed25519 key.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityFile {
+    Interval,
+    PerRequest,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointFile {
+    #[serde(default)]
+    pub every: Option<u64>,
+    /// Ed25519 private key (PKCS#8 PEM or raw seed; `phigate audit keygen`).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    #[serde(default)]
+    pub format: Option<LogFormat>,
+}
