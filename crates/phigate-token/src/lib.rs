@@ -6,8 +6,10 @@
 //! the signature with `jsonwebtoken` on the aws-lc-rs backend and checks the
 //! registered claims. Key sets are fetched over HTTP(S) or read from a file,
 //! vetted as a whole ([`parse_jwks`]), cached with a TTL and refreshed in the
-//! background ([`Validator::run_refresher`]); an unknown `kid` triggers at most
-//! one shared refetch per cooldown.
+//! background ([`Validator::run_refresher`], which also watches `jwks_file`
+//! sources for changes). Fetches are single-flight per issuer: an unknown
+//! `kid` triggers at most one shared refetch per cooldown, and a request never
+//! waits longer than [`IssuerConfig::fetch_wait`] for a fetch it needs.
 #![forbid(unsafe_code)]
 
 mod jwks;
@@ -22,7 +24,11 @@ use std::time::Duration;
 
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{parse_jwks, JwksError, Key, KeyKind, KeySet, MAX_JWKS_BYTES};
-pub use validator::{CacheStats, Validator, DEFAULT_CACHE_ENTRIES};
+pub use validator::{CacheStats, Validator, DEFAULT_CACHE_ENTRIES, FILE_POLL_INTERVAL};
+
+/// Default for [`IssuerConfig::fetch_wait`]: the longest a request waits for a
+/// key fetch it needs before it is answered with the keys already at hand.
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_secs(1);
 
 /// Largest token accepted, checked before any decoding (bytes).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -35,7 +41,9 @@ pub enum KeySource {
     /// OIDC discovery: `<issuer>/.well-known/openid-configuration` names the
     /// `jwks_uri` (its `issuer` must equal the configured issuer exactly).
     Discovery,
-    /// Read from a local JWKS file (re-read on refresh).
+    /// Read from a local JWKS file, watched for changes while
+    /// [`Validator::run_refresher`] runs (see [`FILE_POLL_INTERVAL`]) and
+    /// re-read on refresh.
     JwksFile(PathBuf),
 }
 
@@ -67,6 +75,13 @@ pub struct IssuerConfig {
     pub unknown_kid_cooldown: Duration,
     /// Total timeout for one key fetch.
     pub fetch_timeout: Duration,
+    /// Longest a request waits for a key fetch it needs (the first keys, or a
+    /// refetch for an unknown `kid`). Concurrent requests share one fetch;
+    /// when the wait is over the request is answered with the keys at hand
+    /// (`unknown_key`, or `keys_unavailable` without usable keys) while the
+    /// fetch continues in the background, bounded by `fetch_timeout`, and
+    /// serves later requests. Default [`DEFAULT_FETCH_WAIT`] (1 s).
+    pub fetch_wait: Duration,
     /// How long last-known-good keys keep serving after they should have been
     /// refreshed but could not be; afterwards requests fail closed (503).
     pub max_stale: Duration,
@@ -85,8 +100,8 @@ pub struct IssuerConfig {
 
 impl IssuerConfig {
     /// An issuer with the documented defaults: RS256 + ES256, 30 s leeway,
-    /// 10 min key TTL, 30 s unknown-kid cooldown, 5 s fetch timeout, 1 h
-    /// last-known-good bound, `typ` in {`at+jwt`, `JWT`}.
+    /// 10 min key TTL, 30 s unknown-kid cooldown, 5 s fetch timeout, 1 s
+    /// fetch wait, 1 h last-known-good bound, `typ` in {`at+jwt`, `JWT`}.
     pub fn new(issuer: impl Into<String>, audiences: Vec<String>, key_source: KeySource) -> Self {
         Self {
             issuer: issuer.into(),
@@ -97,6 +112,7 @@ impl IssuerConfig {
             jwks_ttl: Duration::from_secs(600),
             unknown_kid_cooldown: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
+            fetch_wait: DEFAULT_FETCH_WAIT,
             max_stale: Duration::from_secs(3600),
             scope_claim: None,
             roles_claim: "roles".into(),

@@ -120,7 +120,7 @@ fn still_valid(c: &CachedToken) -> bool {
         .is_some_and(|k| Arc::ptr_eq(k, &c.key))
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(super) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());

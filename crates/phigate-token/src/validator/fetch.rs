@@ -3,21 +3,45 @@
 //! Owns where keys come from (a JWKS URI over HTTP(S), OIDC discovery, or a
 //! local file), the per-issuer state that decides which keys are served (the
 //! current set and its TTL, the last-known-good bound `max_stale`, refresh
-//! ahead of expiry, retry backoff, the unknown-`kid` cooldown with its single
-//! shared refetch, and the negative cache of unknown `kid`s), and the
-//! background refresher ([`run_refresher`]). Nothing here looks at a token's
-//! signature; verification is in `verify.rs`.
+//! ahead of expiry, retry backoff, the unknown-`kid` cooldown, and the
+//! negative cache of unknown `kid`s), the single flight of fetches, and the
+//! background refresher ([`run_refresher`]), which also watches `jwks_file`
+//! sources. Nothing here looks at a token's signature; verification is in
+//! `verify.rs`.
+//!
+//! **Single flight.** Every fetch runs as its own background task, at most one
+//! per issuer at a time; whoever needs keys joins the fetch in flight (or
+//! starts one). Requests wait for it at most [`IssuerConfig::fetch_wait`] and
+//! are then answered with the keys at hand; the fetch carries on (bounded by
+//! `fetch_timeout`) and installs its result for later requests. Because only
+//! the fetch in flight installs keys, installs never race each other.
+//!
+//! **Key-set changes.** A fetch that returns the document already installed
+//! keeps the very same keys (verified-token cache entries stay valid) and only
+//! renews their age. A different document, once vetted, replaces the set,
+//! bumps the set's generation and clears the issuer's negative cache, so an
+//! earlier unknown-`kid` miss never delays a key that has since arrived.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use serde_json::Value;
-use tokio::sync::{watch, Mutex};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
 
-use crate::jwks::{parse_jwks, KeySet, MAX_JWKS_BYTES};
+use super::cache::sha256;
+use crate::jwks::{parse_jwks, JwksError, KeySet, MAX_JWKS_BYTES};
 use crate::{ConfigError, FetchObserver, FetchOutcome, IssuerConfig, KeySource, TokenError};
+
+/// How often the refresher checks a `jwks_file` source for changes: its
+/// metadata (size, modification and change time, device and inode, so an
+/// atomic rename-over is noticed) is compared with what the last read saw,
+/// and the file is re-read only when that differs. A change (removals
+/// included) is thus applied within about this interval.
+pub const FILE_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Bounds applied to a `Cache-Control: max-age` from the key server.
 const MIN_TTL: Duration = Duration::from_secs(60);
@@ -36,24 +60,79 @@ pub(super) struct Snapshot {
     pub(super) set: KeySet,
     pub(super) fetched_at: Instant,
     ttl: Duration,
+    /// SHA-256 of the document `set` was parsed from.
+    digest: [u8; 32],
+    /// Counts changes of the set (not refreshes that returned the same
+    /// document): a negative-cache entry holds only for the generation it was
+    /// observed against.
+    pub(super) generation: u64,
 }
+
+/// The outcome of one fetch: `None` while it runs, then whether it succeeded.
+type Flight = watch::Receiver<Option<bool>>;
 
 #[derive(Default)]
 struct FetchState {
     last_attempt: Option<Instant>,
-    /// Last refetch caused by an unknown `kid` (the cooldown clock).
+    /// Last refetch caused by a request (unknown `kid`, no keys yet): the
+    /// cooldown clock.
     last_kid_refetch: Option<Instant>,
     /// Consecutive failures since the last good fetch (for retry backoff).
     failures: u32,
+    /// The fetch in flight, if any (at most one per issuer).
+    flight: Option<Flight>,
+    /// `jwks_file` sources: the file as the last read found it.
+    file_seen: Option<FileSeen>,
+}
+
+impl FetchState {
+    /// The fetch still in flight: started, not finished, task alive.
+    fn running(&self) -> Option<&Flight> {
+        self.flight
+            .as_ref()
+            .filter(|f| f.borrow().is_none() && f.has_changed().is_ok())
+    }
+}
+
+/// A key file as `stat` (following symlinks) sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileSeen {
+    /// Missing or unreadable.
+    Missing,
+    At(FileStamp),
+}
+
+/// Everything about a file that changes when its contents are replaced,
+/// in place or by renaming another file over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    id: (u64, u64, i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            id: (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// One configured issuer and the state of its keys.
 pub(super) struct Issuer {
     pub(super) config: IssuerConfig,
     keys: ArcSwapOption<Snapshot>,
-    fetch: Mutex<FetchState>,
-    /// Unknown kids seen since the last refetch (answered without waiting).
-    negative: StdMutex<HashMap<String, Instant>>,
+    state: StdMutex<FetchState>,
+    /// Unknown kids: when they missed, and against which key-set generation
+    /// (answered without waiting for the rest of the cooldown).
+    negative: StdMutex<HashMap<String, (Instant, u64)>>,
     /// `jwks_uri` found by OIDC discovery.
     discovered: StdMutex<Option<String>>,
 }
@@ -64,10 +143,22 @@ impl Issuer {
         Self {
             config,
             keys: ArcSwapOption::empty(),
-            fetch: Mutex::new(FetchState::default()),
+            state: StdMutex::new(FetchState::default()),
             negative: StdMutex::new(HashMap::new()),
             discovered: StdMutex::new(None),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, FetchState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn negative(&self) -> MutexGuard<'_, HashMap<String, (Instant, u64)>> {
+        self.negative.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.keys.load().as_ref().map(|s| s.generation)
     }
 
     /// Number of keys and time since the last good fetch (`None` before the first).
@@ -79,22 +170,28 @@ impl Issuer {
         }
     }
 
-    /// Whether `kid` missed since the last refetch, within the cooldown.
+    /// Whether `kid` missed against the current key set, within the cooldown.
     fn recently_unknown(&self, kid: &str) -> bool {
         let cooldown = self.config.unknown_kid_cooldown;
-        self.negative
-            .lock()
-            .is_ok_and(|n| n.get(kid).is_some_and(|t| t.elapsed() < cooldown))
+        let negative = self.negative();
+        let current = self.generation();
+        negative
+            .get(kid)
+            .is_some_and(|(t, g)| t.elapsed() < cooldown && Some(*g) == current)
     }
 
-    /// Remember that `kid` was still unknown after a refetch (negative cache).
-    pub(super) fn remember_unknown(&self, kid: &str) {
-        if let Ok(mut n) = self.negative.lock() {
-            if n.len() >= NEGATIVE_KIDS {
-                n.clear();
-            }
-            n.insert(kid.to_string(), Instant::now());
+    /// Remember that `kid` was still unknown in the key set of `generation`
+    /// after a refetch (negative cache). Ignored if the set has changed since.
+    pub(super) fn remember_unknown(&self, kid: &str, generation: u64) {
+        let mut n = self.negative();
+        // Read under the lock: `install` clears the cache after switching sets.
+        if self.generation() != Some(generation) {
+            return;
         }
+        if n.len() >= NEGATIVE_KIDS {
+            n.clear();
+        }
+        n.insert(kid.to_string(), (Instant::now(), generation));
     }
 
     /// Keys that may still be used at `now`: fetched, and not older than
@@ -103,6 +200,37 @@ impl Issuer {
         let snap = self.keys.load_full()?;
         let limit = snap.ttl.saturating_add(self.config.max_stale);
         (now.saturating_duration_since(snap.fetched_at) <= limit).then_some(snap)
+    }
+
+    /// Install a fetched key-set document. The document already installed
+    /// keeps its keys (same `Arc`s, so cached validations stay valid) and only
+    /// renews their age; a new one is vetted as a whole and, if accepted,
+    /// replaces the set and clears the negative cache. Returns the number of
+    /// keys and whether the set changed; on error the previous set stays.
+    fn install(&self, body: &[u8], ttl: Duration) -> Result<(usize, bool), JwksError> {
+        let digest = sha256(body);
+        let current = self.keys.load_full();
+        if let Some(cur) = current.as_ref().filter(|c| c.digest == digest) {
+            self.keys.store(Some(Arc::new(Snapshot {
+                set: cur.set.clone(),
+                fetched_at: Instant::now(),
+                ttl,
+                digest,
+                generation: cur.generation,
+            })));
+            return Ok((cur.set.len(), false));
+        }
+        let set = parse_jwks(body)?;
+        let n = set.len();
+        self.keys.store(Some(Arc::new(Snapshot {
+            set,
+            fetched_at: Instant::now(),
+            ttl,
+            digest,
+            generation: current.as_ref().map_or(0, |c| c.generation.wrapping_add(1)),
+        })));
+        self.negative().clear();
+        Ok((n, true))
     }
 
     /// When the refresher should next fetch this issuer's keys: at once if
@@ -123,7 +251,24 @@ impl Issuer {
     }
 }
 
+/// Wait until `flight` lands, at most `limit` (`None`: however long it
+/// takes). Its result, or `None` if the wait ran out first.
+async fn land(mut flight: Flight, limit: Option<Duration>) -> Option<bool> {
+    let done = async move {
+        flight
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| (*r).unwrap_or(false))
+            .unwrap_or(false)
+    };
+    match limit {
+        None => Some(done.await),
+        Some(l) => tokio::time::timeout(l, done).await.ok(),
+    }
+}
+
 /// Fetches key sets (HTTP client and metrics hook shared by all issuers).
+#[derive(Clone)]
 pub(super) struct Fetcher {
     http: reqwest::Client,
     observer: Arc<dyn FetchObserver>,
@@ -141,68 +286,145 @@ impl Fetcher {
         Ok(Self { http, observer })
     }
 
-    /// Fetch every issuer's keys once (ignores cooldowns). Returns whether all succeeded.
+    /// Fetch every issuer's keys once (ignores cooldowns) and wait for the
+    /// results. A fetch already in flight may predate a change, so it is
+    /// waited for and a fresh one follows. Returns whether all succeeded.
     pub(super) async fn refresh_all(&self, issuers: &[Arc<Issuer>]) -> bool {
         let mut ok = true;
         for i in issuers {
-            let mut st = i.fetch.lock().await;
-            ok &= self.fetch_locked(i, &mut st).await;
+            loop {
+                match self.flight(i, |_| true) {
+                    Some((f, true)) => {
+                        ok &= land(f, None).await == Some(true);
+                        break;
+                    }
+                    Some((f, false)) => {
+                        land(f, None).await;
+                    }
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
         }
         ok
     }
 
     /// The issuer's usable keys for a validation. An issuer that never had
-    /// keys gets one (cooldown-limited) fetch first; without usable keys the
-    /// request fails closed with [`TokenError::KeysUnavailable`].
+    /// keys gets a (cooldown-limited, shared) fetch first, waited for at most
+    /// `fetch_wait`; without usable keys the request fails closed with
+    /// [`TokenError::KeysUnavailable`].
     pub(super) async fn keys_for(&self, issuer: &Arc<Issuer>) -> Result<Arc<Snapshot>, TokenError> {
-        let now = Instant::now();
-        let mut snap = issuer.usable_keys(now);
-        if snap.is_none() && issuer.keys.load().is_none() {
-            // Never had keys: try once (cooldown-limited) before failing closed.
-            self.refetch_if_cool(issuer).await;
-            snap = issuer.usable_keys(Instant::now());
+        if let Some(snap) = issuer.usable_keys(Instant::now()) {
+            return Ok(snap);
         }
-        snap.ok_or(TokenError::KeysUnavailable)
-    }
-
-    /// The token's `kid` is not in the issuer's current keys: refetch them
-    /// (cooldown-limited, shared) and return the keys to retry against. A
-    /// token without a `kid`, an overlong `kid`, or one that missed recently
-    /// (negative cache) is answered with [`TokenError::UnknownKey`] at once.
-    /// If the retry misses too, the caller records the `kid` with
-    /// [`Issuer::remember_unknown`].
-    pub(super) async fn refetch_for_unknown_kid(
-        &self,
-        issuer: &Arc<Issuer>,
-        kid: Option<&str>,
-    ) -> Result<Arc<Snapshot>, TokenError> {
-        let Some(k) = kid else {
-            return Err(TokenError::UnknownKey);
-        };
-        if k.len() > 256 || issuer.recently_unknown(k) {
-            return Err(TokenError::UnknownKey);
+        if issuer.keys.load().is_none() {
+            // Never had keys: join the fetch in flight (or start one) before failing closed.
+            self.fetch_for_request(issuer).await;
         }
-        self.refetch_if_cool(issuer).await;
         issuer
             .usable_keys(Instant::now())
             .ok_or(TokenError::KeysUnavailable)
     }
 
-    /// Refetch `issuer`'s keys unless a fetch happened within the cooldown.
-    /// Concurrent callers queue on the lock and share one fetch.
-    async fn refetch_if_cool(&self, issuer: &Arc<Issuer>) {
-        let mut st = issuer.fetch.lock().await;
-        let cooldown = issuer.config.unknown_kid_cooldown;
-        if st.last_kid_refetch.is_some_and(|t| t.elapsed() < cooldown) {
-            return;
+    /// The token's `kid` is not in the issuer's key set of generation `seen`:
+    /// return the keys to retry against. If the set has changed since (file
+    /// change, refresh), that is the new set at once; otherwise after a
+    /// (cooldown-limited, shared) refetch, waited for at most `fetch_wait`. A
+    /// token without a `kid`, an overlong `kid`, or one that missed recently
+    /// against the current set (negative cache) is answered with
+    /// [`TokenError::UnknownKey`] at once. If the retry misses too, the caller
+    /// records the `kid` with [`Issuer::remember_unknown`].
+    pub(super) async fn refetch_for_unknown_kid(
+        &self,
+        issuer: &Arc<Issuer>,
+        kid: Option<&str>,
+        seen: u64,
+    ) -> Result<Arc<Snapshot>, TokenError> {
+        let Some(k) = kid else {
+            return Err(TokenError::UnknownKey);
+        };
+        if k.len() > 256 {
+            return Err(TokenError::UnknownKey);
         }
-        st.last_kid_refetch = Some(Instant::now());
-        self.fetch_locked(issuer, &mut st).await;
+        if let Some(snap) = issuer.usable_keys(Instant::now()) {
+            if snap.generation != seen {
+                return Ok(snap);
+            }
+        }
+        if issuer.recently_unknown(k) {
+            return Err(TokenError::UnknownKey);
+        }
+        self.fetch_for_request(issuer).await;
+        issuer
+            .usable_keys(Instant::now())
+            .ok_or(TokenError::KeysUnavailable)
     }
 
-    /// Fetch and install keys; caller holds the issuer's fetch lock.
-    async fn fetch_locked(&self, issuer: &Issuer, st: &mut FetchState) -> bool {
+    /// A fetch a request needs: join the one in flight, or start one unless
+    /// a request started one within the unknown-`kid` cooldown; then wait
+    /// for it at most `fetch_wait` (it carries on in the background).
+    async fn fetch_for_request(&self, issuer: &Arc<Issuer>) {
+        let cooldown = issuer.config.unknown_kid_cooldown;
+        let flight = self.flight(issuer, |st| {
+            if st.last_kid_refetch.is_some_and(|t| t.elapsed() < cooldown) {
+                return false;
+            }
+            st.last_kid_refetch = Some(Instant::now());
+            true
+        });
+        if let Some((f, _)) = flight {
+            land(f, Some(issuer.config.fetch_wait)).await;
+        }
+    }
+
+    /// The single flight: the fetch of `issuer`'s keys in flight (`false`),
+    /// or, if there is none and `may_start` agrees (asked under the state
+    /// lock), a new one started as a background task (`true`). `None` if no
+    /// fetch runs.
+    fn flight(
+        &self,
+        issuer: &Arc<Issuer>,
+        may_start: impl FnOnce(&mut FetchState) -> bool,
+    ) -> Option<(Flight, bool)> {
+        let mut st = issuer.state();
+        if let Some(f) = st.running() {
+            return Some((f.clone(), false));
+        }
+        if !may_start(&mut st) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        st.flight = Some(rx.clone());
         st.last_attempt = Some(Instant::now());
+        drop(st);
+        let (fetcher, issuer) = (self.clone(), issuer.clone());
+        tokio::spawn(async move {
+            let ok = fetcher.fetch_once(&issuer).await;
+            let _ = tx.send(Some(ok));
+        });
+        Some((rx, true))
+    }
+
+    /// `jwks_file` sources: start a re-read if the file's metadata differ
+    /// from what the last read saw. Silent while nothing changed; a change
+    /// seen while a fetch is in flight is picked up by the next poll.
+    async fn poll_file(&self, issuer: &Arc<Issuer>, path: &Path) {
+        let seen = match tokio::time::timeout(issuer.config.fetch_timeout, tokio::fs::metadata(path)).await {
+            Err(_) => return,
+            Ok(Ok(meta)) => FileSeen::At(FileStamp::of(&meta)),
+            Ok(Err(_)) => FileSeen::Missing,
+        };
+        let changed = issuer.state().file_seen.as_ref() != Some(&seen);
+        if changed {
+            self.flight(issuer, |_| true);
+        }
+    }
+
+    /// One fetch: load the document from the issuer's source and install it.
+    /// Runs only as the issuer's single flight.
+    async fn fetch_once(&self, issuer: &Issuer) -> bool {
         let c = &issuer.config;
         let fetched = match &c.key_source {
             KeySource::JwksUri(uri) => self.fetch_http(uri, c.fetch_timeout).await,
@@ -219,35 +441,50 @@ impl Fetcher {
                 }
                 Err(e) => Err(e),
             },
-            KeySource::JwksFile(path) => read_file(path).await.map(|b| (b, None)),
+            KeySource::JwksFile(path) => {
+                let (seen, body) = read_file(path, c.fetch_timeout).await;
+                if let Some(seen) = seen {
+                    issuer.state().file_seen = Some(seen);
+                }
+                body.map(|b| (b, None))
+            }
         };
         let (outcome, count) = match fetched {
             Err(msg) => {
                 tracing::warn!(issuer = %c.issuer, source = %c.key_source, error = %msg, "JWKS fetch failed; keeping previous keys");
                 (FetchOutcome::Error, 0)
             }
-            Ok((body, max_age)) => match parse_jwks(&body) {
-                Err(e) => {
-                    tracing::warn!(issuer = %c.issuer, source = %c.key_source, error = %e, "JWKS refused; keeping previous keys");
-                    (FetchOutcome::Invalid, 0)
+            Ok((body, max_age)) => {
+                let ttl = max_age.map(|a| a.clamp(MIN_TTL, MAX_TTL)).unwrap_or(c.jwks_ttl);
+                match issuer.install(&body, ttl) {
+                    Err(e) => {
+                        tracing::warn!(issuer = %c.issuer, source = %c.key_source, error = %e, "JWKS refused; keeping previous keys");
+                        (FetchOutcome::Invalid, 0)
+                    }
+                    Ok((n, changed)) => {
+                        if changed {
+                            let kids = issuer
+                                .keys
+                                .load()
+                                .as_ref()
+                                .map(|s| s.set.kids())
+                                .unwrap_or_default();
+                            tracing::info!(issuer = %c.issuer, source = %c.key_source, keys = n, kids = ?kids, ttl_s = ttl.as_secs(), "JWKS loaded");
+                        } else {
+                            tracing::debug!(issuer = %c.issuer, source = %c.key_source, keys = n, ttl_s = ttl.as_secs(), "JWKS unchanged");
+                        }
+                        (FetchOutcome::Ok, n)
+                    }
                 }
-                Ok(set) => {
-                    let ttl = max_age.map(|a| a.clamp(MIN_TTL, MAX_TTL)).unwrap_or(c.jwks_ttl);
-                    let n = set.len();
-                    tracing::info!(issuer = %c.issuer, keys = n, kids = ?set.kids(), ttl_s = ttl.as_secs(), "JWKS loaded");
-                    issuer.keys.store(Some(Arc::new(Snapshot {
-                        set,
-                        fetched_at: Instant::now(),
-                        ttl,
-                    })));
-                    (FetchOutcome::Ok, n)
-                }
-            },
+            }
         };
-        if outcome == FetchOutcome::Ok {
-            st.failures = 0;
-        } else {
-            st.failures = st.failures.saturating_add(1);
+        {
+            let mut st = issuer.state();
+            if outcome == FetchOutcome::Ok {
+                st.failures = 0;
+            } else {
+                st.failures = st.failures.saturating_add(1);
+            }
         }
         self.observer.jwks_fetched(&c.issuer, outcome, count);
         outcome == FetchOutcome::Ok
@@ -328,20 +565,25 @@ impl Fetcher {
 
 /// Keep every issuer's keys fresh until `shutdown` flips to true: retry
 /// every second while an issuer has no keys (with backoff to 30 s after
-/// repeated failures), otherwise refresh at 80 % of the TTL.
+/// repeated failures), otherwise refresh at 80 % of the TTL; check
+/// `jwks_file` sources for changes every [`FILE_POLL_INTERVAL`]. Fetches run
+/// as background tasks (the issuer's single flight), so one slow key server
+/// delays neither the other issuers nor file changes.
 pub(super) async fn run_refresher(
     fetcher: &Fetcher,
     issuers: &[Arc<Issuer>],
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let now = Instant::now();
         let mut next = Duration::from_secs(300);
         for i in issuers {
-            let mut st = i.fetch.lock().await;
-            if i.next_refresh(&st, now) <= now {
-                fetcher.fetch_locked(i, &mut st).await;
+            if let KeySource::JwksFile(path) = &i.config.key_source {
+                fetcher.poll_file(i, path).await;
+                next = next.min(FILE_POLL_INTERVAL);
             }
+            let now = Instant::now();
+            fetcher.flight(i, |st| i.next_refresh(st, now) <= now);
+            let st = i.state();
             let after = Instant::now();
             next = next.min(i.next_refresh(&st, after).saturating_duration_since(after));
         }
@@ -362,16 +604,42 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(secs.min(30)).max(RETRY_WITHOUT_KEYS)
 }
 
-async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let meta = tokio::fs::metadata(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.len() > MAX_JWKS_BYTES as u64 {
-        return Err(format!("{}: larger than the JWKS size cap", path.display()));
+/// Read a key file (capped at [`MAX_JWKS_BYTES`], bounded by `timeout`),
+/// with what `stat` saw of the very file read (`None` if that is not known).
+async fn read_file(path: &Path, timeout: Duration) -> (Option<FileSeen>, Result<Vec<u8>, String>) {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let read = async {
+        let mut file = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) => return (Some(FileSeen::Missing), Err(err(e))),
+        };
+        let seen = match file.metadata().await {
+            Ok(meta) => FileSeen::At(FileStamp::of(&meta)),
+            Err(e) => return (Some(FileSeen::Missing), Err(err(e))),
+        };
+        let mut body = Vec::new();
+        if let Err(e) = (&mut file)
+            .take(MAX_JWKS_BYTES as u64 + 1)
+            .read_to_end(&mut body)
+            .await
+        {
+            return (Some(seen), Err(err(e)));
+        }
+        if body.len() > MAX_JWKS_BYTES {
+            return (
+                Some(seen),
+                Err(format!("{}: larger than the JWKS size cap", path.display())),
+            );
+        }
+        (Some(seen), Ok(body))
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => (
+            None,
+            Err(format!("{}: timed out after {timeout:?}", path.display())),
+        ),
     }
-    tokio::fs::read(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `max-age=N` from a Cache-Control value (`no-store`/`no-cache` → minimum).

@@ -4,11 +4,13 @@
 //! - `cache`: the verified-token cache and its rules;
 //! - `verify`: pure verification of one token against a snapshot of its
 //!   issuer's keys and configuration;
-//! - `fetch`: key fetching, per-issuer key state and the background refresher.
+//! - `fetch`: key fetching (single flight per issuer), per-issuer key state,
+//!   and the background refresher that also watches `jwks_file` sources.
 //!
 //! When `verify` reports a `kid` the snapshot does not hold, the validator
-//! asks `fetch` for a (cooldown-limited, shared) refetch and verifies once
-//! more against the new snapshot.
+//! asks `fetch` for the keys to retry against (the current set if it has
+//! changed meanwhile, else after a cooldown-limited, shared refetch waited
+//! for at most `fetch_wait`) and verifies once more against that snapshot.
 
 mod cache;
 mod fetch;
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 
 use cache::TokenCache;
 pub use cache::{CacheStats, DEFAULT_CACHE_ENTRIES};
+pub use fetch::FILE_POLL_INTERVAL;
 use fetch::{Fetcher, Issuer};
 use verify::Unverified;
 
@@ -106,14 +109,20 @@ impl Validator {
             .collect()
     }
 
-    /// Fetch every issuer's keys once (ignores cooldowns). Returns whether all succeeded.
+    /// Fetch every issuer's keys once (ignores cooldowns) and wait for the
+    /// results (not bounded by `fetch_wait`). Returns whether all succeeded.
     pub async fn refresh_all(&self) -> bool {
         self.fetcher.refresh_all(&self.order).await
     }
 
     /// Keep every issuer's keys fresh until `shutdown` flips to true: retry
     /// every second while an issuer has no keys (with backoff to 30 s after
-    /// repeated failures), otherwise refresh at 80 % of the TTL.
+    /// repeated failures), otherwise refresh at 80 % of the TTL. `jwks_file`
+    /// sources are checked for changes every [`FILE_POLL_INTERVAL`] and a
+    /// changed file is applied at once (removed keys included); an invalid
+    /// file keeps the previous keys and is reported once per change
+    /// ([`crate::FetchOutcome::Invalid`]). Fetches run in the background, one
+    /// at a time per issuer, shared with requests that need keys.
     pub async fn run_refresher(&self, shutdown: watch::Receiver<bool>) {
         fetch::run_refresher(&self.fetcher, &self.order, shutdown).await
     }
@@ -167,18 +176,19 @@ impl Validator {
             Err(Unverified::Rejected(e)) => return Err(e),
             Err(Unverified::UnknownKid(pre)) => pre,
         };
-        // Not in the current keys: the issuer may have rotated. Refetch
-        // (cooldown-limited, shared) and try once more.
+        // Not in the current keys: the issuer may have rotated. Retry against
+        // a set that changed meanwhile, or refetch (cooldown-limited, shared,
+        // waited for at most `fetch_wait`) and try once more.
         let snap = self
             .fetcher
-            .refetch_for_unknown_kid(&issuer, pre.kid.as_deref())
+            .refetch_for_unknown_kid(&issuer, pre.kid.as_deref(), snap.generation)
             .await?;
         match verify::verify(token, pre, &issuer.config, &snap.set) {
             Ok((verified, key)) => Ok((verified, issuer, key)),
             Err(Unverified::Rejected(e)) => Err(e),
             Err(Unverified::UnknownKid(pre)) => {
                 if let Some(k) = pre.kid.as_deref() {
-                    issuer.remember_unknown(k);
+                    issuer.remember_unknown(k, snap.generation);
                 }
                 Err(TokenError::UnknownKey)
             }

@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -19,12 +19,19 @@ use crate::{KeySource, NoopObserver};
 const ISS: &str = "https://idp.test";
 const AUD: &str = "phigate-test";
 
+mod key_changes;
+
 /// A real HTTP JWKS server on an ephemeral loopback port.
 struct JwksServer {
     uri: String,
     body: Arc<StdMutex<(u16, String)>>,
     fetches: Arc<AtomicUsize>,
+    /// Answer this many milliseconds late; [`HANG`]: never answer.
+    delay_ms: Arc<AtomicU64>,
 }
+
+/// [`JwksServer::set_delay`] value: accept, read the request, never answer.
+const HANG: u64 = u64::MAX;
 
 impl JwksServer {
     async fn start(body: String) -> Self {
@@ -32,13 +39,14 @@ impl JwksServer {
         let uri = format!("http://{}/jwks.json", listener.local_addr().unwrap());
         let state = Arc::new(StdMutex::new((200u16, body)));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (s, f) = (state.clone(), fetches.clone());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (s, f, d) = (state.clone(), fetches.clone(), delay_ms.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     return;
                 };
-                let (s, f) = (s.clone(), f.clone());
+                let (s, f, d) = (s.clone(), f.clone(), d.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut got = Vec::new();
@@ -49,6 +57,14 @@ impl JwksServer {
                         }
                     }
                     f.fetch_add(1, Ordering::SeqCst);
+                    match d.load(Ordering::SeqCst) {
+                        0 => {}
+                        HANG => {
+                            // Hold the connection open and never answer.
+                            std::future::pending::<()>().await;
+                        }
+                        ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+                    }
                     let (status, body) = s.lock().unwrap().clone();
                     let resp = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -62,10 +78,15 @@ impl JwksServer {
             uri,
             body: state,
             fetches,
+            delay_ms,
         }
     }
     fn set(&self, status: u16, body: String) {
         *self.body.lock().unwrap() = (status, body);
+    }
+    /// Answer requests read from now on `ms` late ([`HANG`]: never).
+    fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
     fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
