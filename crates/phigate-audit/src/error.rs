@@ -49,7 +49,12 @@ pub enum AuditError {
     /// refused until an operator removes forwarded segments.
     #[error("audit spool is full (byte bound reached)")]
     SpoolFull,
-    /// The writer has stopped (shutdown) or was never started.
+    /// The spool's filesystem has less free space than the reserve
+    /// (`min_free_bytes`): the request must be refused, so that records
+    /// already reserved can still be written. Re-checked every second.
+    #[error("audit spool filesystem has {free} bytes free, below the reserve of {min} bytes")]
+    LowDiskSpace { free: u64, min: u64 },
+    /// The writer has stopped (shutdown, or [`crate::Spool::close`]) or was never started.
     #[error("audit writer has stopped")]
     Closed,
     /// Writing or syncing this record failed: it is NOT durable.

@@ -1,8 +1,8 @@
-//! `phigate audit verify`: walk the hash chain of spool segments.
+//! `phigate audit verify`: walk the hash chain of spool segments, plain or
+//! zstd-compressed (decoded as a stream).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::chain::{self, GENESIS_HASH};
 use crate::checkpoint::VerifyKey;
 use crate::record::{RecordBody, SpoolRecord, SCHEMA_VERSION};
-use crate::segment::{list_segments, parse_segment_name};
+use crate::segment::{list_segments, open_segment, parse_segment_file_name, parse_segment_name};
 use crate::AuditError;
 
 /// The result of walking the chain. `problem` is the first bad record, if any.
@@ -36,6 +36,8 @@ pub struct VerifyReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SegmentSummary {
     pub file: String,
+    /// The file is zstd-compressed.
+    pub compressed: bool,
     pub records: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
@@ -87,7 +89,9 @@ impl std::fmt::Display for Problem {
 
 /// The segment files named by `paths` (spool directories or segment files),
 /// in chain order: by the first seq in the file name, else by the first
-/// record's seq. A directory without segments is an error.
+/// record's seq. A directory without segments is an error. Of a segment
+/// given in both forms (`.jsonl` and `.jsonl.zst`, e.g. a compression
+/// interrupted by a crash) only the plain file is kept.
 pub fn segment_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, AuditError> {
     let mut files: Vec<(u64, PathBuf)> = Vec::new();
     for p in paths {
@@ -101,7 +105,7 @@ pub fn segment_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, AuditError> {
             if segs.is_empty() {
                 return Err(io(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    "no segment-<seq>.jsonl files in this directory",
+                    "no segment-<seq>.jsonl(.zst) files in this directory",
                 )));
             }
             files.extend(segs);
@@ -118,12 +122,28 @@ pub fn segment_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, AuditError> {
     files.sort();
     let mut seen = std::collections::HashSet::new();
     files.retain(|(_, p)| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
+    // Both forms of one segment: keep the plain one.
+    let plain: std::collections::HashSet<PathBuf> = files
+        .iter()
+        .filter(|(_, p)| name_form(p).is_some_and(|(_, compressed)| !compressed))
+        .map(|(_, p)| p.clone())
+        .collect();
+    files.retain(|(_, p)| match name_form(p) {
+        Some((seq, true)) => !plain.contains(&p.with_file_name(crate::segment::segment_file_name(seq))),
+        _ => true,
+    });
     Ok(files.into_iter().map(|(_, p)| p).collect())
+}
+
+fn name_form(path: &Path) -> Option<(u64, bool)> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_segment_file_name)
 }
 
 fn first_seq(path: &Path) -> Option<u64> {
     let mut line = String::new();
-    BufReader::new(File::open(path).ok()?).read_line(&mut line).ok()?;
+    open_segment(path).ok()?.read_line(&mut line).ok()?;
     serde_json::from_str::<Value>(&line).ok()?.get("seq")?.as_u64()
 }
 
@@ -141,10 +161,6 @@ pub fn verify(paths: &[PathBuf], keys: &[VerifyKey]) -> Result<VerifyReport, Aud
     };
     for path in &files {
         let display = path.display().to_string();
-        w.report.segments.push(SegmentSummary {
-            file: display.clone(),
-            ..SegmentSummary::default()
-        });
         let name_seq = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -153,13 +169,31 @@ pub fn verify(paths: &[PathBuf], keys: &[VerifyKey]) -> Result<VerifyReport, Aud
             path: path.clone(),
             source,
         };
-        let mut reader = BufReader::new(File::open(path).map_err(io)?);
+        let mut reader = open_segment(path).map_err(io)?;
+        w.report.segments.push(SegmentSummary {
+            file: display.clone(),
+            compressed: reader.is_compressed(),
+            ..SegmentSummary::default()
+        });
         let mut buf = Vec::new();
         let mut line_no = 0u64;
         loop {
             buf.clear();
-            if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
-                break;
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if reader.is_compressed() => {
+                    w.report.problem = Some(Problem {
+                        file: display.clone(),
+                        line: line_no + 1,
+                        seq: None,
+                        message: format!(
+                            "compressed segment cannot be decoded ({e}): the file is truncated or corrupt"
+                        ),
+                    });
+                    return Ok(w.finish());
+                }
+                Err(e) => return Err(io(e)),
             }
             line_no += 1;
             if let Err(p) = w.line(&display, line_no, name_seq, &buf) {
@@ -387,7 +421,8 @@ impl VerifyReport {
                 (Some(a), Some(b)) => format!("seq {a}..{b}"),
                 _ => "empty".into(),
             };
-            let _ = writeln!(out, "  {}: {} record(s), {range}", s.file, s.records);
+            let zstd = if s.compressed { " (zstd)" } else { "" };
+            let _ = writeln!(out, "  {}{zstd}: {} record(s), {range}", s.file, s.records);
         }
         let (records, last) = match self.problem {
             None => ("records", "last hash"),

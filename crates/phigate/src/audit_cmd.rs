@@ -52,7 +52,8 @@ pub enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List a spool's segments with their seq ranges, and which ones every
+    /// List a spool's segments with their seq ranges, sizes on disk (and
+    /// whether compressed, with the uncompressed size), and which ones every
     /// sink has forwarded (safe to archive or delete; never the last).
     Segments {
         dir: PathBuf,
@@ -95,26 +96,17 @@ pub fn run(command: AuditCommand) -> ExitCode {
     })
 }
 
-/// Every line of the given spool directories / segment files, in seq order.
+/// Every line of the given spool directories / segment files (plain or
+/// zstd-compressed, decoded as a stream), in seq order.
 fn read_records(paths: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
-    let mut files: Vec<(u64, PathBuf)> = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            files.extend(
-                phigate_audit::segment::list_segments(p).map_err(|e| format!("{}: {e}", p.display()))?,
-            );
-        } else {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let first = phigate_audit::segment::parse_segment_name(name).unwrap_or(0);
-            files.push((first, p.clone()));
-        }
-    }
-    files.sort();
+    use std::io::BufRead;
+    let files = verify::segment_files(paths).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    for (_, f) in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        for (i, line) in text.lines().enumerate() {
-            let v = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", f.display(), i + 1))?;
+    for f in files {
+        let reader = segment::open_segment(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for (i, line) in reader.lines().enumerate() {
+            let line = line.map_err(|e| format!("{}:{}: {e}", f.display(), i + 1))?;
+            let v = serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", f.display(), i + 1))?;
             out.push(v);
         }
     }
@@ -273,17 +265,54 @@ fn segments_cmd(dir: &Path, json: bool) -> u8 {
     for (sink, seq) in &cursors {
         println!("cursor {sink}: seq {seq}");
     }
-    for s in &infos {
+    print!("{}", segments_text(&infos));
+    0
+}
+
+fn segments_text(infos: &[segment::SegmentInfo]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let (mut disk, mut text) = (0u64, 0u64);
+    for s in infos {
         let last = s.last_seq.map_or("(current)".to_string(), |l| l.to_string());
         let state = if s.forwarded { "forwarded" } else { "keep" };
-        let name = s
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        println!("{name}  seq {}..{last}  {} bytes  {state}", s.first_seq, s.bytes);
+        let file_name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let size = match (s.compressed, s.uncompressed_bytes) {
+            (true, Some(u)) => format!(
+                "{} bytes zstd ({u} uncompressed, {:.1}x)",
+                s.bytes,
+                u as f64 / s.bytes.max(1) as f64
+            ),
+            (true, None) => format!("{} bytes zstd", s.bytes),
+            (false, _) => format!("{} bytes", s.bytes),
+        };
+        let _ = write!(
+            out,
+            "{}  seq {}..{last}  {size}  {state}",
+            file_name(&s.path),
+            s.first_seq
+        );
+        if let Some(other) = &s.other_copy {
+            let _ = write!(
+                out,
+                "  (also {}: an interrupted compression; remove both together)",
+                file_name(other)
+            );
+        }
+        out.push('\n');
+        disk += s.bytes;
+        text += s.uncompressed_bytes.unwrap_or(s.bytes);
     }
-    0
+    let _ = writeln!(
+        out,
+        "total: {} segment(s), {disk} bytes on disk, {text} bytes of records",
+        infos.len()
+    );
+    out
 }
 
 #[cfg(test)]
@@ -349,6 +378,34 @@ mod tests {
         assert_eq!(report_cmd(&[dir.path().to_path_buf()], Some("24h"), true), 0);
         assert_eq!(report_cmd(&[dir.path().to_path_buf()], Some("soon"), false), 2);
         assert_eq!(segments_cmd(dir.path(), false), 0);
+    }
+
+    #[test]
+    fn export_and_segments_read_compressed_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = spool(dir.path());
+        let plain = std::fs::read(&seg).unwrap();
+        let zst = dir.path().join(segment::compressed_segment_file_name(1));
+        let compressed = segment::compress_segment_file(&seg, &zst).unwrap();
+        assert!(compressed > 0 && compressed != plain.len() as u64);
+        // Both forms (an interrupted compression): read once.
+        assert_eq!(read_records(&[dir.path().to_path_buf()]).unwrap().len(), 2);
+        std::fs::remove_file(&seg).unwrap();
+        let records = read_records(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1]["seq"], 2);
+        assert_eq!(read_records(std::slice::from_ref(&zst)).unwrap().len(), 2);
+        assert_eq!(
+            export_cmd(&[dir.path().to_path_buf()], ExportFormat::Jsonl, None),
+            0
+        );
+        assert_eq!(verify_cmd(&[dir.path().to_path_buf()], &[], false), 0);
+        let infos = segment::segment_infos(dir.path()).unwrap();
+        assert!(infos[0].compressed);
+        assert_eq!(infos[0].uncompressed_bytes, Some(plain.len() as u64));
+        let text = segments_text(&infos);
+        assert!(text.contains(".jsonl.zst") && text.contains("zstd"), "{text}");
+        assert_eq!(segments_cmd(dir.path(), true), 0);
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //! [`SpoolWorker::run`]) assigns `seq`/`event_id`/`prev_hash`/`hash` in
 //! arrival order — one writer, one total order — and group-commits batches
 //! of records with one `write` (and, when required, one `fsync`) per batch.
+//! Closed segments are compressed with zstd by a second background thread
+//! (`compress`). [`Spool::close`] drains and stops the writer from any
+//! thread, with or without an async runtime.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,7 +27,10 @@ use crate::checkpoint::SigningKey;
 use crate::segment::list_segments;
 use crate::{AuditError, AuditRecord};
 
+mod compress;
 mod recovery;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use recovery::scan_tail;
@@ -61,6 +67,29 @@ pub struct CheckpointOptions {
     pub key: Arc<SigningKey>,
 }
 
+/// How the free space of the spool's filesystem is measured (bytes
+/// available to this process). Tests inject a fake; the default is
+/// `fs2::available_space`. Not a configuration setting.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct FreeSpaceProbe(pub Arc<FreeSpaceFn>);
+
+/// Free bytes available on the filesystem holding this directory.
+#[doc(hidden)]
+pub type FreeSpaceFn = dyn Fn(&Path) -> std::io::Result<u64> + Send + Sync;
+
+impl Default for FreeSpaceProbe {
+    fn default() -> Self {
+        FreeSpaceProbe(Arc::new(|dir: &Path| fs2::available_space(dir)))
+    }
+}
+
+impl std::fmt::Debug for FreeSpaceProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FreeSpaceProbe")
+    }
+}
+
 /// Spool settings. See [`SpoolOptions::default`] for the defaults.
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
@@ -68,12 +97,26 @@ pub struct SpoolOptions {
     /// A new segment starts before a line that would take the current one
     /// past this size (a segment exceeds it only with a single line).
     pub segment_max_bytes: u64,
-    /// Byte bound on all segments in the directory: at or above it,
+    /// Byte bound on all segments in the directory, counted as bytes on
+    /// disk (the compressed size of compressed segments): at or above it,
     /// [`Spool::reserve`] fails with [`AuditError::SpoolFull`] until segments
     /// are removed (re-checked at most once per second). Records already
     /// reserved are still written, so the bound can be overshot by at most
     /// `queue` records.
     pub max_bytes: u64,
+    /// Compress each segment with zstd once it is closed (rotated), on a
+    /// background thread, into `segment-<seq>.jsonl.zst`; the current
+    /// segment stays plain. Every reader decodes compressed segments
+    /// transparently. Audit records compress about 10×.
+    pub compress_closed_segments: bool,
+    /// Free-space reserve of the spool's filesystem: while less is available
+    /// (measured at open and at most once per second), [`Spool::reserve`]
+    /// fails with [`AuditError::LowDiskSpace`], so that records already
+    /// reserved can still be written. 0 disables the check.
+    pub min_free_bytes: u64,
+    /// How free space is measured (tests only).
+    #[doc(hidden)]
+    pub free_space: FreeSpaceProbe,
     /// Maximum records in flight (reserved, or committed and not yet written).
     pub queue: usize,
     pub checkpoint: Option<CheckpointOptions>,
@@ -82,8 +125,9 @@ pub struct SpoolOptions {
     /// the spool is the record of truth; a failed mirror write is logged and
     /// counted (`mirror_errors`), never fails a request.
     pub mirror: Option<PathBuf>,
-    /// After shutdown is signalled the writer keeps serving until nothing is
-    /// reserved and no record arrived for this long.
+    /// After shutdown is signalled (the watch of [`SpoolWorker::run`]) the
+    /// writer keeps serving until nothing is reserved and no record arrived
+    /// for this long. [`Spool::close`] does not wait for it.
     pub shutdown_idle: Duration,
 }
 
@@ -93,15 +137,21 @@ pub const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 /// Default queue: 10,000 records in flight.
 pub const DEFAULT_QUEUE: usize = 10_000;
+/// Default free-space reserve: 64 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for SpoolOptions {
-    /// `Interval(10ms)`, 64 MiB segments, 10 GiB bound, 10,000 in flight, no
+    /// `Interval(10ms)`, 64 MiB segments, 10 GiB bound, closed segments
+    /// compressed, 64 MiB free-space reserve, 10,000 in flight, no
     /// checkpoints, 2 s shutdown idle.
     fn default() -> Self {
         SpoolOptions {
             durability: Durability::default(),
             segment_max_bytes: DEFAULT_SEGMENT_MAX_BYTES,
             max_bytes: DEFAULT_MAX_BYTES,
+            compress_closed_segments: true,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            free_space: FreeSpaceProbe::default(),
             queue: DEFAULT_QUEUE,
             checkpoint: None,
             mirror: None,
@@ -119,7 +169,7 @@ pub struct CommitInfo {
 }
 
 /// A snapshot of the spool's counters, for metrics and `/readyz`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SpoolStats {
     /// Lines appended since start (access, recovery and checkpoint records).
     pub records_written: u64,
@@ -135,14 +185,30 @@ pub struct SpoolStats {
     pub mirror_errors: u64,
     /// The writer is running and its last write/sync succeeded (or it recovered).
     pub healthy: bool,
-    /// `reserve` would currently succeed as far as health and the byte bound
-    /// go (the queue may still be full).
+    /// `reserve` would currently succeed as far as health, free space and
+    /// the byte bound go (the queue may still be full).
     pub accepting: bool,
+    /// Why not `accepting` (for `/readyz` and logs), e.g. "free space 12 MiB
+    /// is below the 64 MiB reserve", "writer unhealthy: <last error>",
+    /// "spool at max_bytes (…)"; `None` while accepting.
+    pub not_accepting: Option<String>,
     /// Records reserved or queued and not yet written.
     pub queue_depth: usize,
-    /// Bytes in all segments of the directory.
+    /// Bytes on disk of all segments of the directory (compressed size for
+    /// compressed segments).
     pub spool_bytes: u64,
     pub max_bytes: u64,
+    /// `spool_bytes / max_bytes`: 1.0 and above refuses requests.
+    pub fill_ratio: f64,
+    /// Free space of the spool's filesystem at the last check (at most a
+    /// second old while the writer runs); `None` if it could not be measured.
+    pub free_bytes: Option<u64>,
+    /// The free-space reserve ([`SpoolOptions::min_free_bytes`]).
+    pub min_free_bytes: u64,
+    /// Closed segments compressed since start.
+    pub segments_compressed: u64,
+    /// Failed compressions (the segment stays plain; retried later).
+    pub compress_errors: u64,
     /// The seq of the last line written (0: empty spool).
     pub last_seq: u64,
 }
@@ -164,11 +230,26 @@ struct Shared {
     tx: mpsc::Sender<Msg>,
     queue: usize,
     max_bytes: u64,
+    min_free_bytes: u64,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    /// The text of the write/sync error that made the writer unhealthy.
+    last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     stopping: AtomicBool,
+    /// [`Spool::close`]: stop as soon as nothing is reserved (no idle wait).
+    draining: AtomicBool,
+    /// The writer thread has finished (or will never run).
+    done: Mutex<bool>,
+    done_cv: Condvar,
+    /// Free bytes at the last check ([`UNKNOWN`] if it failed).
+    free_bytes: AtomicU64,
+    low_space: AtomicBool,
     spool_bytes: AtomicU64,
+    /// Serialises changes of the segment set with re-measuring `spool_bytes`.
+    accounting: Mutex<()>,
+    segments_compressed: AtomicU64,
+    compress_errors: AtomicU64,
     records_written: AtomicU64,
     bytes_written: AtomicU64,
     fsyncs: AtomicU64,
@@ -178,10 +259,90 @@ struct Shared {
     mirror_errors: AtomicU64,
 }
 
+/// `Shared::free_bytes` when the free space could not be measured.
+const UNKNOWN: u64 = u64::MAX;
+
 impl Shared {
     fn release(&self, n: usize) {
         self.in_flight.fetch_sub(n, Ordering::AcqRel);
     }
+
+    fn accounting(&self) -> MutexGuard<'_, ()> {
+        self.accounting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add_bytes(&self, n: u64) {
+        self.spool_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub_bytes(&self, n: u64) {
+        let _ = self
+            .spool_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
+    }
+
+    /// The writer thread is gone: wake [`Spool::close`].
+    fn mark_done(&self) {
+        self.closed.store(true, Ordering::Release);
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.done_cv.notify_all();
+    }
+
+    /// Measure the free space of the spool's filesystem and update the
+    /// reserve state (logged on every change).
+    fn check_free_space(&self, probe: &FreeSpaceProbe) {
+        match (probe.0)(&self.dir) {
+            Ok(free) => {
+                self.free_bytes.store(free, Ordering::Relaxed);
+                let low = self.min_free_bytes > 0 && free < self.min_free_bytes;
+                let was = self.low_space.swap(low, Ordering::AcqRel);
+                if low && !was {
+                    tracing::error!(
+                        free_bytes = free,
+                        min_free_bytes = self.min_free_bytes,
+                        dir = %self.dir.display(),
+                        "audit spool filesystem is below its free-space reserve; refusing PHI requests"
+                    );
+                } else if was && !low {
+                    tracing::info!(
+                        free_bytes = free,
+                        "audit spool free space is above the reserve again"
+                    );
+                }
+            }
+            Err(e) => {
+                let was = self.free_bytes.swap(UNKNOWN, Ordering::Relaxed);
+                // The probe failing is not a full disk: real write errors still fail closed.
+                self.low_space.store(false, Ordering::Release);
+                if was != UNKNOWN {
+                    tracing::warn!(error = %e, dir = %self.dir.display(), "cannot measure the audit spool's free space");
+                }
+            }
+        }
+    }
+}
+
+/// `12 MiB`, `1.5 GiB`, `900 bytes`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{v:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text} {}", UNITS[unit])
 }
 
 /// The request-side handle of a spool. Cheap to clone.
@@ -266,6 +427,10 @@ impl Spool {
     /// gateway must not start) if the directory is unusable, locked by
     /// another process, or its tail is inconsistent in a way a crash cannot
     /// explain (an altered record).
+    ///
+    /// Also: temporary files of an interrupted compression are removed, and
+    /// the free space is measured, so a spool opened on a full disk refuses
+    /// reservations ([`AuditError::LowDiskSpace`]) from the first request.
     pub fn open(dir: &Path, options: SpoolOptions) -> Result<(Spool, SpoolWorker), AuditError> {
         if options.queue == 0 {
             return Err(AuditError::ZeroQueue);
@@ -286,6 +451,7 @@ impl Spool {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let lock = lock_dir(dir)?;
+        compress::remove_temp_files(dir).map_err(io)?;
         let tail = scan_tail(&list_segments(dir).map_err(io)?)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -293,11 +459,21 @@ impl Spool {
             tx,
             queue: options.queue,
             max_bytes: options.max_bytes,
+            min_free_bytes: options.min_free_bytes,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            done: Mutex::new(false),
+            done_cv: Condvar::new(),
+            free_bytes: AtomicU64::new(UNKNOWN),
+            low_space: AtomicBool::new(false),
             spool_bytes: AtomicU64::new(0),
+            accounting: Mutex::new(()),
+            segments_compressed: AtomicU64::new(0),
+            compress_errors: AtomicU64::new(0),
             records_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
@@ -306,6 +482,7 @@ impl Spool {
             last_seq: AtomicU64::new(tail.chain.seq),
             mirror_errors: AtomicU64::new(0),
         });
+        shared.check_free_space(&options.free_space);
         let writer = Writer::open(dir, tail, options, shared.clone(), lock)?;
         Ok((
             Spool {
@@ -316,8 +493,8 @@ impl Spool {
     }
 
     /// Reserve a place for one request's record, or say why not (queue
-    /// full, writer unhealthy or stopped, byte bound reached): then the
-    /// request must be refused. Never blocks.
+    /// full, writer unhealthy or stopped, free space below the reserve, byte
+    /// bound reached): then the request must be refused. Never blocks.
     pub fn reserve(&self) -> Result<Slot, AuditError> {
         let s = &self.shared;
         let refused = |e| {
@@ -329,6 +506,12 @@ impl Spool {
         }
         if !s.healthy.load(Ordering::Acquire) {
             return refused(AuditError::Unhealthy);
+        }
+        if s.low_space.load(Ordering::Acquire) {
+            return refused(AuditError::LowDiskSpace {
+                free: s.free_bytes.load(Ordering::Relaxed),
+                min: s.min_free_bytes,
+            });
         }
         if s.spool_bytes.load(Ordering::Relaxed) >= s.max_bytes {
             return refused(AuditError::SpoolFull);
@@ -359,8 +542,37 @@ impl Spool {
     /// Counters and health, for metrics and `/readyz`.
     pub fn stats(&self) -> SpoolStats {
         let s = &self.shared;
-        let healthy = s.healthy.load(Ordering::Acquire) && !s.closed.load(Ordering::Acquire);
+        let closed = s.closed.load(Ordering::Acquire);
+        let writer_ok = s.healthy.load(Ordering::Acquire);
+        let healthy = writer_ok && !closed;
         let spool_bytes = s.spool_bytes.load(Ordering::Relaxed);
+        let free = s.free_bytes.load(Ordering::Relaxed);
+        let free_bytes = (free != UNKNOWN).then_some(free);
+        let not_accepting = if closed {
+            Some("audit writer stopped (shut down, or it could not start)".to_owned())
+        } else if !writer_ok {
+            let error = s
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or_else(|| "unknown error".into());
+            Some(format!("writer unhealthy: {error}"))
+        } else if s.low_space.load(Ordering::Acquire) {
+            Some(format!(
+                "free space {} is below the {} reserve",
+                human_bytes(free),
+                human_bytes(s.min_free_bytes)
+            ))
+        } else if spool_bytes >= s.max_bytes {
+            Some(format!(
+                "spool at max_bytes ({} of {}); remove forwarded segments",
+                human_bytes(spool_bytes),
+                human_bytes(s.max_bytes)
+            ))
+        } else {
+            None
+        };
         SpoolStats {
             records_written: s.records_written.load(Ordering::Relaxed),
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
@@ -369,12 +581,60 @@ impl Spool {
             fail_closed: s.fail_closed.load(Ordering::Relaxed),
             mirror_errors: s.mirror_errors.load(Ordering::Relaxed),
             healthy,
-            accepting: healthy && spool_bytes < s.max_bytes,
+            accepting: not_accepting.is_none(),
+            not_accepting,
             queue_depth: s.in_flight.load(Ordering::Relaxed),
             spool_bytes,
             max_bytes: s.max_bytes,
+            fill_ratio: spool_bytes as f64 / s.max_bytes as f64,
+            free_bytes,
+            min_free_bytes: s.min_free_bytes,
+            segments_compressed: s.segments_compressed.load(Ordering::Relaxed),
+            compress_errors: s.compress_errors.load(Ordering::Relaxed),
             last_seq: s.last_seq.load(Ordering::Relaxed),
         }
+    }
+
+    /// Drain and stop the writer, from any thread, without an async runtime
+    /// (the gateway calls it after its runtimes are gone): new reservations
+    /// fail with [`AuditError::Closed`] from now on; records committed
+    /// through slots reserved earlier are still written (the writer waits
+    /// for every reserved slot to be committed and written, or dropped — no
+    /// idle wait); then the final checkpoint (if configured) is written,
+    /// the segment `fsync`ed, the background compression stopped (an
+    /// unfinished one is resumed by the next run), and the writer thread
+    /// ends.
+    ///
+    /// Waits at most `timeout`; returns whether the writer finished. On
+    /// `false` (e.g. a slot that is never committed) the writer keeps
+    /// waiting for the outstanding slots and stops once they resolve; call
+    /// again to wait more. Safe to call more than once, whether or not
+    /// [`SpoolWorker::run`]'s shutdown signal fired, and after its future
+    /// was dropped with its runtime (the writer is a plain thread). A
+    /// worker that was never run counts as finished once it is dropped.
+    pub fn close(&self, timeout: Duration) -> bool {
+        let s = &self.shared;
+        s.closed.store(true, Ordering::Release);
+        s.draining.store(true, Ordering::Release);
+        s.stopping.store(true, Ordering::Release);
+        let _ = s.tx.send(Msg::Wake);
+        let deadline = Instant::now().checked_add(timeout);
+        let mut done = s.done.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*done {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return false;
+            }
+            done = s
+                .done_cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 }
 
@@ -383,6 +643,15 @@ impl Spool {
 pub struct SpoolWorker {
     rx: mpsc::Receiver<Msg>,
     writer: Writer,
+}
+
+impl Drop for SpoolWorker {
+    /// The writer thread ends by dropping its worker (and a worker that
+    /// never ran ends here): [`Spool::close`] stops waiting.
+    fn drop(&mut self) {
+        self.writer.release_lock();
+        self.writer.shared.mark_done();
+    }
 }
 
 impl std::fmt::Debug for Msg {
@@ -405,6 +674,10 @@ impl SpoolWorker {
     /// record arrived for `shutdown_idle`, write a final checkpoint (if
     /// configured), `fsync`, and return. Reservations made after that fail
     /// with [`AuditError::Closed`].
+    ///
+    /// The writer (and the compressor) are plain threads, not tasks: if this
+    /// future is dropped with its runtime they keep running, and
+    /// [`Spool::close`] drains and stops them.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let shared = self.writer.shared.clone();
         let (done_tx, mut done_rx) = oneshot::channel::<()>();
@@ -435,12 +708,14 @@ impl SpoolWorker {
     }
 
     fn run_blocking(mut self) {
+        self.writer.start_compressor();
         let mut batch = Vec::new();
         let mut idle_since = Instant::now();
         loop {
             let stopping = self.writer.shared.stopping.load(Ordering::Acquire);
+            let draining = self.writer.shared.draining.load(Ordering::Acquire);
             let mut wait = self.writer.wait_time();
-            if stopping {
+            if stopping && !draining {
                 wait = wait.min(
                     self.writer
                         .options
@@ -471,9 +746,12 @@ impl SpoolWorker {
             if wrote || self.writer.shared.in_flight.load(Ordering::Acquire) > 0 {
                 idle_since = Instant::now();
             }
-            if stopping
-                && self.writer.shared.in_flight.load(Ordering::Acquire) == 0
-                && idle_since.elapsed() >= self.writer.options.shutdown_idle
+            // Re-read: close() may have asked to drain while we waited.
+            let shared = &self.writer.shared;
+            if shared.stopping.load(Ordering::Acquire)
+                && shared.in_flight.load(Ordering::Acquire) == 0
+                && (shared.draining.load(Ordering::Acquire)
+                    || (stopping && idle_since.elapsed() >= self.writer.options.shutdown_idle))
             {
                 break;
             }

@@ -1,10 +1,15 @@
 //! Start-up crash recovery: where does the chain end, and is there a torn tail to cut?
+//!
+//! Only the last, open segment can be torn. Compressed segments are closed
+//! and complete by construction: they are read (as a stream) only to find
+//! the chain's end, and an incomplete one is corruption, never repaired.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use super::writer::Chain;
 use crate::chain::{self, GENESIS_HASH};
-use crate::segment::segment_file_name;
+use crate::segment::{open_segment, parse_segment_file_name, segment_file_name};
 use crate::AuditError;
 
 /// What start-up recovery found at the end of the spool.
@@ -39,6 +44,9 @@ pub(super) fn scan_tail(segments: &[(u64, PathBuf)]) -> Result<Tail, AuditError>
         });
     };
     let name = file_name(path);
+    if parse_segment_file_name(&name).is_some_and(|(_, compressed)| compressed) {
+        return compressed_tail(*first_seq, path);
+    }
     let bytes = std::fs::read(path).map_err(|source| AuditError::Io {
         path: path.clone(),
         source,
@@ -77,13 +85,9 @@ pub(super) fn scan_tail(segments: &[(u64, PathBuf)]) -> Result<Tail, AuditError>
         None if segments.len() >= 2 => {
             // The last segment holds nothing valid: continue from the one before.
             let prev_path = &segments[segments.len() - 2].1;
-            let prev = std::fs::read(prev_path).map_err(|source| AuditError::Io {
-                path: prev_path.clone(),
-                source,
-            })?;
-            let prev_lines = complete_lines(&prev);
-            let last = match prev_lines.last() {
-                Some(l) if prev.ends_with(b"\n") => *l,
+            let end = read_closed(prev_path)?;
+            let last = match end.last {
+                Some(l) if end.complete => l,
                 _ => {
                     return Err(AuditError::Corrupt {
                         path: prev_path.clone(),
@@ -92,7 +96,7 @@ pub(super) fn scan_tail(segments: &[(u64, PathBuf)]) -> Result<Tail, AuditError>
                     })
                 }
             };
-            let (seq, hash, _) = checked_line(last).map_err(|m| AuditError::Corrupt {
+            let (seq, hash, _) = checked_line(&last).map_err(|m| AuditError::Corrupt {
                 path: prev_path.clone(),
                 message: format!("last record: {m}"),
             })?;
@@ -125,6 +129,96 @@ pub(super) fn scan_tail(segments: &[(u64, PathBuf)]) -> Result<Tail, AuditError>
         chain,
         torn,
     })
+}
+
+/// The last segment is compressed (closed): the chain continues from its
+/// last line into a new segment. Nothing is cut from a compressed segment.
+fn compressed_tail(first_seq: u64, path: &Path) -> Result<Tail, AuditError> {
+    let corrupt = |message: String| AuditError::Corrupt {
+        path: path.to_path_buf(),
+        message: format!("{message}; run `phigate audit verify` and investigate before restarting"),
+    };
+    let end = read_closed(path)?;
+    let (Some(first), Some(last), true) = (end.first, end.last, end.complete) else {
+        return Err(corrupt(
+            "a compressed segment is empty or ends with an incomplete line".into(),
+        ));
+    };
+    let (seq, hash, prev) = checked_line(&last).map_err(|m| corrupt(format!("last record: {m}")))?;
+    if let Some(before) = end.before_last {
+        let (before_seq, before_hash, _) =
+            checked_line(&before).map_err(|m| corrupt(format!("second-to-last record: {m}")))?;
+        if before_hash != prev || before_seq + 1 != seq {
+            return Err(corrupt(format!(
+                "the last record (seq {seq}) does not chain to the one before it (seq {before_seq})"
+            )));
+        }
+    }
+    let (first, ..) = checked_line(&first).map_err(|m| corrupt(format!("first record: {m}")))?;
+    if first != first_seq {
+        return Err(corrupt(format!(
+            "segment name says first seq {first_seq}, its first record has seq {first}"
+        )));
+    }
+    Ok(Tail {
+        segment: segment_file_name(seq + 1),
+        len: 0,
+        chain: Chain {
+            seq,
+            hash,
+            since_checkpoint: 0,
+        },
+        torn: None,
+    })
+}
+
+/// The first and last two lines of a closed segment (plain or compressed),
+/// read as a stream.
+struct ClosedEnd {
+    first: Option<Vec<u8>>,
+    before_last: Option<Vec<u8>>,
+    last: Option<Vec<u8>>,
+    /// It ends with `\n` (or is empty).
+    complete: bool,
+}
+
+fn read_closed(path: &Path) -> Result<ClosedEnd, AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = open_segment(path).map_err(io)?;
+    let mut end = ClosedEnd {
+        first: None,
+        before_last: None,
+        last: None,
+        complete: true,
+    };
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = match reader.read_until(b'\n', &mut buf) {
+            Ok(n) => n,
+            Err(e) if reader.is_compressed() => {
+                return Err(AuditError::Corrupt {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "compressed segment cannot be decoded ({e}); run `phigate audit verify`"
+                    ),
+                })
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if n == 0 {
+            return Ok(end);
+        }
+        end.complete = buf.ends_with(b"\n");
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf).to_vec();
+        if end.first.is_none() {
+            end.first = Some(line.clone());
+        }
+        end.before_last = end.last.replace(line);
+    }
 }
 
 fn file_name(path: &Path) -> String {

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::compress::Compressor;
 use super::recovery::Tail;
 use super::{CheckpointOptions, CommitInfo, Durability, Job, Shared, SpoolOptions, RETRY};
 use crate::chain;
 use crate::record::{AccessRecord, CheckpointRecord, Outcome, RecordBody, RecoveryRecord, SCHEMA_VERSION};
-use crate::segment::{list_segments, segment_file_name};
+use crate::segment::{list_segment_files, parse_segment_name, segment_file_name};
 use crate::{now_rfc3339, AuditError};
 
 /// The chain position after the last line.
@@ -61,11 +62,16 @@ pub(super) struct Writer {
     needs_recovery: bool,
     last_recovery: Instant,
     last_rescan: Instant,
+    last_space_check: Instant,
     pub(super) options: SpoolOptions,
     pub(super) shared: Arc<Shared>,
     /// Plain JSONL copy of every line ([`SpoolOptions::mirror`]).
     mirror: Option<File>,
-    _lock: File,
+    /// Compresses closed segments ([`SpoolOptions::compress_closed_segments`]),
+    /// started with the writer thread.
+    compressor: Option<Compressor>,
+    /// The directory lock (`.lock`), held until the writer is done.
+    lock: Option<File>,
 }
 
 impl Writer {
@@ -127,9 +133,11 @@ impl Writer {
             needs_recovery: false,
             last_recovery: Instant::now(),
             last_rescan: Instant::now(),
+            last_space_check: Instant::now(),
             options,
             shared,
-            _lock: lock,
+            compressor: None,
+            lock: Some(lock),
         };
         if let Some((from, to)) = tail.torn {
             tracing::warn!(segment = %tail.segment, truncated_from = from, truncated_to = to, "audit spool: torn last line truncated; appending a recovery record");
@@ -368,6 +376,40 @@ impl Writer {
         self.open_next_segment()
     }
 
+    /// Start compressing closed segments in the background (if configured):
+    /// every segment before the current one, then each one a rotation closes.
+    pub(super) fn start_compressor(&mut self) {
+        if !self.options.compress_closed_segments || self.compressor.is_some() {
+            return;
+        }
+        match Compressor::start(self.dir.clone(), self.shared.clone()) {
+            Ok(c) => {
+                if let Some(current) = parse_segment_name(&self.segment) {
+                    c.closed_below(current);
+                }
+                self.compressor = Some(c);
+            }
+            Err(e) => {
+                self.shared.compress_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot start the audit segment compressor; closed segments stay uncompressed");
+            }
+        }
+    }
+
+    /// Stop the background compressor (an unfinished compression is
+    /// abandoned safely and redone by the next run).
+    pub(super) fn stop_compressor(&mut self) {
+        if let Some(mut c) = self.compressor.take() {
+            c.stop();
+        }
+    }
+
+    /// Release the directory lock (the writer is done with the directory).
+    pub(super) fn release_lock(&mut self) {
+        self.stop_compressor();
+        self.lock = None;
+    }
+
     /// Start the next segment (the current one must already be synced).
     fn open_next_segment(&mut self) -> std::io::Result<()> {
         let name = segment_file_name(self.chain.seq + 1);
@@ -385,12 +427,17 @@ impl Writer {
         self.file = Some(file);
         self.segment = name;
         self.len = 0;
+        if let Some(c) = &self.compressor {
+            c.closed_below(self.chain.seq + 1);
+        }
         Ok(())
     }
 
     /// A write or sync failed: refuse new records until [`Writer::recover`] succeeds.
     fn failed(&mut self, e: &std::io::Error) {
         self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .set_last_error(Some(format!("write to {} failed: {e}", self.segment)));
         self.shared.healthy.store(false, Ordering::Release);
         self.needs_recovery = true;
         self.file = None;
@@ -424,19 +471,27 @@ impl Writer {
                 self.needs_recovery = false;
                 self.unsynced = false;
                 self.last_sync = Instant::now();
+                self.shared.set_last_error(None);
                 self.shared.healthy.store(true, Ordering::Release);
                 tracing::info!(segment = %self.segment, "audit writer recovered");
             }
             Err(e) => {
                 self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .set_last_error(Some(format!("still failing: {}: {e}", path.display())));
                 tracing::error!(error = %e, path = %path.display(), "audit writer still failing");
             }
         }
     }
 
-    /// Periodic work: the interval `fsync`, retrying a failed writer, and
-    /// re-measuring a full spool (an operator may have removed segments).
+    /// Periodic work: the interval `fsync`, retrying a failed writer,
+    /// measuring free space (at most once per second), and re-measuring a
+    /// full spool (an operator may have removed segments).
     pub(super) fn tick(&mut self) {
+        if self.last_space_check.elapsed() >= SPACE_CHECK {
+            self.last_space_check = Instant::now();
+            self.shared.check_free_space(&self.options.free_space);
+        }
         if let Durability::Interval(every) = self.options.durability {
             if self.unsynced && self.last_sync.elapsed() >= every {
                 if let Err(e) = self.sync() {
@@ -451,14 +506,17 @@ impl Writer {
             && self.last_rescan.elapsed() >= RETRY
         {
             self.last_rescan = Instant::now();
+            let _guard = self.shared.accounting();
             if let Ok(bytes) = dir_bytes(&self.dir) {
                 self.shared.spool_bytes.store(bytes, Ordering::Relaxed);
             }
         }
     }
 
-    /// On stop: seal the tail with a checkpoint (if configured) and sync.
+    /// On stop: stop compressing, seal the tail with a checkpoint (if
+    /// configured) and sync.
     pub(super) fn finish(&mut self) {
+        self.stop_compressor();
         if self.needs_recovery {
             self.recover();
         }
@@ -503,13 +561,23 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Bytes on disk of every segment file (both forms of a segment whose
+/// compression was interrupted).
 pub(super) fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
-    for (_, path) in list_segments(dir)? {
-        total += std::fs::metadata(path)?.len();
+    for f in list_segment_files(dir)? {
+        match std::fs::metadata(&f.path) {
+            Ok(m) => total += m.len(),
+            // Removed since listing (compressed, or by retention).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(total)
 }
+
+/// How often the writer measures free space.
+const SPACE_CHECK: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -561,6 +629,12 @@ mod tests {
             !stats.healthy && stats.write_errors == 1 && stats.queue_depth == 0,
             "{stats:?}"
         );
+        assert!(!stats.accepting);
+        let why = stats.not_accepting.unwrap_or_default();
+        assert!(
+            why.starts_with("writer unhealthy: write to segment-") && why.contains("failed: "),
+            "{why}"
+        );
         assert!(matches!(spool.reserve(), Err(AuditError::Unhealthy)));
 
         // A partial line left behind by the failed write is cut on recovery.
@@ -571,6 +645,7 @@ mod tests {
             .unwrap();
         w.recover();
         assert!(spool.stats().healthy);
+        assert_eq!(spool.stats().not_accepting, None);
         let (j3, mut r3) = job(&spool, 3);
         w.write_jobs(&mut vec![j3]);
         // The failed records never got a seq: the chain continues at 2.
