@@ -11,7 +11,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod audit_repo;
+pub mod faults;
 pub mod http;
+pub mod jwks_helpers;
 pub mod keys;
 pub mod nats;
 pub mod prom;
@@ -94,6 +96,12 @@ pub struct GatewayOptions<'a> {
     pub extra_yaml: &'a str,
     /// Extra keys of the `audit:` section (one line, 2-space indented context), e.g. `durability: per_request`.
     pub audit_yaml: &'a str,
+    /// Extra keys of the `upstream:` section, each line indented by two
+    /// spaces (e.g. `  read_timeout: 1s\n`).
+    pub upstream_yaml: &'a str,
+    /// The audit spool directory (default: `spool` in the temp dir), e.g.
+    /// on a filesystem the test controls.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Gateway {
@@ -125,20 +133,21 @@ impl Gateway {
             std::fs::write(dir.path().join("policies/test.yaml"), opts.policy).unwrap();
             let proxy = free_addr();
             let admin = free_addr();
+            let spool_dir = opts.spool_dir.clone().unwrap_or_else(|| dir.path().join("spool"));
             let config = format!(
                 r#"
 listen: {proxy}
 admin_listen: {admin}
 upstream:
   address: {upstream}
-issuers:
+{upstream_extra}issuers:
   - issuer: {ISSUER}
     audiences: [{AUDIENCE}]
     jwks_uri: {jwks}
 {cooldown}{extra}
 policies: policies
 audit:
-  dir: spool
+  dir: {spool}
   file: audit.jsonl
   queue_size: {queue}
   {audit_extra}
@@ -156,6 +165,8 @@ shutdown_grace: 1s
                 top = opts.extra_yaml,
                 queue = opts.audit_queue_size,
                 audit_extra = opts.audit_yaml,
+                upstream_extra = opts.upstream_yaml,
+                spool = spool_dir.display(),
             );
             std::fs::write(dir.path().join("gateway.yaml"), config).unwrap();
             let log_file = dir.path().join("phigate.log");
@@ -165,7 +176,7 @@ shutdown_grace: 1s
                 proxy,
                 admin,
                 audit_file: dir.path().join("audit.jsonl"),
-                spool_dir: dir.path().join("spool"),
+                spool_dir,
                 log_file,
                 dir,
             };
@@ -202,6 +213,13 @@ shutdown_grace: 1s
     /// Start the gateway again with the same configuration, ports and files
     /// (after [`Gateway::kill9`]), and wait until it is ready.
     pub fn restart(&mut self) {
+        self.restart_unready();
+        self.wait_ready();
+    }
+
+    /// Restart as [`Gateway::restart`] but wait only for `/healthz` (the
+    /// gateway may be deliberately unready, e.g. on a full disk).
+    pub fn restart_unready(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = Self::spawn(self.dir.path(), &self.log_file);
@@ -210,7 +228,6 @@ shutdown_grace: 1s
             "restart failed:\n{}",
             self.log()
         );
-        self.wait_ready();
     }
 
     /// The directory holding config, policies, audit spool and log.
@@ -285,6 +302,13 @@ shutdown_grace: 1s
     /// The gateway's process id, to send it signals.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Wait (at most `limit`) for the process to exit on its own; its exit
+    /// status, or `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = &mut self.child;
+        eventually(limit, || child.try_wait().ok().flatten())
     }
 
     /// Whether the gateway process is still running.
@@ -386,6 +410,8 @@ impl TestEnv {
             audit_queue_size: queue,
             extra_yaml: top_yaml,
             audit_yaml,
+            upstream_yaml: "",
+            spool_dir: None,
         });
         gw.wait_ready();
         TestEnv {

@@ -14,29 +14,9 @@ use phigate_tests::keys::claims;
 use phigate_tests::{eventually, http, Gateway, TestEnv, TEST_POLICY};
 use serde_json::Value;
 
-/// Every line of every segment in the spool, parsed.
+/// Every record in the spool (compressed segments included), in order.
 fn spool_records(dir: &std::path::Path) -> Vec<Value> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("segment-"))
-        })
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    phigate_tests::faults::spool_records(dir)
 }
 
 fn audit_verify(dir: &std::path::Path) -> (bool, String) {
@@ -174,7 +154,7 @@ fn a_full_spool_fails_closed_with_503_and_loses_nothing() {
         TEST_POLICY,
         "",
         "",
-        "segment_max_bytes: 65536\n  max_bytes: 65536",
+        "segment_max_bytes: 65536\n  max_bytes: 65536\n  compress: false",
     );
     let token = e.key.sign(&claims("user/Patient.rs"));
     let mut answered = Vec::new();

@@ -82,11 +82,15 @@ fn dev_mode_serves_tokens_jwks_demo_upstream_and_enforces_the_bundled_policy() {
 
     assert_eq!(http::get(admin, "/dev/token?bogus=1").unwrap().status, 400);
 
+    // Eight requests; the allowed create has two records (intent, outcome).
     let recs = eventually(Duration::from_secs(10), || {
         let r = read_jsonl(&audit);
-        (r.len() >= 8).then_some(r)
+        (r.len() >= 9).then_some(r)
     })
     .expect("audit records");
-    assert_eq!(recs.len(), 8);
+    assert_eq!(recs.len(), 9);
     assert_eq!(recs[2]["sub"], "alice");
+    assert_eq!(recs[6]["phase"], "intent");
+    assert_eq!(recs[7]["phase"], "outcome");
+    assert_eq!(recs[7]["upstream_status"], 201);
 }

@@ -62,7 +62,19 @@ fn allowed_request_reaches_upstream_with_body_intact() {
     );
     assert!(seen[0].header("x-request-id").is_some());
     let id = r.header("x-request-id").unwrap();
-    let rec = &e.gw.wait_audit(1)[0];
+    // A request with effects: the intent (before forwarding), then the outcome.
+    let recs = e.gw.wait_audit(2);
+    let (intent, rec) = (&recs[0], &recs[1]);
+    assert_eq!(intent["request_id"], id);
+    assert_eq!(intent["phase"], "intent");
+    assert_eq!(intent["outcome"], "pending");
+    assert_eq!(intent["status"], 0);
+    assert!(intent.get("upstream_status").is_none());
+    assert_eq!(rec["phase"], "outcome");
+    assert_eq!(rec["completes"], intent["event_id"]);
+    assert_eq!(rec["complete"], true);
+    assert_eq!(rec["bytes_from_client"], body.len());
+    assert_eq!(rec["bytes_to_client"], body.len());
     assert_eq!(rec["request_id"], id);
     assert_eq!(rec["decision"], "allow");
     assert_eq!(rec["reason"], "allowed");
@@ -343,6 +355,8 @@ fn one_audit_line_per_request_and_no_token_text() {
                 "deny"
             }
         );
+        // Always present; the rest only when they have a value (empty
+        // fields are left out of the record).
         for field in [
             "ts",
             "request_id",
@@ -351,18 +365,24 @@ fn one_audit_line_per_request_and_no_token_text() {
             "status",
             "method",
             "path",
-            "route",
-            "sub",
-            "client_id",
-            "iss",
-            "scopes_granted",
-            "scopes_required",
-            "upstream_status",
             "duration_ms",
             "remote_addr",
             "policy_version",
         ] {
             assert!(rec.get(field).is_some(), "field {field} missing in {rec}");
+        }
+        let forwarded = *reason == "allowed" || *reason == "public_route";
+        assert_eq!(rec.get("upstream_status").is_some(), forwarded, "{rec}");
+        let authenticated = *reason == "allowed" || *reason == "insufficient_scope";
+        for field in ["sub", "client_id", "iss", "scopes_granted"] {
+            assert_eq!(rec.get(field).is_some(), authenticated, "{field} in {rec}");
+        }
+        assert!(
+            rec.get("route").is_some(),
+            "every request here matches a route: {rec}"
+        );
+        for (k, v) in rec.as_object().unwrap() {
+            assert!(!v.is_null(), "null field {k} written in {rec}");
         }
         assert!(rec["policy_version"].as_str().unwrap().starts_with("sha256:"));
     }
@@ -447,6 +467,8 @@ fn readyz_waits_for_keys_and_missing_keys_fail_closed_with_503() {
         audit_queue_size: 100,
         extra_yaml: "",
         audit_yaml: "",
+        upstream_yaml: "",
+        spool_dir: None,
     });
     // The JWKS server is answering 503: never ready.
     assert!(eventually(Duration::from_secs(5), || (jwks.fetches() >= 2).then_some(())).is_some());

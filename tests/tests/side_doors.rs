@@ -126,6 +126,8 @@ fn raw_env(mode: RawMode) -> (TestKey, JwksServer, RawUpstream, Gateway) {
         audit_queue_size: 10_000,
         extra_yaml: "",
         audit_yaml: "",
+        upstream_yaml: "",
+        spool_dir: None,
     });
     gw.wait_ready();
     (key, jwks, upstream, gw)

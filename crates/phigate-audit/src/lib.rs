@@ -33,10 +33,12 @@ mod tests;
 pub use checkpoint::{SigningKey, VerifyKey};
 pub use error::AuditError;
 pub use record::{
-    now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, Outcome, RecordBody,
+    now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, Outcome, Phase, RecordBody,
     RecoveryRecord, SpoolRecord, Truncation, Tunnel, TunnelPhase, SCHEMA_VERSION,
 };
+#[doc(hidden)]
+pub use spool::FreeSpaceProbe;
 pub use spool::{
     CheckpointOptions, Commit, CommitInfo, Durability, Slot, Spool, SpoolOptions, SpoolStats, SpoolWorker,
-    DEFAULT_MAX_BYTES, DEFAULT_QUEUE, DEFAULT_SEGMENT_MAX_BYTES,
+    DEFAULT_MAX_BYTES, DEFAULT_MIN_FREE_BYTES, DEFAULT_QUEUE, DEFAULT_SEGMENT_MAX_BYTES,
 };

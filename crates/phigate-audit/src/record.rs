@@ -12,7 +12,14 @@ use serde::{Deserialize, Serialize};
 /// The `v` of every line this version writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// One audit record: one per request, allowed or denied.
+/// One audit record of a request, allowed or denied.
+///
+/// A denial, and an allowed read that ends normally, have one record. An
+/// allowed request with effects (`audit.intent`) has an `intent` record
+/// written before it is forwarded and an `outcome` record when it ends; a
+/// read whose response fails, and a WebSocket tunnel, get an `outcome`
+/// record after their first. Fields without a value are left out (readers
+/// treat a missing field as null/empty).
 ///
 /// Never contains the token, a request or response body, or the query string.
 /// Field names are a contract with SIEM rules: add fields, never rename.
@@ -33,28 +40,36 @@ pub struct AuditRecord {
     /// The canonical path (or the raw target, truncated, when it was rejected).
     pub path: String,
     /// The matched route's label, if a route matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     /// The validated token's `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     /// The validated token's `client_id` (else `azp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// The validated token's issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// The token's scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes_granted: Vec<String>,
     /// The scopes that would satisfy the request: the route's scopes, or for
     /// FHIR-aware routes every SMART form that would (`patient/`, `user/`,
     /// `system/`, v2 and v1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes_required: Vec<String>,
     /// The granted scopes that did satisfy an allowed request (absent for
     /// denials and public routes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scope_used: Vec<String>,
     /// The upstream's status for allowed requests that reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
     /// Request duration in milliseconds.
     pub duration_ms: f64,
     /// The client's socket address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_addr: Option<String>,
     /// Hash of the policy that made the decision.
     pub policy_version: String,
@@ -79,11 +94,39 @@ pub struct AuditRecord {
     /// opens (`phase: open`, status 101) and one when it closes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<Tunnel>,
+    /// `intent`: written before an allowed request with effects was
+    /// forwarded (its outcome follows); `outcome`: completes an earlier
+    /// record of the same request (`completes`). Absent: the request's first
+    /// and, so far, only record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// For `phase: outcome`: the `event_id` of the record it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completes: Option<String>,
+    /// For `phase: outcome`: whether the response reached the client whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete: Option<bool>,
+    /// For `phase: outcome`: response body bytes delivered to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_to_client: Option<u64>,
+    /// For `phase: outcome`: request body bytes forwarded to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_from_client: Option<u64>,
     /// Client-controlled fields that were cut to their bound
     /// ([`AuditRecord::enforce_bounds`]): field name → original length and
     /// SHA-256, so a reviewer can match the full value seen elsewhere.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub truncated: BTreeMap<String, Truncation>,
+}
+
+/// Which record of a request this is (see [`AuditRecord::phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Before an allowed request with effects was forwarded.
+    Intent,
+    /// How a request that already has a record ended.
+    Outcome,
 }
 
 /// The phase and traffic of a WebSocket tunnel.
@@ -175,16 +218,34 @@ pub enum Outcome {
     Denied,
     /// Allowed, and the upstream answered 4xx.
     ClientError,
-    /// Allowed, and the upstream answered 5xx, or could not be reached
-    /// (no upstream status).
+    /// Allowed, and the upstream answered 5xx, could not be reached, timed
+    /// out, answered something that is not HTTP, or failed mid-response.
     UpstreamError,
+    /// An `intent` record: forwarded, the outcome follows in another record.
+    Pending,
+    /// The client went away before the response was complete.
+    ClientAborted,
+    /// phigate shut down while the request was in flight.
+    AbortedShutdown,
 }
 
 impl Outcome {
-    /// The outcome of a record, from its `decision` and `upstream_status`.
+    /// The outcome of a record, from its `phase`, `decision`, `reason`,
+    /// `complete` and `upstream_status`.
     pub fn of(record: &AuditRecord) -> Outcome {
         if record.decision != "allow" {
             return Outcome::Denied;
+        }
+        if record.phase == Some(Phase::Intent) {
+            return Outcome::Pending;
+        }
+        match record.reason.as_str() {
+            "client_aborted" => return Outcome::ClientAborted,
+            "aborted_shutdown" => return Outcome::AbortedShutdown,
+            _ => {}
+        }
+        if record.complete == Some(false) {
+            return Outcome::UpstreamError;
         }
         match record.upstream_status {
             None => Outcome::UpstreamError,
@@ -201,6 +262,9 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::ClientError => "client_error",
             Outcome::UpstreamError => "upstream_error",
+            Outcome::Pending => "pending",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::AbortedShutdown => "aborted_shutdown",
         }
     }
 }
@@ -341,6 +405,21 @@ mod tests {
             serde_json::to_string(&Outcome::ClientError).unwrap(),
             "\"client_error\""
         );
+        r.decision = "allow".into();
+        r.upstream_status = Some(200);
+        r.phase = Some(Phase::Intent);
+        assert_eq!(Outcome::of(&r), Outcome::Pending);
+        r.phase = Some(Phase::Outcome);
+        r.complete = Some(false);
+        assert_eq!(
+            Outcome::of(&r),
+            Outcome::UpstreamError,
+            "a cut-off body is not a success"
+        );
+        r.reason = "client_aborted".into();
+        assert_eq!(Outcome::of(&r), Outcome::ClientAborted);
+        r.reason = "aborted_shutdown".into();
+        assert_eq!(Outcome::of(&r), Outcome::AbortedShutdown);
     }
 
     #[test]

@@ -18,8 +18,7 @@
 //! break-glass events name the patient, because each one must be reviewed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -27,15 +26,17 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::record::{RecordBody, SpoolRecord};
+use crate::segment::open_segment;
 use crate::verify::segment_files;
-use crate::{AuditError, AuditRecord};
+use crate::{AuditError, AuditRecord, Phase};
 
 /// The report. Its JSON form is a stable structure (fields are only added).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct UsageReport {
     /// Only records at or after this instant were counted (RFC 3339).
     pub since: Option<String>,
-    /// Access records counted.
+    /// Access records read (a request with effects has two: intent and
+    /// outcome; per-principal `requests` count each request once).
     pub records: u64,
     pub first_ts: Option<String>,
     pub last_ts: Option<String>,
@@ -52,6 +53,27 @@ pub struct UsageReport {
     /// Every denial, by reason.
     pub denials_by_reason: BTreeMap<String, u64>,
     pub break_glass: Vec<BreakGlassEvent>,
+    /// Allowed requests that did not end well, by reason
+    /// (`upstream_timeout`, `upstream_incomplete`, `client_aborted`,
+    /// `aborted_shutdown`, …), counted once per request.
+    pub failures_by_reason: BTreeMap<String, u64>,
+    /// Requests with effects whose `intent` record has no `outcome` in the
+    /// records read: still in flight when the spool was read, or cut off by
+    /// a crash (`kill -9`, power loss) — the upstream may have executed them.
+    pub open_intents: Vec<OpenIntent>,
+}
+
+/// An `intent` record without its `outcome` (see [`UsageReport::open_intents`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenIntent {
+    pub seq: u64,
+    pub event_id: String,
+    pub ts: String,
+    pub request_id: String,
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
+    pub method: String,
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -104,8 +126,9 @@ pub fn parse_since_at(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime,
     Ok(now - d)
 }
 
-/// Build the report from spool directories or segment files. Does not check
-/// the chain (that is `audit verify`).
+/// Build the report from spool directories or segment files (plain or
+/// zstd-compressed, decoded as a stream). Does not check the chain (that is
+/// `audit verify`).
 pub fn report(paths: &[PathBuf], since: Option<OffsetDateTime>) -> Result<UsageReport, AuditError> {
     let mut b = Builder::default();
     b.report.since = since.and_then(|s| s.format(&Rfc3339).ok());
@@ -114,7 +137,7 @@ pub fn report(paths: &[PathBuf], since: Option<OffsetDateTime>) -> Result<UsageR
             path: path.clone(),
             source,
         };
-        let reader = BufReader::new(File::open(&path).map_err(io)?);
+        let reader = open_segment(&path).map_err(io)?;
         for line in reader.split(b'\n') {
             let line = line.map_err(io)?;
             let record = match serde_json::from_slice::<SpoolRecord>(&line) {
@@ -135,7 +158,7 @@ pub fn report(paths: &[PathBuf], since: Option<OffsetDateTime>) -> Result<UsageR
                         }
                     }
                 }
-                b.add(record.seq, &a.record);
+                b.add(record.seq, &record.event_id, &a.record);
             }
         }
     }
@@ -161,6 +184,8 @@ struct Builder {
     subjects: BTreeMap<String, Acc>,
     /// (granted, required) → satisfied; scope parsing is the expensive part.
     satisfied: HashMap<(String, String), bool>,
+    /// Intents not yet completed, by event id.
+    open: BTreeMap<String, OpenIntent>,
 }
 
 /// Scopes that authorise no FHIR data access by themselves (SMART App Launch).
@@ -172,9 +197,41 @@ pub fn is_context_scope(scope: &str) -> bool {
 }
 
 impl Builder {
-    fn add(&mut self, seq: u64, r: &AuditRecord) {
+    fn add(&mut self, seq: u64, event_id: &str, r: &AuditRecord) {
         let rep = &mut self.report;
         rep.records += 1;
+        let failed = r.decision == "allow" && r.reason != "allowed";
+        match r.phase {
+            Some(Phase::Outcome) => {
+                // Completes a request counted at its first record.
+                if let Some(first) = &r.completes {
+                    self.open.remove(first);
+                }
+                if failed {
+                    *rep.failures_by_reason.entry(r.reason.clone()).or_default() += 1;
+                }
+                return;
+            }
+            Some(Phase::Intent) => {
+                self.open.insert(
+                    event_id.to_string(),
+                    OpenIntent {
+                        seq,
+                        event_id: event_id.to_string(),
+                        ts: r.ts.clone(),
+                        request_id: r.request_id.clone(),
+                        sub: r.sub.clone(),
+                        client_id: r.client_id.clone(),
+                        method: r.method.clone(),
+                        path: r.path.clone(),
+                    },
+                );
+            }
+            None if failed => {
+                *rep.failures_by_reason.entry(r.reason.clone()).or_default() += 1;
+            }
+            None => {}
+        }
         if rep.first_ts.as_ref().is_none_or(|t| r.ts < *t) {
             rep.first_ts = Some(r.ts.clone());
         }
@@ -263,6 +320,8 @@ impl Builder {
     }
 
     fn finish(mut self) -> UsageReport {
+        self.report.open_intents = std::mem::take(&mut self.open).into_values().collect();
+        self.report.open_intents.sort_by_key(|o| o.seq);
         let usage = |(id, acc): (String, Acc)| {
             let (context, data): (Vec<String>, Vec<String>) =
                 acc.granted.into_iter().partition(|s| is_context_scope(s));
@@ -385,6 +444,32 @@ impl UsageReport {
                 e.patient.as_deref().unwrap_or("-"),
                 e.justification.as_deref().unwrap_or(""),
             );
+        }
+        if !self.failures_by_reason.is_empty() {
+            let _ = writeln!(out, "\nAllowed requests that failed, by reason");
+            for (reason, n) in &self.failures_by_reason {
+                let _ = writeln!(out, "  {reason:<32} {n}");
+            }
+        }
+        if !self.open_intents.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nOpen intents ({}): forwarded, no outcome recorded — in flight when read, or cut off by a crash; check the upstream",
+                self.open_intents.len()
+            );
+            for o in &self.open_intents {
+                let _ = writeln!(
+                    out,
+                    "  {} seq {} request {} sub={} client={} {} {}",
+                    o.ts,
+                    o.seq,
+                    o.request_id,
+                    o.sub.as_deref().unwrap_or("-"),
+                    o.client_id.as_deref().unwrap_or("-"),
+                    o.method,
+                    o.path
+                );
+            }
         }
         if !self.over_granted_clients.is_empty() {
             let _ = writeln!(

@@ -8,9 +8,12 @@ use crate::testing::{access, copy_spool, segments, Running};
 use crate::verify::verify;
 use crate::*;
 
+/// Options with compression off, so that these tests see plain segments
+/// deterministically (compression has its own tests in `spool::tests`).
 fn opts(durability: Durability) -> SpoolOptions {
     SpoolOptions {
         durability,
+        compress_closed_segments: false,
         ..SpoolOptions::default()
     }
 }
@@ -667,4 +670,57 @@ async fn report_counts_the_scope_that_satisfied_a_request_as_used() {
     run.stop().await;
     let rep = report::report(&[dir2.path().to_path_buf()], None).unwrap();
     assert!(rep.over_granted_clients.is_empty(), "{:?}", rep.clients);
+}
+
+#[tokio::test]
+async fn report_counts_requests_once_and_lists_failures_and_open_intents() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::None));
+    let write = |id: &str, phase: Phase| {
+        let mut r = access(0);
+        r.request_id = id.into();
+        r.method = "POST".into();
+        r.path = "/fhir/Observation".into();
+        r.client_id = Some("app".into());
+        r.phase = Some(phase);
+        r
+    };
+    // A completed write, a write whose upstream timed out, a write with no
+    // outcome (cut off by a crash), and a read whose body was cut.
+    let i1 = run.commit_record(write("w1", Phase::Intent)).await;
+    let i2 = run.commit_record(write("w2", Phase::Intent)).await;
+    let i3 = run.commit_record(write("w3", Phase::Intent)).await;
+    let mut o1 = write("w1", Phase::Outcome);
+    o1.completes = Some(i1.event_id.clone());
+    o1.complete = Some(true);
+    run.commit_record(o1).await;
+    let mut o2 = write("w2", Phase::Outcome);
+    o2.completes = Some(i2.event_id.clone());
+    o2.complete = Some(false);
+    o2.reason = "upstream_timeout".into();
+    run.commit_record(o2).await;
+    let read = run.commit_record(access(1)).await;
+    let mut cut = access(1);
+    cut.phase = Some(Phase::Outcome);
+    cut.completes = Some(read.event_id.clone());
+    cut.complete = Some(false);
+    cut.reason = "upstream_incomplete".into();
+    run.commit_record(cut).await;
+    run.stop().await;
+
+    let r = report::report(&[dir.path().to_path_buf()], None).unwrap();
+    assert_eq!(r.records, 7);
+    let app = r.clients.iter().find(|c| c.id == "app").unwrap();
+    assert_eq!((app.requests, app.allowed), (3, 3), "each request counted once");
+    assert_eq!(r.failures_by_reason["upstream_timeout"], 1);
+    assert_eq!(r.failures_by_reason["upstream_incomplete"], 1);
+    assert_eq!(r.open_intents.len(), 1);
+    assert_eq!(r.open_intents[0].event_id, i3.event_id);
+    assert_eq!(r.open_intents[0].request_id, "w3");
+    let text = r.to_text();
+    assert!(
+        text.contains("Open intents (1)") && text.contains("request w3"),
+        "{text}"
+    );
+    assert!(text.contains("upstream_timeout"), "{text}");
 }

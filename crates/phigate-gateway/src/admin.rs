@@ -42,7 +42,8 @@ impl Admin {
     /// buffers for them, and a SIEM outage must not take the API down.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let keys = self.shared.validator.is_ready();
-        let audit = self.shared.audit.stats().accepting;
+        let stats = self.shared.audit.stats();
+        let audit = stats.accepting;
         let ready = keys && audit;
         let sinks: serde_json::Map<String, serde_json::Value> = self
             .shared
@@ -67,6 +68,17 @@ impl Admin {
                 "policy_version": self.shared.policy.load().version(),
                 "keys": keys,
                 "audit": audit,
+                "audit_spool": {
+                    "accepting": stats.accepting,
+                    "not_accepting": stats.not_accepting,
+                    "healthy": stats.healthy,
+                    "fill_ratio": stats.fill_ratio,
+                    "spool_bytes": stats.spool_bytes,
+                    "max_bytes": stats.max_bytes,
+                    "free_bytes": stats.free_bytes,
+                    "min_free_bytes": stats.min_free_bytes,
+                    "queue_depth": stats.queue_depth,
+                },
                 "sinks": sinks,
             }),
         )

@@ -24,9 +24,21 @@ use phigate_yaml::{Diagnostic, Location};
 use serde::Deserialize;
 
 pub use file::{
-    AuditFile, CheckpointFile, DurabilityFile, GatewayFile, IssuerFile, LimitsFile, LogFile, PagingFile,
-    RateLimitFile, UpstreamFile,
+    AuditFile, CheckpointFile, DurabilityFile, GatewayFile, IntentFile, IssuerFile, LimitsFile, LogFile,
+    PagingFile, RateLimitFile, UpstreamFile,
 };
+
+/// Which allowed requests get an `intent` audit record before forwarding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IntentMode {
+    /// Requests with effects: every method but GET and HEAD. Reads are
+    /// recorded when their response headers arrive, before the response is
+    /// released (no disclosure without evidence), with one record.
+    #[default]
+    Writes,
+    /// Every allowed request (two records per request).
+    All,
+}
 pub use validate::{load, parse};
 
 /// `log.format`.
@@ -176,6 +188,13 @@ pub struct AuditConfig {
     pub queue: usize,
     /// (every N records, key file)
     pub checkpoint: Option<(u64, PathBuf)>,
+    pub intent: IntentMode,
+    /// How long the process waits at exit for outstanding records.
+    pub drain_timeout: Duration,
+    /// Free-space reserve of the spool's filesystem (0: no check).
+    pub min_free_bytes: u64,
+    /// Compress closed segments with zstd.
+    pub compress: bool,
 }
 
 impl AuditConfig {
@@ -189,6 +208,10 @@ impl AuditConfig {
             max_bytes: phigate_audit::DEFAULT_MAX_BYTES,
             queue: DEFAULT_AUDIT_QUEUE,
             checkpoint: None,
+            intent: IntentMode::default(),
+            drain_timeout: Duration::from_secs(10),
+            min_free_bytes: phigate_audit::DEFAULT_MIN_FREE_BYTES,
+            compress: true,
         }
     }
 }

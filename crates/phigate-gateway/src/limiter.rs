@@ -332,35 +332,46 @@ impl InFlightLimiter {
     }
 }
 
-/// Logs a repeated error at most once per period, with the number of
-/// occurrences suppressed in between (metrics carry the full count).
+/// Logs each kind of repeated error at most once per period, with the
+/// number of occurrences of that kind suppressed in between (metrics carry
+/// the full count). Kinds are independent: a flood of one never hides the
+/// first occurrence of another.
 #[derive(Debug)]
 pub struct LogLimiter {
     period: std::time::Duration,
-    state: Mutex<(Option<Instant>, u64)>,
+    state: Mutex<HashMap<&'static str, (Instant, u64)>>,
 }
 
 impl LogLimiter {
     pub fn new(period: std::time::Duration) -> Self {
         LogLimiter {
             period,
-            state: Mutex::new((None, 0)),
+            state: Mutex::new(HashMap::new()),
         }
     }
 
-    /// `Some(suppressed)` when this occurrence should be logged, with the
-    /// count of occurrences not logged since the last one.
-    pub fn should_log(&self) -> Option<u64> {
+    /// `Some(suppressed)` when this occurrence of `kind` should be logged,
+    /// with the count of occurrences of `kind` not logged since the last one.
+    pub fn should_log(&self, kind: &'static str) -> Option<u64> {
+        self.should_log_at(kind, Instant::now())
+    }
+
+    fn should_log_at(&self, kind: &'static str, now: Instant) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match s.0 {
-            Some(t) if t.elapsed() < self.period => {
-                s.1 += 1;
+        match s.get_mut(kind) {
+            Some((last, n)) if now.duration_since(*last) < self.period => {
+                *n += 1;
                 None
             }
-            _ => {
-                let suppressed = s.1;
-                *s = (Some(Instant::now()), 0);
+            Some((last, n)) => {
+                let suppressed = *n;
+                *last = now;
+                *n = 0;
                 Some(suppressed)
+            }
+            None => {
+                s.insert(kind, (now, 0));
+                Some(0)
             }
         }
     }
@@ -388,12 +399,29 @@ mod in_flight_tests {
     #[test]
     fn log_limiter_counts_what_it_suppresses() {
         let l = LogLimiter::new(std::time::Duration::from_secs(3600));
-        assert_eq!(l.should_log(), Some(0));
+        assert_eq!(l.should_log("a"), Some(0));
         for _ in 0..5 {
-            assert_eq!(l.should_log(), None);
+            assert_eq!(l.should_log("a"), None);
         }
+        // Another kind is not hidden by the first one's flood.
+        assert_eq!(l.should_log("b"), Some(0));
+        assert_eq!(l.should_log("b"), None);
         let l = LogLimiter::new(std::time::Duration::ZERO);
-        assert_eq!(l.should_log(), Some(0));
-        assert_eq!(l.should_log(), Some(0));
+        assert_eq!(l.should_log("a"), Some(0));
+        for _ in 0..3 {
+            assert_eq!(l.should_log("a"), Some(0));
+        }
+        let l = LogLimiter::new(std::time::Duration::from_secs(1));
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        assert_eq!(l.should_log_at("a", at(0)), Some(0));
+        assert_eq!(l.should_log_at("a", at(10)), None);
+        assert_eq!(l.should_log_at("a", at(999)), None);
+        assert_eq!(
+            l.should_log_at("a", at(1000)),
+            Some(2),
+            "the suppressed count is reported"
+        );
+        assert_eq!(l.should_log_at("a", at(1500)), None);
     }
 }

@@ -34,7 +34,13 @@ pub struct Metrics {
     pub audit_spool_bytes: IntGauge,
     pub audit_bytes: IntCounter,
     pub audit_last_seq: IntGauge,
+    pub audit_fill_ratio: Gauge,
+    pub audit_free_bytes: IntGauge,
+    pub audit_accepting: IntGauge,
+    pub audit_segments_compressed: IntCounter,
+    pub audit_compress_errors: IntCounter,
     pub tunnels_open: IntGauge,
+    pub upstream_errors: IntCounterVec,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub policy_last_reload_success: IntGauge,
@@ -220,6 +226,16 @@ impl Metrics {
                     "Bytes appended to the audit spool (every client-controlled field of a record is bounded)",
                 ),
             ),
+            upstream_errors: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "phigate_upstream_errors_total",
+                        "Allowed requests the upstream failed: unreachable, timeout, invalid_response, incomplete (mid-body)",
+                    ),
+                    &["kind"],
+                ),
+            ),
             tunnels_open: build(
                 &r,
                 IntGauge::new(
@@ -230,6 +246,41 @@ impl Metrics {
             audit_last_seq: build(
                 &r,
                 IntGauge::new("phigate_audit_last_seq", "Sequence number of the last audit record written"),
+            ),
+            audit_fill_ratio: build(
+                &r,
+                Gauge::new(
+                    "phigate_audit_spool_fill_ratio",
+                    "Bytes on disk of the audit spool over audit.max_bytes; at 1 new requests are refused",
+                ),
+            ),
+            audit_free_bytes: build(
+                &r,
+                IntGauge::new(
+                    "phigate_audit_spool_free_bytes",
+                    "Free space of the audit spool's filesystem (-1: cannot be measured)",
+                ),
+            ),
+            audit_accepting: build(
+                &r,
+                IntGauge::new(
+                    "phigate_audit_spool_accepting",
+                    "1 while the audit spool accepts records (else requests are refused with 503)",
+                ),
+            ),
+            audit_segments_compressed: build(
+                &r,
+                IntCounter::new(
+                    "phigate_audit_segments_compressed_total",
+                    "Closed audit segments compressed with zstd",
+                ),
+            ),
+            audit_compress_errors: build(
+                &r,
+                IntCounter::new(
+                    "phigate_audit_compress_errors_total",
+                    "Failed compressions of closed audit segments (retried; the segment stays plain)",
+                ),
             ),
             audit_write_errors: build(
                 &r,
@@ -404,6 +455,15 @@ impl Metrics {
         self.audit_queue_depth.set(audit.queue_depth as i64);
         self.audit_spool_bytes.set(audit.spool_bytes as i64);
         self.audit_last_seq.set(audit.last_seq as i64);
+        self.audit_fill_ratio.set(audit.fill_ratio);
+        self.audit_free_bytes.set(
+            audit
+                .free_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+        );
+        self.audit_accepting.set(i64::from(audit.accepting));
+        advance(&self.audit_segments_compressed, audit.segments_compressed);
+        advance(&self.audit_compress_errors, audit.compress_errors);
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");

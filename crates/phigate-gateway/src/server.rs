@@ -110,9 +110,15 @@ pub fn serve(
         sinks: sink_status,
         limits: config.limits,
         in_flight: crate::limiter::InFlightLimiter::new(config.limits.max_in_flight_per_client),
-        audit_error_log: crate::limiter::LogLimiter::new(Duration::from_secs(1)),
+        error_log: crate::limiter::LogLimiter::new(Duration::from_secs(1)),
         paging: crate::paging::PagingLinks::new(config.paging),
+        intent: config.audit.intent,
+        shutting_down: std::sync::atomic::AtomicBool::new(false),
     });
+    // Every kind exported from the first scrape, so increase() works.
+    for kind in ["unreachable", "timeout", "invalid_response", "incomplete"] {
+        shared.metrics.upstream_errors.with_label_values(&[kind]);
+    }
 
     // An empty path means an embedded policy (dev mode without --policies):
     // nothing on disk to watch.
@@ -146,7 +152,13 @@ pub fn serve(
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
 
-    let mut admin = Service::new("phigate admin".to_string(), Admin { shared, dev });
+    let mut admin = Service::new(
+        "phigate admin".to_string(),
+        Admin {
+            shared: shared.clone(),
+            dev,
+        },
+    );
     admin.add_tcp(&config.admin_listen.to_string());
     server.add_service(admin);
 
@@ -165,9 +177,55 @@ pub fn serve(
     if let Some(watcher) = watcher {
         server.add_service(background_service("policy watcher", watcher));
     }
+    server.add_service(background_service(
+        "shutdown watcher",
+        ShutdownWatcher(shared.clone()),
+    ));
 
     server.run(RunArgs::default());
+    // pingora's runtimes are gone: requests still in flight were dropped,
+    // and each wrote its `aborted_shutdown` record from its Drop. Wait for
+    // every outstanding record to be written before the process exits.
+    shared
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::Release);
+    let drained = shared.audit.close(config.audit.drain_timeout);
+    if drained {
+        tracing::info!("audit spool drained; exiting");
+    } else {
+        tracing::error!(
+            timeout = ?config.audit.drain_timeout,
+            "audit spool not drained in time; records still queued may be lost"
+        );
+    }
     Ok(())
+}
+
+/// Marks the process as shutting down on SIGTERM/SIGINT, so requests cut off
+/// from then on are recorded as `aborted_shutdown` (pingora handles the
+/// signals themselves).
+struct ShutdownWatcher(Arc<crate::proxy::Shared>);
+
+#[async_trait]
+impl BackgroundService for ShutdownWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            tracing::warn!(
+                "cannot watch SIGTERM/SIGINT; cut-off requests will be recorded as client_aborted"
+            );
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = shutdown.changed() => {}
+        }
+        self.0
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Open (and crash-recover) the audit spool.
@@ -186,6 +244,8 @@ fn open_spool(a: &crate::config::AuditConfig) -> Result<(Spool, SpoolWorker), Ga
         queue: a.queue,
         checkpoint,
         mirror: a.mirror.clone(),
+        min_free_bytes: a.min_free_bytes,
+        compress_closed_segments: a.compress,
         ..SpoolOptions::default()
     };
     Ok(Spool::open(&a.dir, options)?)
@@ -201,6 +261,7 @@ pub struct DevOptions {
     /// The durable audit spool (`--audit-dir`).
     pub audit_dir: PathBuf,
     pub audit_durability: phigate_audit::Durability,
+    pub audit_intent: crate::config::IntentMode,
     /// Policy directory; `None` uses the bundled dev policy embedded in the binary.
     pub policies: Option<PathBuf>,
     pub dev_key: Option<PathBuf>,
@@ -242,6 +303,7 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
         crate::config::AuditConfig {
             mirror: Some(opts.audit_file.clone()),
             durability: opts.audit_durability,
+            intent: opts.audit_intent,
             ..crate::config::AuditConfig::new(opts.audit_dir.clone())
         },
     );

@@ -85,6 +85,23 @@ pub enum Reason {
     KeysUnavailable,
     /// The audit pipeline cannot take the record; PHI access is refused. (503)
     AuditUnavailable,
+    /// Allowed, but the upstream could not be reached (connection refused,
+    /// reset or closed before a response). (502)
+    UpstreamUnreachable,
+    /// Allowed, but the upstream did not connect or answer in time. (504)
+    UpstreamTimeout,
+    /// Allowed, but the upstream's answer is not valid HTTP (or a 101 to a
+    /// request that was no upgrade). (502)
+    UpstreamInvalidResponse,
+    /// Allowed, the upstream started its response and broke off (reset or
+    /// closed mid-body); the client got part of it. (status already sent)
+    UpstreamIncomplete,
+    /// Allowed, and the client went away before the response was complete.
+    /// (nothing more sent)
+    ClientAborted,
+    /// Allowed, and phigate shut down (end of `shutdown_grace`, or SIGINT)
+    /// while the request was in flight. (nothing more sent)
+    AbortedShutdown,
 }
 
 impl Reason {
@@ -124,6 +141,12 @@ impl Reason {
         Reason::ConcurrencyLimited,
         Reason::KeysUnavailable,
         Reason::AuditUnavailable,
+        Reason::UpstreamUnreachable,
+        Reason::UpstreamTimeout,
+        Reason::UpstreamInvalidResponse,
+        Reason::UpstreamIncomplete,
+        Reason::ClientAborted,
+        Reason::AbortedShutdown,
     ];
 
     /// The snake_case name used in audit records, metric labels and deny bodies.
@@ -163,6 +186,12 @@ impl Reason {
             Reason::ConcurrencyLimited => "concurrency_limited",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::AuditUnavailable => "audit_unavailable",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpstreamInvalidResponse => "upstream_invalid_response",
+            Reason::UpstreamIncomplete => "upstream_incomplete",
+            Reason::ClientAborted => "client_aborted",
+            Reason::AbortedShutdown => "aborted_shutdown",
         }
     }
 
@@ -210,6 +239,11 @@ impl Reason {
             | Reason::BreakGlassRejected => 403,
             Reason::RateLimited | Reason::ConcurrencyLimited => 429,
             Reason::KeysUnavailable | Reason::AuditUnavailable => 503,
+            Reason::UpstreamUnreachable | Reason::UpstreamInvalidResponse => 502,
+            Reason::UpstreamTimeout => 504,
+            // The response had already begun, or nobody was left to answer:
+            // the status of the record is what was sent, if anything.
+            Reason::UpstreamIncomplete | Reason::ClientAborted | Reason::AbortedShutdown => 0,
         }
     }
 
@@ -223,7 +257,21 @@ impl Reason {
     /// policy decides about an authenticated-or-not caller. Request-shape and
     /// fail-closed infrastructure denials are never shadowed.
     pub const fn is_shadowable(self) -> bool {
-        !self.is_allow() && !matches!(self.deny_status(), 400 | 408 | 413 | 415 | 429 | 503)
+        !self.is_allow() && matches!(self.deny_status(), 401 | 403)
+    }
+
+    /// Reasons that describe how an *allowed* request failed after the
+    /// decision (the upstream, the client, a shutdown), not a denial.
+    pub const fn is_failure_after_allow(self) -> bool {
+        matches!(
+            self,
+            Reason::UpstreamUnreachable
+                | Reason::UpstreamTimeout
+                | Reason::UpstreamInvalidResponse
+                | Reason::UpstreamIncomplete
+                | Reason::ClientAborted
+                | Reason::AbortedShutdown
+        )
     }
 }
 

@@ -260,6 +260,21 @@ fn access_event(r: &Value) -> Value {
                         .unwrap_or_else(|| "unreachable".into())
                 )),
             ),
+            Some("client_aborted") => (
+                "4",
+                Some(match r.get("upstream_status").filter(|s| !s.is_null()) {
+                    Some(s) => format!("client went away before the response was complete (upstream answered {s})"),
+                    None => "client went away before the upstream answered".into(),
+                }),
+            ),
+            Some("aborted_shutdown") => (
+                "8",
+                Some("phigate shut down while the request was in flight".into()),
+            ),
+            Some("pending") => (
+                "0",
+                Some("authorized and forwarded; the outcome is recorded in a later AuditEvent of the same request".into()),
+            ),
             _ => ("0", None),
         }
     } else {
@@ -324,6 +339,22 @@ fn access_event(r: &Value) -> Value {
         desc = Some(match desc {
             Some(d) => format!("{d}; shadow decision: {s}"),
             None => format!("shadow decision: {s}"),
+        });
+    }
+    if r.get("complete").and_then(Value::as_bool) == Some(false) {
+        let delivered = r.get("bytes_to_client").and_then(Value::as_u64).unwrap_or(0);
+        let note = format!("{reason}: response incomplete, {delivered} body bytes delivered");
+        desc = Some(match desc {
+            Some(d) => format!("{d}; {note}"),
+            None => note,
+        });
+    }
+    if let Some(first) = r.get("completes").and_then(Value::as_str) {
+        // An outcome record: the request's first AuditEvent has this event id.
+        let note = format!("outcome of event {first}");
+        desc = Some(match desc {
+            Some(d) => format!("{note}; {d}"),
+            None => note,
         });
     }
     if let Some(d) = desc {

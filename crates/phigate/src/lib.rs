@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use phigate_gateway::config::{self, LogFormat};
 use phigate_gateway::DevOptions;
 
+pub mod alloc;
 mod audit_cmd;
 mod policy_cmd;
 
@@ -33,6 +34,12 @@ pub enum DurabilityArg {
     PerRequest,
     /// No fsync at all: benchmarks only.
     None,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum IntentArg {
+    Writes,
+    All,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,6 +72,10 @@ pub enum Command {
         /// Audit durability: `interval` (fsync every 10 ms), `per_request`, or `none` (benchmarks only).
         #[arg(long, value_enum, default_value = "interval")]
         audit_durability: DurabilityArg,
+        /// Which allowed requests get an `intent` record before forwarding:
+        /// `writes` (every method but GET/HEAD) or `all`.
+        #[arg(long, value_enum, default_value = "writes")]
+        audit_intent: IntentArg,
         /// Policy directory (default: the bundled dev policy, embedded).
         #[arg(long)]
         policies: Option<PathBuf>,
@@ -211,6 +222,7 @@ pub fn main_entry() -> ExitCode {
             audit_file,
             audit_dir,
             audit_durability,
+            audit_intent,
             policies,
             dev_key,
         } => {
@@ -224,6 +236,10 @@ pub fn main_entry() -> ExitCode {
                     DurabilityArg::Interval => phigate_audit::Durability::default(),
                     DurabilityArg::PerRequest => phigate_audit::Durability::PerRequest,
                     DurabilityArg::None => phigate_audit::Durability::None,
+                },
+                audit_intent: match audit_intent {
+                    IntentArg::Writes => phigate_gateway::config::IntentMode::Writes,
+                    IntentArg::All => phigate_gateway::config::IntentMode::All,
                 },
                 policies,
                 dev_key,

@@ -182,9 +182,32 @@ pub struct AuditFile {
     /// Records in flight (default 10000); full → 503.
     #[serde(default)]
     pub queue_size: Option<usize>,
+    /// Free-space reserve of the spool's filesystem, bytes (default 64 MiB;
+    /// 0 disables the check): below it, new requests are refused with 503
+    /// and `/readyz` is 503, so records already reserved can still be written.
+    #[serde(default)]
+    pub min_free_bytes: Option<u64>,
+    /// Compress closed segments with zstd (default true).
+    #[serde(default)]
+    pub compress: Option<bool>,
     /// Signed checkpoints every `every` records with an Ed25519 key.
     #[serde(default)]
     pub checkpoint: Option<CheckpointFile>,
+    /// Which allowed requests get an `intent` record before they are
+    /// forwarded: `writes` (default: every method but GET/HEAD) or `all`.
+    #[serde(default)]
+    pub intent: Option<IntentFile>,
+    /// How long the process waits at exit for every outstanding record to be
+    /// written (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentFile {
+    Writes,
+    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

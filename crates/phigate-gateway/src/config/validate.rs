@@ -415,6 +415,27 @@ fn audit(p: &mut Problems<'_>, a: &AuditFile, base: &Path) -> Option<AuditConfig
         }
         audit.max_bytes = n;
     }
+    if let Some(i) = a.intent {
+        audit.intent = match i {
+            super::file::IntentFile::Writes => super::IntentMode::Writes,
+            super::file::IntentFile::All => super::IntentMode::All,
+        };
+    }
+    if let Some(t) = a.drain_timeout {
+        if t < Duration::from_millis(100) || t > Duration::from_secs(600) {
+            p.at(
+                &at("drain_timeout"),
+                "drain_timeout must be between 100ms and 10m",
+            );
+        }
+        audit.drain_timeout = t;
+    }
+    if let Some(n) = a.min_free_bytes {
+        audit.min_free_bytes = n;
+    }
+    if let Some(c) = a.compress {
+        audit.compress = c;
+    }
     audit.queue = a.queue_size.unwrap_or(DEFAULT_AUDIT_QUEUE);
     if audit.queue == 0 {
         p.at(&at("queue_size"), "queue_size must be at least 1");

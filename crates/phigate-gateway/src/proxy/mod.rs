@@ -54,9 +54,15 @@ pub struct Shared {
     /// Requests in flight per client address.
     pub in_flight: Arc<InFlightLimiter>,
     /// Rate limit of the "audit unavailable" error line.
-    pub audit_error_log: LogLimiter,
+    /// Rate limit of repeated error logs, per kind.
+    pub error_log: LogLimiter,
     /// Paging links of allowed searches, per caller.
     pub paging: crate::paging::PagingLinks,
+    /// Which allowed requests get an intent record before forwarding.
+    pub intent: crate::config::IntentMode,
+    /// Set when SIGTERM or SIGINT arrives: requests cut off from then on are
+    /// recorded as `aborted_shutdown`.
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -64,8 +70,24 @@ impl Shared {
     /// once per second, with the number of lines suppressed since).
     pub fn note_audit_failure(&self, e: &AuditError) {
         self.metrics.audit_fail_closed.inc();
-        if let Some(suppressed) = self.audit_error_log.should_log() {
+        if let Some(suppressed) = self.error_log.should_log("audit_unavailable") {
             tracing::error!(error = %e, suppressed, "audit unavailable; refusing requests");
+        }
+    }
+
+    /// Count an allowed request that failed after the decision (upstream,
+    /// client) and log it — at most once per second per kind, with the
+    /// number suppressed: a dead backend under load must not flood the log.
+    pub fn note_failure(&self, r: Reason, e: &Error, request_id: &str) {
+        if let Some(kind) = upstream_kind(r) {
+            self.metrics.upstream_errors.with_label_values(&[kind]).inc();
+        }
+        if let Some(suppressed) = self.error_log.should_log(r.as_str()) {
+            if r == Reason::ClientAborted {
+                tracing::info!(reason = r.as_str(), error = %e, request_id, suppressed, "client went away");
+            } else {
+                tracing::warn!(reason = r.as_str(), error = %e, request_id, suppressed, "upstream failure");
+            }
         }
     }
 }
@@ -73,6 +95,53 @@ impl Shared {
 /// The `ProxyHttp` implementation.
 pub struct Gateway {
     pub shared: Arc<Shared>,
+}
+
+/// How an allowed request failed after the decision, and the status to
+/// answer with (0: nothing can be sent). `started`: the response had begun.
+fn failure_of(e: &Error, started: bool) -> (Option<Reason>, u16) {
+    use ErrorType::*;
+    let upstream = |r: Reason, code: u16| {
+        if started {
+            (Some(Reason::UpstreamIncomplete), 0)
+        } else {
+            (Some(r), code)
+        }
+    };
+    match (e.esource(), e.etype()) {
+        (_, HTTPStatus(503)) => (Some(Reason::AuditUnavailable), 503),
+        (_, HTTPStatus(408)) => (Some(Reason::RequestTimeout), 408),
+        (_, HTTPStatus(502)) => (Some(Reason::UpstreamInvalidResponse), 502),
+        (_, HTTPStatus(code)) => (None, *code),
+        (ErrorSource::Downstream, ReadTimedout) => (Some(Reason::RequestTimeout), 408),
+        (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed | WriteTimedout) => {
+            (Some(Reason::ClientAborted), 0)
+        }
+        (ErrorSource::Downstream, _) => (Some(Reason::BadRequest), 400),
+        (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout) => {
+            if started {
+                (Some(Reason::UpstreamTimeout), 0)
+            } else {
+                (Some(Reason::UpstreamTimeout), 504)
+            }
+        }
+        (ErrorSource::Upstream, InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | H2Downgrade) => {
+            upstream(Reason::UpstreamInvalidResponse, 502)
+        }
+        (ErrorSource::Upstream, _) => upstream(Reason::UpstreamUnreachable, 502),
+        (ErrorSource::Internal | ErrorSource::Unset, _) => (None, 500),
+    }
+}
+
+/// The `kind` label of `phigate_upstream_errors_total` for a failure reason.
+fn upstream_kind(r: Reason) -> Option<&'static str> {
+    Some(match r {
+        Reason::UpstreamUnreachable => "unreachable",
+        Reason::UpstreamTimeout => "timeout",
+        Reason::UpstreamInvalidResponse => "invalid_response",
+        Reason::UpstreamIncomplete => "incomplete",
+        _ => return None,
+    })
 }
 
 /// Who a paging link belongs to.
@@ -250,16 +319,27 @@ impl Gateway {
         })
     }
 
-    /// Take an audit ticket and this request's place in its client's share.
-    /// Returns the refusal when either is unavailable; `ctx.ticket` is then
-    /// set if the refusal itself can be audited.
+    /// Take the request's audit tickets — one for a denial; for an allowed
+    /// request also the outcome's, so its outcome can always be recorded —
+    /// and its place in its client's share. Returns the refusal when any is
+    /// unavailable; `ctx.first` is then set if the refusal itself can be
+    /// audited.
     fn reserve(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Decision> {
         let guard = self.shared.in_flight.acquire(self.client_ip(session));
         match self.shared.audit.reserve() {
-            Ok(slot) => ctx.ticket = Some(AuditTicket::new(slot)),
+            Ok(slot) => ctx.first = Some(AuditTicket::new(slot)),
             Err(e) => {
                 self.shared.note_audit_failure(&e);
                 return Some(Decision::deny(Reason::AuditUnavailable));
+            }
+        }
+        if matches!(ctx.verdict, Verdict::Allowed(_)) {
+            match self.shared.audit.reserve() {
+                Ok(slot) => ctx.outcome = Some(AuditTicket::new(slot)),
+                Err(e) => {
+                    self.shared.note_audit_failure(&e);
+                    return Some(Decision::deny(Reason::AuditUnavailable));
+                }
             }
         }
         match guard {
@@ -277,33 +357,88 @@ impl Gateway {
     /// Finish one of this request's audit records: build it from the
     /// verdict as of now, with the status being sent, and commit it (on disk
     /// in `per_request` mode when this returns). The one place a ticket is
-    /// committed. Returns false when there was no ticket or the commit
-    /// failed: the caller must not release a PHI response then.
-    async fn finish_audit(
-        &self,
-        session: &Session,
-        ctx: &mut RequestCtx,
-        status: u16,
-        kind: RecordKind,
-    ) -> bool {
+    /// committed while the request's task runs (a request cut off by
+    /// shutdown is recorded by `RequestCtx`'s `Drop`). Returns false when
+    /// there was no ticket or the commit failed: the caller must not release
+    /// a PHI response, or forward an effect, then.
+    async fn finish_audit(&self, ctx: &mut RequestCtx, status: u16, kind: RecordKind) -> bool {
         let ticket = match kind {
-            RecordKind::Request => ctx.ticket.take(),
-            RecordKind::TunnelClose => ctx.tunnel.as_mut().and_then(|t| t.close_ticket.take()),
+            RecordKind::First | RecordKind::Intent => ctx.first.take(),
+            RecordKind::Outcome => ctx.outcome.take(),
         };
         let Some(ticket) = ticket else {
             return false;
         };
-        let remote = session.client_addr().map(|a| a.to_string());
-        let Some(record) = ctx.record(status, remote, kind) else {
+        let Some(record) = ctx.record(status, kind) else {
             // Nothing was decided: there is nothing true to record.
             return false;
         };
         match ticket.finish(record).await {
-            Ok(()) => true,
+            Ok(info) => {
+                if kind != RecordKind::Outcome {
+                    ctx.first_event_id = Some(info.event_id);
+                    ctx.intent = kind == RecordKind::Intent;
+                }
+                if kind == RecordKind::First && ctx.failure.is_some() {
+                    // The failure is in this record already: nothing follows.
+                    ctx.outcome = None;
+                }
+                true
+            }
             Err(e) => {
                 self.shared.note_audit_failure(&e);
                 false
             }
+        }
+    }
+
+    /// Whether an allowed request gets an intent record before it is
+    /// forwarded: every request with effects (any method but GET and HEAD),
+    /// or every request with `audit.intent: all`.
+    fn needs_intent(&self, ctx: &RequestCtx) -> bool {
+        match self.shared.intent {
+            crate::config::IntentMode::All => true,
+            crate::config::IntentMode::Writes => !matches!(ctx.info.method.as_str(), "GET" | "HEAD"),
+        }
+    }
+
+    /// Answer a failure with the reason's JSON body (nothing for status 0).
+    async fn respond_failure(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        reason: Option<Reason>,
+        code: u16,
+    ) {
+        if code == 0 {
+            return;
+        }
+        // A request body nobody read (the upstream failed before taking it)
+        // would make closing the connection reset it, and the client could
+        // lose the answer: read what arrives within a short bound first.
+        if !session.as_downstream_mut().is_body_done() {
+            let bound = self
+                .shared
+                .limits
+                .request_body_timeout
+                .min(Duration::from_secs(2));
+            let _ = tokio::time::timeout(bound, session.as_downstream_mut().drain_request_body()).await;
+        }
+        let result = match reason {
+            Some(r) if r.deny_status() == code => {
+                let d = Decision::deny(r);
+                match deny_response(&d, &ctx.info.request_id) {
+                    Ok((h, b)) => match session.write_response_header(h, false).await {
+                        Ok(()) => session.write_response_body(Some(b), true).await,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            _ => session.respond_error(code).await,
+        };
+        if let Err(err) = result {
+            tracing::debug!(request_id = %ctx.info.request_id, error = %err, "failed to send error response");
         }
     }
 }
@@ -313,7 +448,24 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::new()
+        RequestCtx::new(self.shared.clone())
+    }
+
+    /// pingora logs every failed request at ERROR; phigate records each in
+    /// the audit and metrics and logs them rate-limited instead
+    /// ([`Shared::note_failure`]).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+        _error: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        true
     }
 
     /// Runs once per request, before anything is sent upstream. Returns
@@ -326,6 +478,7 @@ impl ProxyHttp for Gateway {
             .get("user-agent")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         ctx.info.method = session.req_header().method.as_str().to_string();
+        ctx.info.remote_addr = session.client_addr().map(|a| a.to_string());
 
         ctx.verdict = self.decide_request(session, ctx).await;
         // Fail closed: without a place for the audit record, nothing is
@@ -333,9 +486,10 @@ impl ProxyHttp for Gateway {
         // inspected body arrived, so slow clients hold none while sending.
         if let Some(refusal) = self.reserve(session, ctx) {
             ctx.verdict = Verdict::Denied(refusal.clone());
-            let refusal = if ctx.ticket.is_some()
+            ctx.outcome = None;
+            let refusal = if ctx.first.is_some()
                 && !self
-                    .finish_audit(session, ctx, refusal.deny_status(), RecordKind::Request)
+                    .finish_audit(ctx, refusal.deny_status(), RecordKind::First)
                     .await
             {
                 Decision::deny(Reason::AuditUnavailable)
@@ -351,7 +505,7 @@ impl ProxyHttp for Gateway {
             // before the client learns the outcome.
             let denial = d.clone();
             let answer = if self
-                .finish_audit(session, ctx, denial.deny_status(), RecordKind::Request)
+                .finish_audit(ctx, denial.deny_status(), RecordKind::First)
                 .await
             {
                 denial
@@ -360,6 +514,15 @@ impl ProxyHttp for Gateway {
             };
             self.respond_deny(session, ctx, &answer).await?;
             ctx.verdict = Verdict::Denied(answer);
+            return Ok(true);
+        }
+        // No effect without evidence: a request with effects is on record
+        // (on disk in per_request mode) before it is forwarded.
+        if self.needs_intent(ctx) && !self.finish_audit(ctx, 0, RecordKind::Intent).await {
+            ctx.outcome = None;
+            let refusal = Decision::deny(Reason::AuditUnavailable);
+            self.respond_deny(session, ctx, &refusal).await?;
+            ctx.verdict = Verdict::Denied(refusal);
             return Ok(true);
         }
         // A forwarded body must arrive in time too; stalls fail the read.
@@ -417,8 +580,10 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        let n = body.as_ref().map_or(0, |b| b.len() as u64);
+        ctx.bytes_from_client += n;
         if let Some(t) = &mut ctx.tunnel {
-            t.from_client += body.as_ref().map_or(0, |b| b.len() as u64);
+            t.from_client += n;
             return Ok(());
         }
         if ctx.body_deadline.is_some_and(|d| Instant::now() > d) {
@@ -468,35 +633,24 @@ impl ProxyHttp for Gateway {
                 // never let one through unaudited either.
                 return Error::e_explain(ErrorType::HTTPStatus(502), "unexpected 101 from the upstream");
             }
-            // The tunnel's close record needs its own slot: take it before
-            // the tunnel opens, or do not open it.
-            match self.shared.audit.reserve() {
-                Ok(slot) => {
-                    ctx.tunnel = Some(TunnelState {
-                        opened: Instant::now(),
-                        from_client: 0,
-                        to_client: 0,
-                        close_ticket: Some(AuditTicket::new(slot)),
-                    })
-                }
-                Err(e) => {
-                    self.shared.note_audit_failure(&e);
-                    ctx.verdict = Verdict::Denied(Decision::deny(Reason::AuditUnavailable));
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(503),
-                        "no audit slot for the tunnel's close record",
-                    );
-                }
-            }
+            ctx.tunnel = Some(TunnelState {
+                opened: Instant::now(),
+                from_client: 0,
+                to_client: 0,
+            });
             // The tunnel has no body deadline.
             ctx.body_deadline = None;
             session.as_downstream_mut().set_read_timeout(None);
             self.shared.metrics.tunnels_open.inc();
         }
-        // Allowed request: record it (durably in per_request mode) before the
+        if ctx.intent {
+            // On record since before it was forwarded; the outcome follows.
+            return Ok(());
+        }
+        // An allowed read: recorded (durably in per_request mode) before the
         // response is released; if the audit pipeline fails, the client gets
         // 503 instead of an unaudited PHI response.
-        if !self.finish_audit(session, ctx, status, RecordKind::Request).await {
+        if !self.finish_audit(ctx, status, RecordKind::First).await {
             if ctx.tunnel.take().is_some() {
                 self.shared.metrics.tunnels_open.dec();
             }
@@ -513,8 +667,10 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
+        let n = body.as_ref().map_or(0, |b| b.len() as u64);
+        ctx.bytes_to_client += n;
         if let Some(t) = &mut ctx.tunnel {
-            t.to_client += body.as_ref().map_or(0, |b| b.len() as u64);
+            t.to_client += n;
         }
         if let Some(c) = &mut ctx.links {
             if let Some(b) = body {
@@ -535,32 +691,35 @@ impl ProxyHttp for Gateway {
     }
 
     /// Errors before a response (upstream unreachable, timeouts, a failed
-    /// audit commit): record the outcome first, then answer.
+    /// audit commit, the client gone): record the outcome first, then answer.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
-        let mut code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::ReadTimedout => 408,
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
-        if ctx.ticket.is_some()
-            && !self.finish_audit(session, ctx, code, RecordKind::Request).await
-            && code > 0
-        {
-            ctx.verdict = Verdict::Denied(Decision::deny(Reason::AuditUnavailable));
-            code = 503;
-        }
-        if code > 0 {
-            if let Err(err) = session.respond_error(code).await {
-                tracing::debug!(request_id = %ctx.info.request_id, error = %err, "failed to send error response");
+        // pingora calls this for errors after the response began too.
+        let sent = session.response_written().map(|r| r.status.as_u16());
+        let started = sent.is_some();
+        let (reason, mut code) = failure_of(e, started);
+        // The record carries the status the client got (or is about to get).
+        let recorded_status = sent.unwrap_or(code);
+        let allowed = matches!(ctx.verdict, Verdict::Allowed(_));
+        if allowed {
+            if let Some(r) = reason.filter(|r| r.is_failure_after_allow() || *r == Reason::RequestTimeout) {
+                ctx.failure = Some(r);
+                self.shared.note_failure(r, e, &ctx.info.request_id);
             }
         }
+        let recorded = if ctx.first.is_some() {
+            self.finish_audit(ctx, recorded_status, RecordKind::First).await
+        } else if ctx.outcome_due() {
+            self.finish_audit(ctx, recorded_status, RecordKind::Outcome).await
+        } else {
+            true
+        };
+        let mut reason = ctx.failure.or(reason);
+        if !recorded && code > 0 {
+            ctx.verdict = Verdict::Denied(Decision::deny(Reason::AuditUnavailable));
+            reason = Some(Reason::AuditUnavailable);
+            code = 503;
+        }
+        self.respond_failure(session, ctx, reason, code).await;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -568,39 +727,56 @@ impl ProxyHttp for Gateway {
     }
 
     /// Runs once per request after the response (or a fatal error): every
-    /// decision, allow or deny, has one audit record (two for a tunnel: at
-    /// open and at close) and one metric sample.
+    /// decision, allow or deny, has its records (a first or intent record,
+    /// and an outcome record when one is due) and one metric sample.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let (Some(e), Verdict::Allowed(_)) = (e, &ctx.verdict) {
+            if ctx.failure.is_none() {
+                // The response had begun (else fail_to_proxy saw it): it is
+                // incomplete, or the client left.
+                let (reason, _) = failure_of(e, status > 0);
+                if let Some(r) = reason.filter(|r| r.is_failure_after_allow()) {
+                    ctx.failure = Some(r);
+                    self.shared.note_failure(r, e, &ctx.info.request_id);
+                }
+            }
+        }
         // Normally committed at response time; a request that ended without
-        // one (client gone mid-request) is recorded here.
-        if ctx.ticket.is_some() {
-            self.finish_audit(session, ctx, status, RecordKind::Request).await;
+        // one is recorded here.
+        if ctx.first.is_some() {
+            self.finish_audit(ctx, status, RecordKind::First).await;
         }
-        if ctx.tunnel.is_some() {
+        if ctx.outcome_due() {
+            self.finish_audit(ctx, status, RecordKind::Outcome).await;
+        }
+        if ctx.tunnel.take().is_some() {
             self.shared.metrics.tunnels_open.dec();
-            self.finish_audit(session, ctx, status, RecordKind::TunnelClose)
-                .await;
-            ctx.tunnel = None;
         }
+        // An outcome slot nobody needed is released.
+        ctx.outcome = None;
         ctx.in_flight = None;
         let Some(decision) = ctx.verdict.decision() else {
             // Nothing was decided (the request ended while being read).
             tracing::debug!(request_id = %ctx.info.request_id, "request ended before a decision");
             return;
         };
-        self.shared.metrics.count_request(decision, ctx.start.elapsed());
-        let route = decision.route.as_deref().unwrap_or("none");
-        if decision.break_glass {
+        let mut counted = decision.clone();
+        if let Some(f) = ctx.failure.filter(|_| decision.is_allow()) {
+            counted.reason = f;
+        }
+        self.shared.metrics.count_request(&counted, ctx.start.elapsed());
+        let route = counted.route.as_deref().unwrap_or("none");
+        if counted.break_glass {
             tracing::warn!(request_id = %ctx.info.request_id, route, "break-glass access");
         }
         tracing::info!(
             request_id = %ctx.info.request_id,
-            decision = decision.outcome.as_str(),
-            reason = decision.reason.as_str(),
+            decision = counted.outcome.as_str(),
+            reason = counted.reason.as_str(),
             status,
             route,
-            detail = decision.detail.as_deref(),
+            detail = counted.detail.as_deref(),
             error = e.map(|e| e.to_string()),
             "request"
         );

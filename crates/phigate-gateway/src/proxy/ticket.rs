@@ -1,14 +1,28 @@
 //! A request's state through the pingora phases, typed: what is known about
 //! it ([`RequestInfo`]), what was decided ([`Verdict`]: still pending,
 //! denied with a reason, or allowed with its permit and target), and its
-//! [`AuditTicket`] — the reserved audit slot that builds the record from the
-//! verdict and is finished exactly once, by [`super::Gateway::finish_audit`].
+//! audit tickets — reserved spool slots that build records from the verdict
+//! and are finished by [`super::Gateway::finish_audit`], or, for a request
+//! cut off by shutdown, by [`RequestCtx`]'s `Drop`.
+//!
+//! Records of one request ([`RecordKind`]):
+//! - **first**: a denial; an allowed read, committed when the response
+//!   headers arrive and before they are released;
+//! - **intent**: an allowed request with effects (every method but GET and
+//!   HEAD; every request with `audit.intent: all`), committed *before* it is
+//!   forwarded — no effect without evidence;
+//! - **outcome**: how a request with a first or intent record ended — always
+//!   after an intent and for a WebSocket tunnel (at close), and after a read
+//!   whose response failed or was cut off.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
-use phigate_audit::{AuditError, AuditRecord, Slot, Tunnel, TunnelPhase};
-use phigate_policy::{CanonicalTarget, Claims, Decision, Forward};
+use phigate_audit::{AuditError, AuditRecord, CommitInfo, Phase, Slot, Tunnel, TunnelPhase};
+use phigate_policy::{CanonicalTarget, Claims, Decision, Forward, Reason};
 
+use super::Shared;
 use crate::limiter::InFlightGuard;
 use crate::paging::Caller;
 
@@ -21,6 +35,8 @@ pub struct RequestInfo {
     /// crate bounds it).
     pub path: String,
     pub user_agent: Option<String>,
+    /// The client's socket address.
+    pub remote_addr: Option<String>,
     /// The break-glass justification as recorded.
     pub justification: Option<String>,
     /// Version of the policy that decided.
@@ -35,7 +51,9 @@ pub enum Verdict {
     /// Not decided yet: the request is still being read.
     #[default]
     Pending,
-    /// Refused by phigate; never forwarded.
+    /// Refused by phigate (or, for an allowed request whose record could not
+    /// be committed, turned into the `audit_unavailable` refusal the client
+    /// got instead of the response).
     Denied(Decision),
     /// Let through: forwarded as the permit says.
     Allowed(Permit),
@@ -87,18 +105,27 @@ impl AuditTicket {
     }
 
     /// Commit `record` (on disk in `per_request` mode when this resolves).
-    pub async fn finish(self, record: AuditRecord) -> Result<(), AuditError> {
-        self.slot.commit(record).await.map(|_| ())
+    pub async fn finish(self, record: AuditRecord) -> Result<CommitInfo, AuditError> {
+        self.slot.commit(record).await
+    }
+
+    /// Hand `record` to the writer without waiting (from `Drop`, when no
+    /// one is left to wait): it is written unless the spool is broken.
+    pub fn finish_detached(self, record: AuditRecord) {
+        drop(self.slot.commit(record));
     }
 }
 
 /// Which record of a request is being finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
-    /// The request's record (for a tunnel: at the 101, `phase: open`).
-    Request,
-    /// A tunnel's second record, when it closes.
-    TunnelClose,
+    /// The request's only or first record (a denial; an allowed read when
+    /// its response headers arrive; for a tunnel, at the 101).
+    First,
+    /// Before an allowed request with effects is forwarded.
+    Intent,
+    /// How a request that has a first or intent record ended.
+    Outcome,
 }
 
 /// A WebSocket tunnel opened through an opted-in route.
@@ -107,8 +134,6 @@ pub struct TunnelState {
     pub opened: Instant,
     pub from_client: u64,
     pub to_client: u64,
-    /// The ticket for the record written when the tunnel closes.
-    pub close_ticket: Option<AuditTicket>,
 }
 
 /// Reading the paging links of an allowed search's result.
@@ -123,16 +148,29 @@ pub struct LinkCapture {
 }
 
 /// Per-request state, filled in as the request moves through the phases.
-#[derive(Debug)]
 pub struct RequestCtx {
     pub start: Instant,
     pub info: RequestInfo,
     pub verdict: Verdict,
-    /// The audit slot, from the decision until the record is committed.
-    pub ticket: Option<AuditTicket>,
+    /// The slot of the first (or intent) record, until it is committed.
+    pub first: Option<AuditTicket>,
+    /// The slot of the outcome record, reserved with the first so the
+    /// outcome can always be written; released unused when no outcome is due.
+    pub outcome: Option<AuditTicket>,
+    /// The `event_id` of the committed first/intent record.
+    pub first_event_id: Option<String>,
+    /// An intent record was committed: an outcome record is due.
+    pub intent: bool,
+    /// Why an allowed request failed after the decision (upstream, client),
+    /// recorded as its reason.
+    pub failure: Option<Reason>,
     /// This request's place in its client's in-flight share.
     pub in_flight: Option<InFlightGuard>,
     pub upstream_status: Option<u16>,
+    /// Response body bytes passed to the client.
+    pub bytes_to_client: u64,
+    /// Request body bytes passed to the upstream.
+    pub bytes_from_client: u64,
     /// phigate answered `100 Continue` and read the body itself.
     pub sent_continue: bool,
     /// A forwarded (streamed) request body must end by then.
@@ -140,48 +178,78 @@ pub struct RequestCtx {
     pub tunnel: Option<TunnelState>,
     /// An allowed search whose result's paging links are being read.
     pub links: Option<LinkCapture>,
+    /// For records of requests cut off by shutdown (`Drop`).
+    pub shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RequestCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestCtx")
+            .field("info", &self.info)
+            .field("verdict", &self.verdict)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(shared: Arc<Shared>) -> Self {
         RequestCtx {
             start: Instant::now(),
             info: RequestInfo::default(),
             verdict: Verdict::Pending,
-            ticket: None,
+            first: None,
+            outcome: None,
+            first_event_id: None,
+            intent: false,
+            failure: None,
             in_flight: None,
             upstream_status: None,
+            bytes_to_client: 0,
+            bytes_from_client: 0,
             sent_continue: false,
             body_deadline: None,
             tunnel: None,
             links: None,
+            shared,
         }
+    }
+
+    /// An outcome record is due when the request ends: after an intent, for
+    /// a tunnel, or when a read whose first record is committed failed.
+    pub fn outcome_due(&self) -> bool {
+        self.outcome.is_some()
+            && self.first_event_id.is_some()
+            && (self.intent || self.tunnel.is_some() || self.failure.is_some())
     }
 
     /// The audit record of this request as of now, sent with `status`.
     /// `None` while nothing was decided (no record is ever made up).
-    pub fn record(&self, status: u16, remote_addr: Option<String>, kind: RecordKind) -> Option<AuditRecord> {
+    pub fn record(&self, status: u16, kind: RecordKind) -> Option<AuditRecord> {
         let decision = self.verdict.decision()?;
         let claims = self.info.claims.clone().unwrap_or_default();
         let tunnel = self.tunnel.as_ref().map(|t| match kind {
-            RecordKind::Request => Tunnel {
-                phase: TunnelPhase::Open,
-                bytes_from_client: 0,
-                bytes_to_client: 0,
-                duration_ms: 0,
-            },
-            RecordKind::TunnelClose => Tunnel {
+            RecordKind::Outcome => Tunnel {
                 phase: TunnelPhase::Close,
                 bytes_from_client: t.from_client,
                 bytes_to_client: t.to_client,
                 duration_ms: t.opened.elapsed().as_millis() as u64,
             },
+            _ => Tunnel {
+                phase: TunnelPhase::Open,
+                bytes_from_client: 0,
+                bytes_to_client: 0,
+                duration_ms: 0,
+            },
         });
-        Some(AuditRecord {
+        let reason = match self.failure {
+            Some(f) if kind != RecordKind::Intent && decision.is_allow() => f,
+            _ => decision.reason,
+        };
+        let mut r = AuditRecord {
             ts: phigate_audit::now_rfc3339(),
             request_id: self.info.request_id.clone(),
             decision: decision.outcome.as_str().to_string(),
-            reason: decision.reason.as_str().to_string(),
+            reason: reason.as_str().to_string(),
             status,
             method: self.info.method.clone(),
             path: self.info.path.clone(),
@@ -198,7 +266,7 @@ impl RequestCtx {
             },
             upstream_status: self.upstream_status,
             duration_ms: (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-            remote_addr,
+            remote_addr: self.info.remote_addr.clone(),
             policy_version: self.info.policy_version.clone(),
             patient: decision.patient.clone(),
             break_glass: decision.break_glass,
@@ -207,12 +275,64 @@ impl RequestCtx {
             user_agent: self.info.user_agent.clone(),
             tunnel,
             ..AuditRecord::default()
-        })
+        };
+        match kind {
+            RecordKind::First => {}
+            RecordKind::Intent => {
+                r.phase = Some(Phase::Intent);
+                r.status = 0;
+                r.upstream_status = None;
+            }
+            RecordKind::Outcome => {
+                r.phase = Some(Phase::Outcome);
+                r.completes = self.first_event_id.clone();
+                r.complete = Some(self.failure.is_none());
+                r.bytes_to_client = Some(self.bytes_to_client);
+                r.bytes_from_client = Some(self.bytes_from_client);
+            }
+        }
+        Some(r)
     }
 }
 
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
+impl Drop for RequestCtx {
+    /// A request whose tickets were not finished was cut off: pingora drops
+    /// the request's task when its runtime shuts down (the end of
+    /// `shutdown_grace`, or SIGINT), and nothing else runs for it. Its
+    /// outstanding record is written here — `aborted_shutdown` while phigate
+    /// shuts down, `client_aborted` otherwise — so a request that may have
+    /// reached the upstream never ends without one. The gateway waits for
+    /// these records before it exits (`Spool::close`).
+    fn drop(&mut self) {
+        // `logging()` releases the outcome slot when it is done: one still
+        // held after a committed first record means the request never got
+        // there (a read cut off mid-body is incomplete too).
+        let cut_off = self.outcome.is_some() && self.first_event_id.is_some();
+        if self.first.is_none() && !cut_off {
+            return;
+        }
+        let shutting_down = self.shared.shutting_down.load(Ordering::Acquire);
+        if matches!(self.verdict, Verdict::Allowed(_)) {
+            self.failure = Some(if shutting_down {
+                Reason::AbortedShutdown
+            } else {
+                Reason::ClientAborted
+            });
+        }
+        let (ticket, kind) = match self.first.take() {
+            Some(t) => (t, RecordKind::First),
+            None => match self.outcome.take() {
+                Some(t) => (t, RecordKind::Outcome),
+                None => return,
+            },
+        };
+        if let Some(record) = self.record(0, kind) {
+            if let Some(d) = self.verdict.decision() {
+                let mut counted = d.clone();
+                counted.reason = self.failure.unwrap_or(d.reason);
+                self.shared.metrics.count_request(&counted, self.start.elapsed());
+            }
+            ticket.finish_detached(record);
+        }
     }
 }

@@ -323,3 +323,53 @@ fn export_is_a_collection_bundle_of_audit_events() {
     assert_eq!(entries[0]["resource"]["resourceType"], "AuditEvent");
     assert!(entries[1].get("fullUrl").is_none());
 }
+
+#[test]
+fn intent_and_outcome_records_map_to_linked_events_with_honest_outcomes() {
+    let intent = access(
+        "POST",
+        "/fhir/Observation",
+        json!({ "phase": "intent", "outcome": "pending", "status": 0, "event_id": "ev-1" }),
+    );
+    let ev = to_audit_event(&intent);
+    assert_eq!(ev["outcome"], "0");
+    assert!(ev["outcomeDesc"]
+        .as_str()
+        .unwrap()
+        .contains("outcome is recorded in a later AuditEvent"));
+
+    let cases = [
+        (
+            json!({ "outcome": "client_aborted", "upstream_status": 201 }),
+            "4",
+            "upstream answered 201",
+        ),
+        (
+            json!({ "outcome": "client_aborted", "upstream_status": null }),
+            "4",
+            "before the upstream answered",
+        ),
+        (json!({ "outcome": "aborted_shutdown" }), "8", "shut down"),
+        (
+            json!({ "outcome": "upstream_error", "reason": "upstream_incomplete", "upstream_status": 200, "complete": false, "bytes_to_client": 1000 }),
+            "8",
+            "response incomplete, 1000 body bytes delivered",
+        ),
+        (
+            json!({ "outcome": "success", "upstream_status": 201, "complete": true }),
+            "0",
+            "outcome of event ev-1",
+        ),
+    ];
+    for (extra, code, text) in cases {
+        let mut fields = json!({ "phase": "outcome", "completes": "ev-1" });
+        for (k, v) in extra.as_object().unwrap() {
+            fields[k] = v.clone();
+        }
+        let ev = to_audit_event(&access("POST", "/fhir/Observation", fields));
+        assert_eq!(ev["outcome"], code, "{ev:#}");
+        let desc = ev["outcomeDesc"].as_str().unwrap();
+        assert!(desc.contains(text), "{desc}");
+        assert!(desc.starts_with("outcome of event ev-1"), "{desc}");
+    }
+}
