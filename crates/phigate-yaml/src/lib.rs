@@ -7,6 +7,8 @@
 //! editing this crate only.
 #![forbid(unsafe_code)]
 
+mod env;
+
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -93,13 +95,67 @@ pub fn parse_all_located<T: DeserializeOwned>(
     file: &str,
     src: &str,
 ) -> (Option<T>, Vec<Diagnostic>, Locator) {
-    let (value, errors, removed) = parse_all_core(file, src);
+    let (value, errors, removed) = parse_all_core(file, src, None);
     let mut locator = Locator::new(src);
     locator.removed = removed.paths;
     (value, errors, locator)
 }
 
-fn parse_all_core<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec<Diagnostic>, Removed) {
+/// As [`parse_all_located`], with environment variables substituted into the
+/// document's values first; `env` looks a variable up (`None`: not set), e.g.
+/// `&|name| std::env::var(name).ok()`.
+///
+/// # Environment variables
+///
+/// - `${VAR}` is replaced by the value of `VAR`; `${VAR:-default}` by the
+///   value, or by `default` when `VAR` is unset **or empty** (as in a shell).
+///   `default` is literal text up to the first `}` (it cannot contain `}` or
+///   another reference). `$$` is a literal `$`; a `$` followed by anything
+///   but `{` or `$` is itself. A name is `[A-Za-z_][A-Za-z0-9_]*`.
+/// - Anything else in `${…}` (`${1abc}`, `${VAR:?msg}`, `${VAR-x}`, `${}`,
+///   a `${` without `}`) is an error at its `${`. So is a variable that is
+///   not set and has no default: `environment variable `VAR` is not set (use
+///   ${VAR:-default} for a default)`. Every such error in the file is
+///   reported, with the other errors of the file, in one run.
+/// - Only scalar **values** are substituted, in the whole document (block
+///   and flow mappings and sequences, quoted, plain and block scalars): never
+///   keys, never comments. The structure of the document is read from the
+///   file before any substitution, so a value cannot change it: whatever the
+///   value holds (`: `, `#`, `- `, quotes, brackets, line breaks) becomes
+///   part of that one scalar.
+/// - Typing: an unquoted value that is exactly one reference
+///   (`threads: ${THREADS}`, `h2c: ${H2C:-false}`) is typed as if its text
+///   had been written there: a number, `true`/`false`, `null`/`~` (and empty
+///   text) as such, anything else a string. A quoted value, a block scalar
+///   (`|`, `>`), a value with an explicit tag, or one that mixes references
+///   with other text (`url: "https://${HOST}/x"`, `path: /etc/${APP}/cert.pem`)
+///   is always a string.
+/// - Inside a flow collection (`[…]`, `{…}`) YAML does not allow `{` in an
+///   unquoted value: quote the reference there (`ports: ["${PORT}"]`).
+/// - Every position reported — syntax errors, type errors, unknown keys,
+///   and the caller's own errors through the returned [`Locator`] — is in
+///   the file as written.
+/// - Values are never shown in messages (they may be secrets): an error
+///   about a substituted value names its references instead, e.g.
+///   `invalid type: string (value from ${PORT}), expected u16`.
+pub fn parse_all_located_env<T: DeserializeOwned>(
+    file: &str,
+    src: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Option<T>, Vec<Diagnostic>, Locator) {
+    let (value, mut errors, removed) = parse_all_core(file, src, Some(env));
+    // Substitution problems come first: put everything in reading order.
+    errors.sort_by_key(|d| (d.location.is_none(), d.location));
+    let mut locator = Locator::new(src);
+    locator.removed = removed.paths;
+    (value, errors, locator)
+}
+
+fn parse_all_core<T: DeserializeOwned>(
+    file: &str,
+    src: &str,
+    env: Option<env::Env<'_>>,
+) -> (Option<T>, Vec<Diagnostic>, Removed) {
     let mut removed = Removed::default();
     if src.trim().is_empty() {
         return (None, vec![Diagnostic::new(file, None, "file is empty")], removed);
@@ -111,15 +167,30 @@ fn parse_all_core<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec
                 line: l.line(),
                 column: l.column(),
             });
-            return (
-                None,
-                vec![Diagnostic::new(file, location, strip_position(&e.to_string()))],
-                removed,
-            );
+            let mut message = strip_position(&e.to_string());
+            if env.is_some() && location.is_some_and(|l| flow_reference_on(src, l.line)) {
+                message.push_str(" (inside [ ] or { }, quote an environment variable reference: \"${VAR}\")");
+            }
+            return (None, vec![Diagnostic::new(file, location, message)], removed);
         }
     };
     let locator = Locator::new(src);
     let mut errors = Vec::new();
+    let mut secrets = env::Secrets::default();
+    if let Some(env) = env {
+        let outcome = env::substitute(&mut value, src, env, &locator);
+        errors.extend(
+            outcome
+                .errors
+                .into_iter()
+                .map(|(location, message)| Diagnostic::new(file, location, message)),
+        );
+        removed.paths.extend(outcome.removed);
+        secrets = outcome.secrets;
+        if outcome.root_failed {
+            return (None, errors, removed);
+        }
+    }
     // Each round removes one node, so the document bounds the rounds.
     for _ in 0..10_000 {
         let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
@@ -166,6 +237,7 @@ fn parse_all_core<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec
                 OwnedSeg::Index(i) => PathSeg::Index(*i),
             })
             .collect();
+        let message = secrets.scrub(&original, message);
         errors.push(Diagnostic::new(file, locator.locate(&at), message));
         if target.is_empty() || !remove_node(&mut value, &target) {
             return (None, errors, removed);
@@ -173,6 +245,14 @@ fn parse_all_core<T: DeserializeOwned>(file: &str, src: &str) -> (Option<T>, Vec
         removed.paths.push(original);
     }
     (None, errors, removed)
+}
+
+/// Line `line` (1-based) of `src` has an unquoted `${` inside a flow
+/// collection, which YAML cannot read (`{` ends a flow scalar).
+fn flow_reference_on(src: &str, line: usize) -> bool {
+    src.lines().nth(line.saturating_sub(1)).is_some_and(|l| {
+        l.contains("${") && (l.contains('[') || l.matches('{').count() > l.matches("${").count())
+    })
 }
 
 /// The name between backticks after `prefix` in a serde message.
