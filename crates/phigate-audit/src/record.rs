@@ -112,11 +112,39 @@ pub struct AuditRecord {
     /// For `phase: outcome`: request body bytes forwarded to the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_from_client: Option<u64>,
+    /// The client certificate verified on the connection (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<ClientCert>,
+    /// `HTTP/1.1`, `HTTP/2`, … as the client spoke it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<String>,
+    /// The TLS version of the client connection (`TLSv1_3`), absent for plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    /// The name of the upstream the request was (or would have been) sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// The upstream address of the last attempt (`ip:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_address: Option<String>,
+    /// Connection attempts to the upstream (more than 1: retried on another
+    /// address after a connect failure; idempotent methods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_attempts: Option<u32>,
     /// Client-controlled fields that were cut to their bound
     /// ([`AuditRecord::enforce_bounds`]): field name → original length and
     /// SHA-256, so a reviewer can match the full value seen elsewhere.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub truncated: BTreeMap<String, Truncation>,
+}
+
+/// A verified client certificate (see [`AuditRecord::client_cert`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ClientCert {
+    /// The certificate's subject, e.g. `CN=app-7,O=Example`.
+    pub subject: String,
+    /// SHA-256 of the certificate (DER), base64url without padding: RFC 8705 `x5t#S256`.
+    pub sha256: String,
 }
 
 /// Which record of a request this is (see [`AuditRecord::phase`]).
@@ -167,6 +195,8 @@ pub const MAX_METHOD_BYTES: usize = 32;
 pub const MAX_USER_AGENT_BYTES: usize = 256;
 /// See [`MAX_PATH_BYTES`] (the policy caps justifications at 4096 characters).
 pub const MAX_JUSTIFICATION_BYTES: usize = 2048;
+/// Bound of a client certificate subject in a record.
+pub const MAX_CERT_SUBJECT_BYTES: usize = 1024;
 /// See [`MAX_PATH_BYTES`].
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
@@ -204,6 +234,9 @@ impl AuditRecord {
         }
         if let Some(j) = &mut self.justification {
             cut("justification", j, MAX_JUSTIFICATION_BYTES, t);
+        }
+        if let Some(c) = &mut self.client_cert {
+            cut("client_cert.subject", &mut c.subject, MAX_CERT_SUBJECT_BYTES, t);
         }
     }
 }

@@ -37,14 +37,37 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Re
 
 impl Admin {
     /// Readiness: policy loaded (always true once serving: start-up fails
-    /// without one), every issuer's keys usable, audit spool accepting.
+    /// without one), every issuer's keys usable, audit spool accepting, not
+    /// draining for a shutdown.
     /// Streaming sinks are reported but do not gate readiness: the spool
     /// buffers for them, and a SIEM outage must not take the API down.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let keys = self.shared.validator.is_ready();
         let stats = self.shared.audit.stats();
         let audit = stats.accepting;
-        let ready = keys && audit;
+        let draining = self
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire);
+        let ready = keys && audit && !draining;
+        // Upstreams are reported, not gating: a backend outage is the same
+        // for every replica, and taking them all out of the load balancer
+        // would turn precise 503 `upstream_unavailable` answers into
+        // connection errors.
+        let mut upstreams = serde_json::Map::new();
+        for h in self.shared.upstreams.health() {
+            let entry = upstreams
+                .entry(h.upstream.clone())
+                .or_insert_with(|| serde_json::json!({ "healthy": false, "addresses": {} }));
+            let up = h.healthy && !h.passive_down;
+            if up {
+                entry["healthy"] = serde_json::Value::Bool(true);
+            }
+            entry["addresses"][h.address.as_str()] = serde_json::json!({
+                "healthy": h.healthy,
+                "passive_down": h.passive_down,
+            });
+        }
         let sinks: serde_json::Map<String, serde_json::Value> = self
             .shared
             .sinks
@@ -80,6 +103,8 @@ impl Admin {
                     "queue_depth": stats.queue_depth,
                 },
                 "sinks": sinks,
+                "upstreams": upstreams,
+                "draining": draining,
             }),
         )
     }
@@ -96,6 +121,9 @@ impl Admin {
             "/metrics" => {
                 self.shared.metrics.observe_validator(&self.shared.validator);
                 self.shared.metrics.observe_sinks(&self.shared.sinks);
+                self.shared
+                    .metrics
+                    .observe_upstreams(&self.shared.upstreams.health());
                 let body = self.shared.metrics.render(&self.shared.audit.stats());
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
             }

@@ -12,6 +12,7 @@
 //! constructors.
 
 mod file;
+mod network;
 mod validate;
 
 use std::net::SocketAddr;
@@ -24,8 +25,9 @@ use phigate_yaml::{Diagnostic, Location};
 use serde::Deserialize;
 
 pub use file::{
-    AuditFile, CheckpointFile, DurabilityFile, GatewayFile, IntentFile, IssuerFile, LimitsFile, LogFile,
-    PagingFile, RateLimitFile, UpstreamFile,
+    AuditFile, CheckpointFile, ClientAuthFile, DurabilityFile, ForwardedHeaders, GatewayFile,
+    HealthCheckFile, IntentFile, IssuerFile, LimitsFile, ListenerFile, ListenerTlsFile, LogFile, PagingFile,
+    RateLimitFile, UpstreamFile, UpstreamTlsFile,
 };
 
 /// Which allowed requests get an `intent` audit record before forwarding.
@@ -39,7 +41,7 @@ pub enum IntentMode {
     /// Every allowed request (two records per request).
     All,
 }
-pub use validate::{load, parse};
+pub use validate::{load, parse, parse_with_env};
 
 /// `log.format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -61,9 +63,13 @@ pub struct Origin {
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    pub listen: SocketAddr,
+    /// Proxy listeners (at least one).
+    pub listeners: Vec<ListenerConfig>,
     pub admin_listen: SocketAddr,
-    pub upstream: UpstreamConfig,
+    /// Upstreams (at least one), chosen by the longest matching prefix.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Which forwarding headers are set on upstream requests.
+    pub forwarded: ForwardedMode,
     pub issuers: Vec<IssuerConfig>,
     /// The policy directory; empty for an embedded policy (dev mode).
     pub policies: PathBuf,
@@ -96,9 +102,10 @@ impl GatewayConfig {
         audit: AuditConfig,
     ) -> Self {
         GatewayConfig {
-            listen,
+            listeners: vec![ListenerConfig::plain(listen)],
             admin_listen,
-            upstream,
+            upstreams: vec![upstream],
+            forwarded: ForwardedMode::default(),
             issuers,
             policies,
             policies_origin: None,
@@ -156,23 +163,99 @@ impl Default for Limits {
     }
 }
 
+/// One proxy listener.
 #[derive(Debug, Clone)]
-pub struct UpstreamConfig {
+pub struct ListenerConfig {
     pub address: SocketAddr,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub forward_authorization: bool,
+    /// TLS termination; `None`: plaintext.
+    pub tls: Option<crate::tls::ListenerTlsSpec>,
+    /// Offer HTTP/2 by ALPN (TLS listeners).
+    pub http2: bool,
+    /// Accept HTTP/2 with prior knowledge (plaintext listeners).
+    pub h2c: bool,
 }
 
+impl ListenerConfig {
+    /// A plaintext HTTP/1.1 listener.
+    pub fn plain(address: SocketAddr) -> Self {
+        ListenerConfig {
+            address,
+            tls: None,
+            http2: true,
+            h2c: false,
+        }
+    }
+
+    /// `https` for TLS listeners, else `http` (`X-Forwarded-Proto`).
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// One upstream: where and how to connect ([`crate::upstreams::UpstreamSpec`])
+/// and what phigate forwards to it.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub spec: crate::upstreams::UpstreamSpec,
+    pub forward_authorization: bool,
+    /// Extra attempts on another address after a connect failure
+    /// (idempotent methods only).
+    pub retries: u32,
+    /// Send the client's `Host` (true), or the upstream address's own
+    /// `host[:port]` (false: for backends behind name-based virtual hosting).
+    pub preserve_host: bool,
+}
+
+/// Default name of the upstream given as `upstream:`.
+pub const DEFAULT_UPSTREAM_NAME: &str = "default";
+
 impl UpstreamConfig {
-    /// An upstream with the default timeouts (connect 2 s, read 30 s) that
-    /// receives the client's `Authorization`.
+    /// One plain-HTTP address serving every path, with the default timeouts
+    /// (connect 2 s, read 30 s), one retry, receiving the client's
+    /// `Authorization`.
     pub fn new(address: SocketAddr) -> Self {
         Self {
-            address,
-            connect_timeout: Duration::from_secs(2),
-            read_timeout: Duration::from_secs(30),
+            spec: crate::upstreams::UpstreamSpec {
+                name: DEFAULT_UPSTREAM_NAME.to_string(),
+                prefix: "/".to_string(),
+                rewrite: None,
+                addresses: vec![address.to_string()],
+                tls: None,
+                health_check: None,
+                resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+                connect_timeout: Duration::from_secs(2),
+                read_timeout: Duration::from_secs(30),
+            },
             forward_authorization: true,
+            retries: 1,
+            preserve_host: true,
+        }
+    }
+}
+
+/// Default DNS re-resolution period of upstream hostnames.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Which forwarding headers phigate sets on upstream requests. Values a
+/// client sent are passed on (extended) only from `trusted_proxies`;
+/// from anyone else they are removed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedMode {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    pub x_forwarded: bool,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: bool,
+}
+
+impl Default for ForwardedMode {
+    fn default() -> Self {
+        ForwardedMode {
+            x_forwarded: true,
+            forwarded: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use pingora_http::RequestHeader;
 
 use phigate_policy::{Forward, Headers, METHOD_OVERRIDE_HEADERS};
 
-use crate::config::UpstreamConfig;
+use crate::config::ForwardedMode;
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) and upgrade fields, removed before
 /// forwarding (pingora's request policy removes them too, together with the
@@ -23,12 +23,10 @@ pub const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
-/// The upstream peer for an allowed request. Upgrade handshakes are
-/// forwarded only when the decision says the route opted in.
-pub fn peer(up: &UpstreamConfig, forward: Forward) -> HttpPeer {
-    let mut peer = HttpPeer::new(up.address, false, String::new());
-    peer.options.connection_timeout = Some(up.connect_timeout);
-    peer.options.read_timeout = Some(up.read_timeout);
+/// The upstream peer for an allowed request (as selected, with its address,
+/// TLS and timeouts). Upgrade handshakes are forwarded only when the
+/// decision says the route opted in.
+pub fn peer(mut peer: HttpPeer, forward: Forward) -> HttpPeer {
     peer.options.http_upstream_request_policy = if forward.websocket {
         HttpUpstreamRequestPolicy::standard()
     } else {
@@ -83,6 +81,107 @@ pub fn strict_prefer(existing: &[String]) -> String {
     prefs.join(", ")
 }
 
+/// Where a request came from, for the forwarding headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The socket peer.
+    pub peer: Option<std::net::IpAddr>,
+    /// The peer is one of `trusted_proxies`: its forwarding headers are kept
+    /// and extended; anyone else's are replaced.
+    pub trusted: bool,
+    /// `http` or `https` (the listener).
+    pub scheme: &'a str,
+    /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2) the client sent.
+    pub host: Option<&'a str>,
+}
+
+/// Headers of the `x_forwarded` mode.
+const X_FORWARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+
+/// Set the forwarding headers: values from a trusted proxy are kept and
+/// the peer appended; values from anyone else are removed first, never
+/// passed on — a client cannot make the backend believe another address,
+/// scheme or host. Headers of a mode that is off are passed on only from
+/// trusted proxies.
+pub fn set_forwarding_headers(
+    req: &mut RequestHeader,
+    origin: Origin<'_>,
+    mode: ForwardedMode,
+) -> Result<()> {
+    let existing = |req: &RequestHeader, name: &str| -> Vec<String> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    if !origin.trusted {
+        for h in X_FORWARDED.iter().chain(std::iter::once(&"forwarded")) {
+            req.remove_header(*h);
+        }
+    }
+    let peer = origin.peer.map(|ip| ip.to_string());
+    if mode.x_forwarded {
+        let mut chain = existing(req, "x-forwarded-for");
+        chain.extend(peer.clone());
+        req.remove_header("x-forwarded-for");
+        if !chain.is_empty() {
+            req.insert_header("x-forwarded-for", chain.join(", "))?;
+        }
+        if existing(req, "x-forwarded-proto").is_empty() {
+            req.insert_header("x-forwarded-proto", origin.scheme)?;
+        }
+        if existing(req, "x-forwarded-host").is_empty() {
+            if let Some(h) = origin.host {
+                req.insert_header("x-forwarded-host", h)?;
+            }
+        }
+    }
+    if mode.forwarded {
+        let mut elements = existing(req, "forwarded");
+        let mut el = String::new();
+        if let Some(ip) = origin.peer {
+            el.push_str(&match ip {
+                std::net::IpAddr::V4(v4) => format!("for={v4}"),
+                std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+            });
+        }
+        let pairs = [("proto", Some(origin.scheme)), ("host", origin.host)];
+        for (k, v) in pairs {
+            let Some(v) = v else { continue };
+            if !el.is_empty() {
+                el.push(';');
+            }
+            el.push_str(k);
+            el.push('=');
+            el.push_str(&forwarded_value(v));
+        }
+        elements.push(el);
+        req.remove_header("forwarded");
+        req.insert_header("forwarded", elements.join(", "))?;
+    }
+    Ok(())
+}
+
+/// An RFC 7239 value: a token as is, anything else as a quoted string.
+fn forwarded_value(v: &str) -> String {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !v.is_empty() && v.chars().all(tchar) {
+        v.to_string()
+    } else {
+        let escaped: String = v
+            .chars()
+            .filter(|c| !c.is_control())
+            .flat_map(|c| match c {
+                '"' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        format!("\"{escaped}\"")
+    }
+}
+
 /// A pingora/`http` header map as the policy core reads it.
 pub struct HeaderView<'a>(pub &'a HeaderMap);
 
@@ -110,6 +209,84 @@ mod tests {
         assert_eq!(
             s(&["respond-async", "handling"]),
             "respond-async, handling=strict"
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_are_replaced_unless_the_peer_is_trusted() {
+        let build = || {
+            let mut req = RequestHeader::build("GET", b"/fhir/Patient/1", None).unwrap();
+            req.append_header("x-forwarded-for", "6.6.6.6").unwrap();
+            req.append_header("x-forwarded-proto", "https").unwrap();
+            req.append_header("x-forwarded-host", "evil.example").unwrap();
+            req.append_header("forwarded", "for=6.6.6.6;host=evil.example")
+                .unwrap();
+            req
+        };
+        let h = |req: &RequestHeader, n: &str| {
+            req.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let origin = |trusted| Origin {
+            peer: Some("10.0.0.7".parse().unwrap()),
+            trusted,
+            scheme: "http",
+            host: Some("fhir.example:8443"),
+        };
+        let both = ForwardedMode {
+            x_forwarded: true,
+            forwarded: true,
+        };
+        // Untrusted: every client value replaced.
+        let mut req = build();
+        set_forwarding_headers(&mut req, origin(false), both).unwrap();
+        assert_eq!(h(&req, "x-forwarded-for"), ["10.0.0.7"]);
+        assert_eq!(h(&req, "x-forwarded-proto"), ["http"]);
+        assert_eq!(h(&req, "x-forwarded-host"), ["fhir.example:8443"]);
+        assert_eq!(
+            h(&req, "forwarded"),
+            ["for=10.0.0.7;proto=http;host=\"fhir.example:8443\""]
+        );
+        // Trusted: kept and extended.
+        let mut req = build();
+        set_forwarding_headers(&mut req, origin(true), both).unwrap();
+        assert_eq!(h(&req, "x-forwarded-for"), ["6.6.6.6, 10.0.0.7"]);
+        assert_eq!(h(&req, "x-forwarded-proto"), ["https"]);
+        assert_eq!(h(&req, "x-forwarded-host"), ["evil.example"]);
+        assert_eq!(
+            h(&req, "forwarded"),
+            ["for=6.6.6.6;host=evil.example, for=10.0.0.7;proto=http;host=\"fhir.example:8443\""]
+        );
+        // Mode none: untrusted values still removed, nothing added.
+        let mut req = build();
+        let none = ForwardedMode {
+            x_forwarded: false,
+            forwarded: false,
+        };
+        set_forwarding_headers(&mut req, origin(false), none).unwrap();
+        for n in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            assert!(h(&req, n).is_empty(), "{n}");
+        }
+        // IPv6 peers are quoted in Forwarded; odd hosts are escaped.
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let o = Origin {
+            peer: Some("::1".parse().unwrap()),
+            trusted: false,
+            scheme: "https",
+            host: Some("a\"b"),
+        };
+        set_forwarding_headers(&mut req, o, both).unwrap();
+        assert_eq!(
+            h(&req, "forwarded"),
+            ["for=\"[::1]\";proto=https;host=\"a\\\"b\""]
         );
     }
 

@@ -17,8 +17,11 @@
 //!    a pipelined prefix: pingora parses exactly the same bytes again (so
 //!    what it accepts is what was checked) and runs the `ProxyHttp` phases.
 //!
-//! HTTP/2 connections (ALPN `h2`) go to pingora unchanged: their framing is
-//! the h2 crate's, and the per-stream checks happen in the `ProxyHttp` phases.
+//! HTTP/2 connections — ALPN `h2` on TLS listeners, and on plaintext
+//! listeners with `h2c: true` a connection that opens with the HTTP/2
+//! preface — go to pingora unchanged: their framing is the h2 crate's, and
+//! the per-stream checks happen in the `ProxyHttp` phases (one decision and
+//! one audit record per stream).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,16 +59,22 @@ pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     shared: Arc<Shared>,
     header_timeout: Duration,
+    /// Accept HTTP/2 with prior knowledge on this (plaintext) listener.
+    h2c: bool,
     shutting_down: AtomicBool,
     shutdown: Notify,
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 impl Front {
-    pub fn new(proxy: HttpProxy<Gateway>, shared: Arc<Shared>, header_timeout: Duration) -> Self {
+    pub fn new(proxy: HttpProxy<Gateway>, shared: Arc<Shared>, header_timeout: Duration, h2c: bool) -> Self {
         Front {
             proxy: Arc::new(proxy),
             shared,
             header_timeout,
+            h2c,
             shutting_down: AtomicBool::new(false),
             shutdown: Notify::new(),
         }
@@ -169,14 +178,45 @@ fn refusal_record(
 
 #[async_trait]
 impl ServerApp for Front {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.proxy.process_new(stream, shutdown).await;
+        }
+        if self.h2c && stream.get_ssl_digest().is_none() {
+            // Prior-knowledge HTTP/2 opens with the preface; anything else is
+            // HTTP/1 and goes through the pre-read below, the bytes read here
+            // replayed first. Reading stops at the first byte that differs,
+            // so a short HTTP/1.0 request is not held up. A connection that
+            // sends nothing is closed after the keep-alive idle time.
+            let mut got = Vec::with_capacity(H2_PREFACE.len());
+            let mut chunk = [0u8; 24];
+            while got.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&got) {
+                let want = H2_PREFACE.len() - got.len();
+                let read = tokio::time::timeout(
+                    Duration::from_secs(KEEPALIVE_SECS),
+                    tokio::io::AsyncReadExt::read(&mut stream, &mut chunk[..want]),
+                )
+                .await;
+                match read {
+                    Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                    _ => return None,
+                }
+            }
+            let replayed: Stream = Box::new(TapStream {
+                inner: stream,
+                tap: Arc::new(Tap::new(self.header_timeout)),
+                replay: Bytes::from(got.clone()),
+            });
+            if got == H2_PREFACE {
+                return self.proxy.process_new(replayed, shutdown).await;
+            }
+            stream = replayed;
         }
         let tap = Arc::new(Tap::new(self.header_timeout));
         let mut stream: Stream = Box::new(TapStream {
             inner: stream,
             tap: tap.clone(),
+            replay: Bytes::new(),
         });
         let mut settings = None;
         loop {
@@ -289,11 +329,13 @@ impl Tap {
 }
 
 /// A transport stream that records what is read while its [`Tap`] is armed
-/// and fails reads once the head deadline has passed.
+/// and fails reads once the head deadline has passed; bytes in `replay`
+/// (already read from `inner`) are read first.
 #[derive(Debug)]
 struct TapStream {
     inner: Stream,
     tap: Arc<Tap>,
+    replay: Bytes,
 }
 
 impl AsyncRead for TapStream {
@@ -303,6 +345,19 @@ impl AsyncRead for TapStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            let bytes = this.replay.split_to(n);
+            buf.put_slice(&bytes);
+            if this.tap.armed.load(Ordering::Acquire) {
+                let mut s = this.tap.lock();
+                if s.buf.is_empty() && s.deadline.is_none() {
+                    s.deadline = Some(Box::pin(tokio::time::sleep(this.tap.header_timeout)));
+                }
+                s.buf.extend_from_slice(&bytes);
+            }
+            return Poll::Ready(Ok(()));
+        }
         if !this.tap.armed.load(Ordering::Acquire) {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
@@ -414,8 +469,25 @@ impl GetSocketDigest for TapStream {
 
 #[async_trait]
 impl Peek for TapStream {
+    /// Peek through the replay buffer: what pingora peeks at (the h2c
+    /// preface) may already have been read from `inner`.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if self.replay.is_empty() {
+            return self.inner.try_peek(buf).await;
+        }
+        let mut chunk = [0u8; 1024];
+        while self.replay.len() < buf.len() {
+            let want = (buf.len() - self.replay.len()).min(chunk.len());
+            let n = tokio::io::AsyncReadExt::read(&mut self.inner, &mut chunk[..want]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut more = BytesMut::from(&self.replay[..]);
+            more.extend_from_slice(&chunk[..n]);
+            self.replay = more.freeze();
+        }
+        buf.copy_from_slice(&self.replay[..buf.len()]);
+        Ok(true)
     }
 }
 
@@ -431,6 +503,7 @@ mod tests {
             TapStream {
                 inner: Box::new(a),
                 tap: tap.clone(),
+                replay: Bytes::new(),
             },
             b,
             tap,

@@ -2,13 +2,13 @@
 //! implementation, the admin service and the wiring of background work.
 //!
 //! ```text
-//! client ──► proxy listener ──► Gateway::request_filter
+//! client ──► proxy listeners (TCP / TLS, HTTP/1.1 via front::Front, HTTP/2) ──► Gateway::request_filter
 //!                                 ├─ canonicalise path      (phigate-policy)
 //!                                 ├─ bearer token → Validator (phigate-token, JWKS cache)
 //!                                 ├─ decide()               (phigate-policy, pure)
 //!                                 ├─ audit slot reserved    (phigate-audit Spool; none → 503)
 //!                                 ├─ deny → commit record ──► JSON 400/401/403/503
-//!                                 └─ allow → upstream (canonical target)
+//!                                 └─ allow → upstreams::route/select (prefix, rewrite, health) → upstream
 //!                               Gateway::response_filter ──► commit record (awaited) ──► response
 //!                               SpoolWorker ──► hash-chained segments (fsync per durability)
 //!                               Gateway::logging ──► Metrics ──► admin /metrics
@@ -22,11 +22,15 @@ pub mod forward;
 pub mod front;
 pub mod limiter;
 pub mod metrics;
+pub mod online;
 pub mod paging;
 pub mod policy_loader;
 pub mod proxy;
 pub mod reload;
 mod server;
+pub mod shutdown;
+pub mod tls;
+pub mod upstreams;
 
 pub use server::{dev, serve, DevOptions};
 
@@ -44,6 +48,10 @@ pub enum GatewayError {
     Audit(#[from] phigate_audit::AuditError),
     #[error("issuer configuration: {0}")]
     Token(#[from] phigate_token::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("upstreams: {0}")]
+    Upstream(#[from] crate::upstreams::UpstreamError),
     #[error("dev key: {0}")]
     DevKey(String),
     #[error("{0}")]

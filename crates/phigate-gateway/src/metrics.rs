@@ -41,6 +41,8 @@ pub struct Metrics {
     pub audit_compress_errors: IntCounter,
     pub tunnels_open: IntGauge,
     pub upstream_errors: IntCounterVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub tls_reloads: IntCounterVec,
     pub policy_info: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub policy_last_reload_success: IntGauge,
@@ -224,6 +226,26 @@ impl Metrics {
                 IntCounter::new(
                     "phigate_audit_bytes_total",
                     "Bytes appended to the audit spool (every client-controlled field of a record is bounded)",
+                ),
+            ),
+            upstream_healthy: build(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "phigate_upstream_healthy",
+                        "1 when the upstream address may receive requests (health checks pass, not cooling down after a connect failure)",
+                    ),
+                    &["upstream", "address"],
+                ),
+            ),
+            tls_reloads: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "phigate_tls_reload_total",
+                        "Listener certificate reloads by result (ok: swapped in; error: a new pair refused, the old one kept)",
+                    ),
+                    &["result"],
                 ),
             ),
             upstream_errors: build(
@@ -443,6 +465,17 @@ impl Metrics {
                 &self.sink_gap_records.with_label_values(&[name]),
                 s.gap_records_total,
             );
+        }
+    }
+
+    /// The health of every upstream address, as of now. Addresses that
+    /// disappeared (DNS) are removed from the family.
+    pub fn observe_upstreams(&self, health: &[crate::upstreams::AddressHealth]) {
+        self.upstream_healthy.reset();
+        for h in health {
+            self.upstream_healthy
+                .with_label_values(&[h.upstream.as_str(), h.address.as_str()])
+                .set(i64::from(h.healthy && !h.passive_down));
         }
     }
 

@@ -89,10 +89,37 @@ pub fn serve(
         GatewayError::Config(vec![phigate_yaml::Diagnostic::new("sinks", None, e.to_string())])
     })?;
     let sink_status: Vec<_> = forwarders.iter().map(|f| f.status()).collect();
+    // Upstreams: validated, hostnames resolved once (bounded), balancers
+    // and health checks ready before the first request.
+    let (upstreams, upstream_services) =
+        crate::upstreams::Upstreams::build(config.upstreams.iter().map(|u| u.spec.clone()).collect())?;
+    for u in &config.upstreams {
+        if u.spec.tls.as_ref().is_some_and(|t| !t.verify) {
+            tracing::warn!(upstream = %u.spec.name, "the upstream's TLS certificate is not verified (tls.verify: false)");
+        }
+    }
+    // TLS listeners: certificates (and client CAs) loaded and checked now.
+    let mut listener_tls = Vec::new();
+    for l in &config.listeners {
+        listener_tls.push(match &l.tls {
+            Some(spec) => Some(crate::tls::ListenerTls::load(spec.clone())?),
+            None => None,
+        });
+    }
     tracing::info!(
-        listen = %config.listen,
+        listeners = %config
+            .listeners
+            .iter()
+            .map(|l| format!("{}://{}", l.scheme(), l.address))
+            .collect::<Vec<_>>()
+            .join(", "),
         admin = %config.admin_listen,
-        upstream = %config.upstream.address,
+        upstreams = %config
+            .upstreams
+            .iter()
+            .map(|u| format!("{} {} -> {}", u.spec.name, u.spec.prefix, u.spec.addresses.join(",")))
+            .collect::<Vec<_>>()
+            .join("; "),
         policy_version = policy.version(),
         routes = policy.routes().len(),
         audit_dir = %config.audit.dir.display(),
@@ -104,7 +131,9 @@ pub fn serve(
         validator: validator.clone(),
         audit,
         metrics,
-        upstream: config.upstream.clone(),
+        upstreams,
+        upstream_configs: config.upstreams.clone(),
+        forwarded: config.forwarded,
         limiter: crate::limiter::InvalidTokenLimiter::new(config.rate_limit),
         trusted_proxies: config.trusted_proxies.clone(),
         sinks: sink_status,
@@ -114,10 +143,20 @@ pub fn serve(
         paging: crate::paging::PagingLinks::new(config.paging),
         intent: config.audit.intent,
         shutting_down: std::sync::atomic::AtomicBool::new(false),
+        in_flight_total: std::sync::atomic::AtomicUsize::new(0),
     });
     // Every kind exported from the first scrape, so increase() works.
-    for kind in ["unreachable", "timeout", "invalid_response", "incomplete"] {
+    for kind in [
+        "unreachable",
+        "timeout",
+        "invalid_response",
+        "incomplete",
+        "unavailable",
+    ] {
         shared.metrics.upstream_errors.with_label_values(&[kind]);
+    }
+    for result in ["ok", "error"] {
+        shared.metrics.tls_reloads.with_label_values(&[result]);
     }
 
     // An empty path means an embedded policy (dev mode without --policies):
@@ -130,27 +169,21 @@ pub fn serve(
         Some(PolicyWatcher::new(reloader, reload::DEFAULT_POLL_INTERVAL))
     };
 
+    // pingora's own grace sleep is off: phigate's signal watch drains
+    // (returns as soon as nothing is in flight, at the latest after
+    // shutdown_grace), then the runtimes stop and cut off what is left.
     let conf = ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(config.shutdown_grace.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.as_secs().max(1)),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    // The HTTP/1 front reads every request head first, so requests the HTTP
-    // layer refuses are audited too (see crate::front).
-    let proxy = pingora_proxy::http_proxy(
-        &server.configuration,
-        Gateway {
-            shared: shared.clone(),
-        },
-    );
-    let front = crate::front::Front::new(proxy, shared.clone(), config.limits.request_header_timeout);
-    let mut proxy = Service::new("phigate proxy".to_string(), front);
-    proxy.add_tcp(&config.listen.to_string());
-    server.add_service(proxy);
+    for (l, tls) in config.listeners.iter().zip(&listener_tls) {
+        server.add_service(listener_service(&server, l, tls.as_ref(), &shared, &config)?);
+    }
 
     let mut admin = Service::new(
         "phigate admin".to_string(),
@@ -177,12 +210,24 @@ pub fn serve(
     if let Some(watcher) = watcher {
         server.add_service(background_service("policy watcher", watcher));
     }
-    server.add_service(background_service(
-        "shutdown watcher",
-        ShutdownWatcher(shared.clone()),
-    ));
+    server.add_services(upstream_services);
+    let tls_listeners: Vec<_> = listener_tls.into_iter().flatten().collect();
+    if !tls_listeners.is_empty() {
+        let metrics = shared.metrics.clone();
+        let observe: Arc<dyn Fn(&'static str) + Send + Sync> =
+            Arc::new(move |result| metrics.tls_reloads.with_label_values(&[result]).inc());
+        server.add_service(background_service(
+            "tls watcher",
+            crate::tls::TlsWatcher::new(tls_listeners, observe),
+        ));
+    }
 
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(crate::shutdown::DrainingSignalWatch {
+            shared: shared.clone(),
+            grace: config.shutdown_grace,
+        }),
+    });
     // pingora's runtimes are gone: requests still in flight were dropped,
     // and each wrote its `aborted_shutdown` record from its Drop. Wait for
     // every outstanding record to be written before the process exits.
@@ -201,31 +246,41 @@ pub fn serve(
     Ok(())
 }
 
-/// Marks the process as shutting down on SIGTERM/SIGINT, so requests cut off
-/// from then on are recorded as `aborted_shutdown` (pingora handles the
-/// signals themselves).
-struct ShutdownWatcher(Arc<crate::proxy::Shared>);
-
-#[async_trait]
-impl BackgroundService for ShutdownWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
-            tracing::warn!(
-                "cannot watch SIGTERM/SIGINT; cut-off requests will be recorded as client_aborted"
-            );
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = shutdown.changed() => {}
-        }
-        self.0
-            .shutting_down
-            .store(true, std::sync::atomic::Ordering::Release);
+/// One proxy listener: the HTTP/1 front around its own pingora proxy (so
+/// each request knows its listener's scheme), TLS with HTTP/2 by ALPN, or
+/// plaintext with optional h2c.
+fn listener_service(
+    server: &Server,
+    l: &crate::config::ListenerConfig,
+    tls: Option<&Arc<crate::tls::ListenerTls>>,
+    shared: &Arc<Shared>,
+    config: &GatewayConfig,
+) -> Result<Service<crate::front::Front>, GatewayError> {
+    let mut proxy = pingora_proxy::http_proxy(
+        &server.configuration,
+        Gateway {
+            shared: shared.clone(),
+            listener: Arc::new(crate::proxy::ListenerInfo {
+                address: l.address,
+                scheme: l.scheme(),
+            }),
+        },
+    );
+    if l.h2c {
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2c = true;
+        proxy.server_options = Some(options);
     }
+    let front = crate::front::Front::new(proxy, shared.clone(), config.limits.request_header_timeout, l.h2c);
+    let mut service = Service::new(format!("phigate proxy {}://{}", l.scheme(), l.address), front);
+    match tls {
+        Some(tls) => {
+            let settings = tls.settings(l.http2)?;
+            service.add_tls_with_settings(&l.address.to_string(), None, settings);
+        }
+        None => service.add_tcp(&l.address.to_string()),
+    }
+    Ok(service)
 }
 
 /// Open (and crash-recover) the audit spool.
@@ -265,6 +320,11 @@ pub struct DevOptions {
     /// Policy directory; `None` uses the bundled dev policy embedded in the binary.
     pub policies: Option<PathBuf>,
     pub dev_key: Option<PathBuf>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on `listen`.
+    pub h2c: bool,
+    /// A second, TLS listener (HTTP/2 and HTTP/1.1 by ALPN) with this
+    /// certificate and key (PEM).
+    pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
 }
 
 /// The bundled development policy (`policies/dev/`), embedded so that
@@ -307,6 +367,18 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
             ..crate::config::AuditConfig::new(opts.audit_dir.clone())
         },
     );
+    config.listeners[0].h2c = opts.h2c;
+    if let Some((address, cert, key)) = &opts.tls {
+        config.listeners.push(crate::config::ListenerConfig {
+            tls: Some(crate::tls::ListenerTlsSpec {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+                client_auth: crate::tls::ClientAuth::None,
+            }),
+            ..crate::config::ListenerConfig::plain(*address)
+        });
+    }
     // Dev mode differs only here: readable logs and a quick Ctrl-C.
     config.log_format = LogFormat::Pretty;
     config.shutdown_grace = Duration::from_secs(1);
@@ -327,7 +399,7 @@ fn print_banner(opts: &DevOptions, upstream: SocketAddr, version: &str) {
 #  PHIGATE DEV MODE — FOR DEVELOPMENT ONLY. NEVER EXPOSE THIS TO REAL PHI.     #
 #  /dev/token mints valid tokens for anyone who asks.                          #
 ################################################################################
-  proxy      http://{p}
+  proxy      http://{p}{h2c}{tls}
   admin      http://{a}  (/metrics /healthz /readyz /dev/jwks.json /dev/token)
   upstream   http://{upstream}  (demo FHIR server, synthetic data)
   policies   {policies}  [{version}]
@@ -348,5 +420,11 @@ Try:
 "#,
         audit = opts.audit_file.display(),
         spool = opts.audit_dir.display(),
+        h2c = if opts.h2c { "  (HTTP/1.1 and h2c)" } else { "" },
+        tls = opts
+            .tls
+            .as_ref()
+            .map(|(t, _, _)| format!("\n  proxy      https://{t}  (TLS, HTTP/2 and HTTP/1.1 by ALPN)"))
+            .unwrap_or_default(),
     );
 }

@@ -102,6 +102,12 @@ pub enum Reason {
     /// Allowed, and phigate shut down (end of `shutdown_grace`, or SIGINT)
     /// while the request was in flight. (nothing more sent)
     AbortedShutdown,
+    /// Allowed by the policy, but no configured upstream serves the path
+    /// (no `upstreams[].prefix` matches). Refused. (404)
+    NoUpstream,
+    /// Allowed, but no address of the request's upstream is healthy (active
+    /// health checks, or every address cooling down after connect failures). (503)
+    UpstreamUnavailable,
 }
 
 impl Reason {
@@ -147,6 +153,8 @@ impl Reason {
         Reason::UpstreamIncomplete,
         Reason::ClientAborted,
         Reason::AbortedShutdown,
+        Reason::NoUpstream,
+        Reason::UpstreamUnavailable,
     ];
 
     /// The snake_case name used in audit records, metric labels and deny bodies.
@@ -192,6 +200,8 @@ impl Reason {
             Reason::UpstreamIncomplete => "upstream_incomplete",
             Reason::ClientAborted => "client_aborted",
             Reason::AbortedShutdown => "aborted_shutdown",
+            Reason::NoUpstream => "no_upstream",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
         }
     }
 
@@ -238,7 +248,8 @@ impl Reason {
             | Reason::UnmappedInteraction
             | Reason::BreakGlassRejected => 403,
             Reason::RateLimited | Reason::ConcurrencyLimited => 429,
-            Reason::KeysUnavailable | Reason::AuditUnavailable => 503,
+            Reason::KeysUnavailable | Reason::AuditUnavailable | Reason::UpstreamUnavailable => 503,
+            Reason::NoUpstream => 404,
             Reason::UpstreamUnreachable | Reason::UpstreamInvalidResponse => 502,
             Reason::UpstreamTimeout => 504,
             // The response had already begun, or nobody was left to answer:
@@ -271,6 +282,7 @@ impl Reason {
                 | Reason::UpstreamIncomplete
                 | Reason::ClientAborted
                 | Reason::AbortedShutdown
+                | Reason::UpstreamUnavailable
         )
     }
 }

@@ -90,6 +90,9 @@ pub struct RawRequest<'a> {
     pub headers: &'a dyn Headers,
     /// Current time, seconds since the Unix epoch (time windows, `max_auth_age`).
     pub now: i64,
+    /// The SHA-256 thumbprint (base64url, RFC 8705 `x5t#S256`) of the client
+    /// certificate verified on this connection (mTLS), if any.
+    pub client_cert_sha256: Option<&'a str>,
 }
 
 /// A body that must be read before the request can be decided.
@@ -154,6 +157,9 @@ pub struct Prepared<'p> {
     pub(crate) content_type: Option<(String, bool)>,
     pub(crate) body: Option<BodyKind>,
     pub(crate) now: i64,
+    /// The verified client certificate's thumbprint (mTLS), for
+    /// certificate-bound tokens.
+    pub(crate) client_cert_sha256: Option<String>,
 }
 
 impl<'p> Prepared<'p> {
@@ -165,6 +171,12 @@ impl<'p> Prepared<'p> {
     /// The method as sent.
     pub fn method(&self) -> &str {
         &self.method
+    }
+
+    /// The SHA-256 thumbprint (base64url) of the verified client
+    /// certificate, if the connection presented one.
+    pub fn client_cert_sha256(&self) -> Option<&str> {
+        self.client_cert_sha256.as_deref()
     }
 
     /// The canonical target (`None` when canonicalisation refused it).
@@ -278,6 +290,7 @@ pub fn prepare<'p>(policy: &'p PolicySet, req: &RawRequest<'_>) -> Prepared<'p> 
         content_type: content_type(req.headers),
         body: None,
         now: req.now,
+        client_cert_sha256: req.client_cert_sha256.map(str::to_string),
     };
     if let Some(bg) = policy.break_glass() {
         let v = values(req.headers, &bg.header);
@@ -432,6 +445,7 @@ routes:
                 version: HttpVersion::Http11,
                 headers: &h,
                 now: 0,
+                client_cert_sha256: None,
             },
         )
     }

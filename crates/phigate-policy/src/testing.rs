@@ -293,6 +293,7 @@ pub fn evaluate(
             version: HttpVersion::Http11,
             headers,
             now,
+            client_cert_sha256: None,
         },
     );
     let body = prepared.needs_body().and(body);

@@ -82,6 +82,19 @@ pub enum Command {
         /// PEM PKCS#8 P-256 key for the dev issuer; generated (and written here) if missing.
         #[arg(long)]
         dev_key: Option<PathBuf>,
+        /// Accept HTTP/2 with prior knowledge (h2c) on `--listen`.
+        #[arg(long)]
+        h2c: bool,
+        /// Also listen with TLS here (HTTP/2 and HTTP/1.1 by ALPN); needs
+        /// `--tls-cert` and `--tls-key`.
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        tls_listen: Option<SocketAddr>,
+        /// PEM certificate chain for `--tls-listen`.
+        #[arg(long, requires = "tls_listen")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for `--tls-listen`.
+        #[arg(long, requires = "tls_listen")]
+        tls_key: Option<PathBuf>,
     },
     /// Policy tools.
     Policy {
@@ -164,7 +177,14 @@ pub enum PolicyCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a gateway configuration file (and the policies it names).
-    Check { path: PathBuf },
+    Check {
+        path: PathBuf,
+        /// Also fetch every issuer's discovery document and keys, and connect
+        /// to every upstream address (TLS handshake and one `HEAD /`), and
+        /// report what fails.
+        #[arg(long)]
+        online: bool,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -225,6 +245,10 @@ pub fn main_entry() -> ExitCode {
             audit_intent,
             policies,
             dev_key,
+            h2c,
+            tls_listen,
+            tls_cert,
+            tls_key,
         } => {
             init_tracing(forced.unwrap_or(LogFormat::Pretty));
             finish(phigate_gateway::dev(DevOptions {
@@ -243,12 +267,17 @@ pub fn main_entry() -> ExitCode {
                 },
                 policies,
                 dev_key,
+                h2c,
+                tls: match (tls_listen, tls_cert, tls_key) {
+                    (Some(a), Some(c), Some(k)) => Some((a, c, k)),
+                    _ => None,
+                },
             }))
         }
         Command::Policy { command } => crate::policy_cmd::run(command),
         Command::Audit { command } => crate::audit_cmd::run(command),
         Command::Config {
-            command: ConfigCommand::Check { path },
+            command: ConfigCommand::Check { path, online },
         } => {
             let cfg = match config::load(&path) {
                 Ok(c) => c,
@@ -258,13 +287,43 @@ pub fn main_entry() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match config::load_policies(&cfg) {
+            let offline = match config::load_policies(&cfg) {
                 Ok(set) => {
                     println!("{}: ok (policy version {})", path.display(), set.version());
-                    ExitCode::SUCCESS
+                    true
                 }
                 Err(d) => {
                     print_diagnostics(&d);
+                    false
+                }
+            };
+            if !online {
+                return if offline {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+            match phigate_gateway::online::check(&cfg) {
+                Ok(checks) => {
+                    let failed = checks.iter().filter(|c| c.error.is_some()).count();
+                    for c in &checks {
+                        match &c.error {
+                            None => println!("online: {}: ok ({})", c.what, c.detail),
+                            Some(e) => println!("online: {}: FAILED: {e}", c.what),
+                        }
+                    }
+                    if failed > 0 {
+                        eprintln!("{}: {failed} online check(s) failed", path.display());
+                    }
+                    if offline && failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("online checks: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -14,15 +14,33 @@ pub use super::LogFormat;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
-    /// Proxy listener, e.g. `0.0.0.0:8080` (required).
+    /// Proxy listener, e.g. `0.0.0.0:8080`: shorthand for one plaintext
+    /// HTTP/1.1 listener (this or `listeners` is required).
     #[serde(default)]
     pub listen: Option<String>,
+    /// Proxy listeners, each plaintext or TLS (with HTTP/2 by ALPN), h2c opt-in.
+    #[serde(default)]
+    pub listeners: Option<Vec<ListenerFile>>,
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9090` (required).
     #[serde(default)]
     pub admin_listen: Option<String>,
-    /// The FHIR server (required).
+    /// The FHIR server: shorthand for one upstream with prefix `/` (this or
+    /// `upstreams` is required).
     #[serde(default)]
     pub upstream: Option<UpstreamFile>,
+    /// Named upstreams, chosen per request by the longest matching path prefix.
+    #[serde(default)]
+    pub upstreams: Option<Vec<UpstreamFile>>,
+    /// Which forwarding headers phigate sets: `x_forwarded` (default),
+    /// `forwarded` (RFC 7239), `both` or `none`.
+    #[serde(default)]
+    pub forwarded_headers: Option<ForwardedHeaders>,
+    /// Proxies (CIDRs) in front of phigate whose forwarding headers are
+    /// believed (`X-Forwarded-For` for the client address, and the
+    /// forwarding headers passed on); `rate_limit.trusted_proxies` is the
+    /// older spelling.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<String>>,
     /// Token issuers (at least one).
     #[serde(default)]
     pub issuers: Option<Vec<IssuerFile>>,
@@ -98,12 +116,79 @@ pub struct RateLimitFile {
     pub trusted_proxies: Vec<String>,
 }
 
+/// One proxy listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// `ip:port` (required).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Terminate TLS here (HTTP/2 and HTTP/1.1 by ALPN).
+    #[serde(default)]
+    pub tls: Option<ListenerTlsFile>,
+    /// Offer HTTP/2 by ALPN on a TLS listener (default true).
+    #[serde(default)]
+    pub http2: Option<bool>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on a plaintext listener (default false).
+    #[serde(default)]
+    pub h2c: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsFile {
+    /// PEM certificate chain, leaf first (required).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key (required).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `optional` (default with `client_ca`) or `required`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthFile {
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedHeaders {
+    XForwarded,
+    Forwarded,
+    Both,
+    None,
+}
+
+/// One upstream (`upstream:` or an entry of `upstreams:`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    /// `host:port` of the FHIR server (plain HTTP/1.1; required).
+    /// Name in metrics, audit and logs (required in `upstreams:`; `default` for `upstream:`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Canonical path prefix this upstream serves (required in `upstreams:`; `/` for `upstream:`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Replaces `prefix` in the forwarded path (e.g. `/fhir` → `/fhir/R4`).
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// `host:port` of the server (shorthand for one address).
     #[serde(default)]
     pub address: Option<String>,
+    /// `host:port` of each server; hostnames are resolved and re-resolved.
+    #[serde(default)]
+    pub addresses: Option<Vec<String>>,
+    /// Re-resolve hostnames this often (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub resolve_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -111,6 +196,56 @@ pub struct UpstreamFile {
     /// Forward the client's `Authorization` header upstream (default true).
     #[serde(default)]
     pub forward_authorization: Option<bool>,
+    /// TLS to the upstream.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsFile>,
+    /// Active health checks (default: none; every resolved address is used).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
+    /// Extra attempts on another address after a connect failure, for
+    /// idempotent methods only (default 1).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Send the client's `Host` (default true) or the upstream address's
+    /// own `host[:port]` (false).
+    #[serde(default)]
+    pub preserve_host: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM CA bundle to verify the server (default: the system's roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Server name to send and verify (default: the address's host).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the server's certificate (default true).
+    #[serde(default)]
+    pub verify: Option<bool>,
+    /// Client certificate (PEM chain) for mTLS to the upstream.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Client certificate's key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// Path to GET (required); 2xx is healthy.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub healthy_threshold: Option<usize>,
+    #[serde(default)]
+    pub unhealthy_threshold: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

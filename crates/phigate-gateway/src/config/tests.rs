@@ -24,7 +24,8 @@ fn messages(errs: &[Diagnostic]) -> String {
 #[test]
 fn loads_a_valid_file_with_defaults() {
     let c = parse("g.yaml", GOOD, Path::new("/etc/phigate")).unwrap();
-    assert_eq!(c.listen.port(), 8080);
+    assert_eq!(c.listeners[0].address.port(), 8080);
+    assert!(c.listeners[0].tls.is_none());
     assert_eq!(c.issuers[0].leeway, Duration::from_secs(10));
     assert_eq!(c.issuers[0].algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
     assert_eq!(c.policies, Path::new("/etc/phigate/policies"));
@@ -34,7 +35,10 @@ fn loads_a_valid_file_with_defaults() {
         c.audit.durability,
         phigate_audit::Durability::Interval(Duration::from_millis(10))
     );
-    assert!(c.upstream.forward_authorization);
+    assert!(c.upstreams[0].forward_authorization);
+    assert_eq!(c.upstreams[0].spec.prefix, "/");
+    assert_eq!(c.upstreams[0].spec.addresses, ["127.0.0.1:8081"]);
+    assert_eq!(c.upstreams[0].retries, 1);
     assert_eq!(
         c.policies_origin
             .as_ref()
@@ -44,9 +48,9 @@ fn loads_a_valid_file_with_defaults() {
     );
     // The file loader and dev mode share the defaults of GatewayConfig::new.
     let d = GatewayConfig::new(
-        c.listen,
+        c.listeners[0].address,
         c.admin_listen,
-        UpstreamConfig::new(c.upstream.address),
+        UpstreamConfig::new("127.0.0.1:8081".parse().unwrap()),
         Vec::new(),
         PathBuf::new(),
         AuditConfig::new(PathBuf::from("/x")),
@@ -117,7 +121,7 @@ fn every_error_kind_is_reported_in_one_run() {
     let errs = parse("g.yaml", &text, Path::new(".")).unwrap_err();
     let joined = messages(&errs);
     for want in [
-        "g.yaml:5:12: `fhir-backend` is not an address",
+        "g.yaml:5:12: `fhir-backend` is not host:port",
         "g.yaml:10:13: invalid value: string \"ten seconds\", expected a duration",
         "g.yaml:11:9: unknown field `policy`",
         "g.yaml:15:15: unknown variant `sometimes`",
@@ -204,5 +208,162 @@ fn deploy_sample_loads() {
     assert_eq!(c.issuers.len(), 1);
     assert_eq!(c.audit.queue, 10_000);
     assert!(c.policies.ends_with("policies/dev"));
+    assert_eq!(c.listeners.len(), 2);
+    assert!(c.listeners[0].tls.is_some() && c.listeners[1].h2c);
+    assert_eq!(c.upstreams[0].spec.name, "fhir");
     load_policies(&c).unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+const NETWORK_TAIL: &str = r#"admin_listen: 127.0.0.1:9090
+issuers:
+  - issuer: https://idp.example.com
+    audiences: [phigate]
+    jwks_uri: https://idp.example.com/jwks.json
+policies: policies
+audit:
+  dir: audit
+"#;
+
+/// Issue 12: listeners and upstreams, each problem at its line:column.
+#[test]
+fn listeners_and_upstreams_are_validated_with_locations() {
+    let good = r#"listeners:
+  - address: 0.0.0.0:8443
+    tls: { cert: tls/c.pem, key: tls/k.pem, client_ca: tls/ca.pem, client_auth: required }
+  - address: 127.0.0.1:8080
+    h2c: true
+upstreams:
+  - name: fhir
+    prefix: /fhir
+    rewrite: /fhir/R4
+    addresses: [fhir-0.fhir:8080, "10.0.0.7:8080"]
+    health_check: { path: /fhir/metadata, interval: 2s }
+    tls: { ca: ca.pem, sni: fhir.internal }
+    retries: 2
+    preserve_host: false
+  - name: records
+    prefix: /records
+    address: records:80
+forwarded_headers: both
+trusted_proxies: [10.0.0.0/8]
+"#
+    .to_string()
+        + NETWORK_TAIL;
+    let c = parse("g.yaml", &good, Path::new("/etc/phigate")).unwrap_or_else(|e| panic!("{}", messages(&e)));
+    assert_eq!(c.listeners.len(), 2);
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.cert, Path::new("/etc/phigate/tls/c.pem"));
+    assert_eq!(tls.client_auth, crate::tls::ClientAuth::Required);
+    assert_eq!(c.listeners[0].scheme(), "https");
+    assert!(c.listeners[1].h2c && c.listeners[1].tls.is_none());
+    let fhir = &c.upstreams[0];
+    assert_eq!(fhir.spec.rewrite.as_deref(), Some("/fhir/R4"));
+    assert_eq!(fhir.spec.addresses, ["fhir-0.fhir:8080", "10.0.0.7:8080"]);
+    assert_eq!(
+        fhir.spec.health_check.as_ref().unwrap().interval,
+        Duration::from_secs(2)
+    );
+    assert_eq!(fhir.spec.health_check.as_ref().unwrap().unhealthy_threshold, 3);
+    let t = fhir.spec.tls.as_ref().unwrap();
+    assert_eq!(t.ca.as_deref(), Some(Path::new("/etc/phigate/ca.pem")));
+    assert!(t.verify);
+    assert_eq!((fhir.retries, fhir.preserve_host), (2, false));
+    assert_eq!(c.upstreams[1].spec.addresses, ["records:80"]);
+    assert!(c.forwarded.x_forwarded && c.forwarded.forwarded);
+    assert_eq!(c.trusted_proxies.len(), 1);
+
+    let bad = r#"listen: 127.0.0.1:8080
+listeners:
+  - address: 0.0.0.0:8443
+    tls: { cert: c.pem }
+    h2c: true
+  - address: 0.0.0.0:8443
+    http2: false
+upstreams:
+  - name: fhir
+    prefix: fhir
+    addresses: [nope, "fhir:0"]
+    health_check: { interval: 1s, timeout: 5s }
+    tls: { cert: c.pem, sni: "bad host" }
+    retries: 9
+  - name: fhir
+    prefix: /fhir/
+    address: x:1
+    rewrite: /a/../b
+upstream:
+  address: y:1
+"#
+    .to_string()
+        + NETWORK_TAIL;
+    let errs = parse("g.yaml", &bad, Path::new(".")).unwrap_err();
+    let joined = messages(&errs);
+    for want in [
+        "g.yaml:3:3: `listen` and `listeners` exclude each other",
+        "`key` is required in `listeners[0].tls`",
+        "g.yaml:5:10: h2c is HTTP/2 without TLS",
+        "g.yaml:7:12: `http2` applies to TLS listeners",
+        "g.yaml:9:3: `upstream` and `upstreams` exclude each other",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+    // The list itself is validated too when both forms are given.
+    let bad_list = bad.replace("upstream:\n  address: y:1\n", "");
+    let errs = parse("g.yaml", &bad_list, Path::new(".")).unwrap_err();
+    let joined = messages(&errs);
+    for want in [
+        "g.yaml:10:13: prefix must start with `/`",
+        "g.yaml:11:17: `nope` is not host:port",
+        "g.yaml:11:23: `fhir:0`: port must be 1-65535",
+        "`path` is required in `upstreams[0].health_check`",
+        "timeout must be at least 10ms and at most the interval",
+        "a client certificate needs both `cert` and `key`",
+        "`bad host` is not a hostname or IP address",
+        "g.yaml:14:14: retries must be between 0 and 5",
+        "g.yaml:15:11: duplicate upstream name `fhir`",
+        "g.yaml:18:14: rewrite must not contain `.` or `..` segments",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+}
+
+#[test]
+fn duplicate_listeners_and_prefixes_are_refused() {
+    let text = "listeners:\n  - address: 0.0.0.0:8443\n  - address: 0.0.0.0:8443\nupstreams:\n  - { name: a, prefix: /fhir, address: \"a:1\" }\n  - { name: b, prefix: /fhir/, address: \"b:1\" }\n".to_string()
+        + NETWORK_TAIL;
+    let joined = messages(&parse("g.yaml", &text, Path::new(".")).unwrap_err());
+    assert!(
+        joined.contains("g.yaml:3:14: duplicate listener address 0.0.0.0:8443"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("g.yaml:6:24: another upstream already serves prefix `/fhir/`"),
+        "{joined}"
+    );
+}
+
+/// `${VAR}` substitution in the gateway config (issue 12).
+#[test]
+fn environment_variables_are_substituted() {
+    let text = "listen: ${L}\nupstream:\n  address: \"${UP:-127.0.0.1:8081}\"\n  retries: ${R}\n".to_string()
+        + NETWORK_TAIL;
+    let env = |k: &str| match k {
+        "L" => Some("127.0.0.1:8181".to_string()),
+        "R" => Some("3".to_string()),
+        _ => None,
+    };
+    let c =
+        parse_with_env("g.yaml", &text, Path::new("."), &env).unwrap_or_else(|e| panic!("{}", messages(&e)));
+    assert_eq!(c.listeners[0].address.port(), 8181);
+    assert_eq!(c.upstreams[0].spec.addresses, ["127.0.0.1:8081"]);
+    assert_eq!(c.upstreams[0].retries, 3);
+    let errs = parse_with_env("g.yaml", &text, Path::new("."), &|_| None).unwrap_err();
+    let joined = messages(&errs);
+    assert!(
+        joined.contains("g.yaml:1:9: environment variable `L` is not set"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("g.yaml:4:12: environment variable `R` is not set"),
+        "{joined}"
+    );
 }

@@ -8,11 +8,8 @@ use std::time::Duration;
 use phigate_token::{IssuerConfig, KeySource};
 use phigate_yaml::{Diagnostic, Locator, PathSeg};
 
-use super::file::{AuditFile, DurabilityFile, GatewayFile, IssuerFile, UpstreamFile};
-use super::{
-    parse_algorithm, AuditConfig, GatewayConfig, Limits, Origin, RateLimit, UpstreamConfig,
-    DEFAULT_AUDIT_QUEUE,
-};
+use super::file::{AuditFile, DurabilityFile, GatewayFile, IssuerFile};
+use super::{parse_algorithm, AuditConfig, GatewayConfig, Limits, Origin, RateLimit, DEFAULT_AUDIT_QUEUE};
 
 /// Read and validate a configuration file. Every problem is reported.
 pub fn load(path: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
@@ -24,20 +21,25 @@ pub fn load(path: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
 }
 
 /// Collects problems at their location in one file.
-struct Problems<'a> {
+pub(super) struct Problems<'a> {
     name: &'a str,
     loc: Locator,
     errors: Vec<Diagnostic>,
 }
 
 impl Problems<'_> {
-    fn at(&mut self, path: &[PathSeg<'_>], msg: impl Into<String>) {
+    pub(super) fn at(&mut self, path: &[PathSeg<'_>], msg: impl Into<String>) {
         self.errors
             .push(Diagnostic::new(self.name, self.loc.locate(path), msg.into()));
     }
 
     /// `value`, or an error "missing `key`" at `parent` when it is absent.
-    fn required<'v, T>(&mut self, parent: &[PathSeg<'_>], key: &str, value: &'v Option<T>) -> Option<&'v T> {
+    pub(super) fn required<'v, T>(
+        &mut self,
+        parent: &[PathSeg<'_>],
+        key: &str,
+        value: &'v Option<T>,
+    ) -> Option<&'v T> {
         if value.is_none() {
             let mut at = parent.to_vec();
             at.push(PathSeg::Key(key));
@@ -72,7 +74,12 @@ fn describe(path: &[PathSeg<'_>]) -> String {
     s
 }
 
-fn address(p: &mut Problems<'_>, path: &[PathSeg<'_>], value: &str, example: &str) -> Option<SocketAddr> {
+pub(super) fn address(
+    p: &mut Problems<'_>,
+    path: &[PathSeg<'_>],
+    value: &str,
+    example: &str,
+) -> Option<SocketAddr> {
     match value.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -85,26 +92,34 @@ fn address(p: &mut Problems<'_>, path: &[PathSeg<'_>], value: &str, example: &st
 /// Validate configuration text; `base` resolves relative paths. Every
 /// problem — serde's and the checks below — is reported together.
 pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
-    let (file, errors, loc) = phigate_yaml::parse_all_located::<GatewayFile>(name, text);
+    parse_with_env(name, text, base, &|k| std::env::var(k).ok())
+}
+
+/// As [`parse`], with `env` for `${VAR}` substitution (tests pass their own).
+pub fn parse_with_env(
+    name: &str,
+    text: &str,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<GatewayConfig, Vec<Diagnostic>> {
+    let (file, errors, loc) = phigate_yaml::parse_all_located_env::<GatewayFile>(name, text, env);
     let mut p = Problems { name, loc, errors };
     let Some(file) = file else { return Err(p.errors) };
     let root: &[PathSeg<'_>] = &[];
 
-    let listen = p
-        .required(root, "listen", &file.listen)
-        .and_then(|v| address(&mut p, &[PathSeg::Key("listen")], v, "0.0.0.0:8080"));
+    let listeners = super::network::listeners(&mut p, &file, base);
     let admin_listen = p
         .required(root, "admin_listen", &file.admin_listen)
         .and_then(|v| address(&mut p, &[PathSeg::Key("admin_listen")], v, "127.0.0.1:9090"));
-    if listen.is_some() && listen == admin_listen {
+    if listeners.iter().any(|l| Some(l.address) == admin_listen) {
         p.at(
             &[PathSeg::Key("admin_listen")],
-            "admin listener must differ from the proxy listener",
+            "admin listener must differ from the proxy listeners",
         );
     }
-    let upstream = p
-        .required(root, "upstream", &file.upstream)
-        .and_then(|u| upstream(&mut p, u));
+    let upstreams = super::network::upstreams(&mut p, &file, base);
+    let forwarded = super::network::forwarded(file.forwarded_headers);
+    let trusted_proxies = super::network::trusted_proxies(&mut p, &file);
     let issuers = issuers(&mut p, file.issuers.as_deref(), base);
     let policies = p.required(root, "policies", &file.policies).map(|d| base.join(d));
     let audit = p
@@ -112,22 +127,8 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         .and_then(|a| audit(&mut p, a, base));
 
     let mut rate_limit = RateLimit::default();
-    let mut trusted_proxies = Vec::new();
     if let Some(r) = &file.rate_limit {
         let at = |k: &'static str| [PathSeg::Key("rate_limit"), PathSeg::Key(k)];
-        for (i, c) in r.trusted_proxies.iter().enumerate() {
-            match c.parse::<crate::limiter::Cidr>() {
-                Ok(c) => trusted_proxies.push(c),
-                Err(m) => p.at(
-                    &[
-                        PathSeg::Key("rate_limit"),
-                        PathSeg::Key("trusted_proxies"),
-                        PathSeg::Index(i),
-                    ],
-                    m,
-                ),
-            }
-        }
         if let Some(n) = r.invalid_tokens {
             rate_limit.invalid_tokens = n;
         }
@@ -196,11 +197,22 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         p.at(&[PathSeg::Key("threads")], "threads must be at least 1");
     }
 
-    match (listen, admin_listen, upstream, policies, audit) {
-        (Some(listen), Some(admin_listen), Some(upstream), Some(policies), Some(audit))
-            if p.errors.is_empty() =>
+    match (admin_listen, policies, audit) {
+        (Some(admin_listen), Some(policies), Some(audit))
+            if p.errors.is_empty() && !listeners.is_empty() && !upstreams.is_empty() =>
         {
-            let mut c = GatewayConfig::new(listen, admin_listen, upstream, issuers, policies, audit);
+            let first = listeners[0].address;
+            let mut c = GatewayConfig::new(
+                first,
+                admin_listen,
+                upstreams[0].clone(),
+                issuers,
+                policies,
+                audit,
+            );
+            c.listeners = listeners;
+            c.upstreams = upstreams;
+            c.forwarded = forwarded;
             c.policies_origin = Some(Origin {
                 file: name.to_string(),
                 location: p.loc.locate(&[PathSeg::Key("policies")]),
@@ -226,29 +238,6 @@ pub fn parse(name: &str, text: &str, base: &Path) -> Result<GatewayConfig, Vec<D
         }
         _ => Err(p.errors),
     }
-}
-
-fn upstream(p: &mut Problems<'_>, u: &UpstreamFile) -> Option<UpstreamConfig> {
-    let at = [PathSeg::Key("upstream")];
-    let address = p.required(&at, "address", &u.address).and_then(|a| {
-        address(
-            p,
-            &[PathSeg::Key("upstream"), PathSeg::Key("address")],
-            a,
-            "127.0.0.1:8081",
-        )
-    })?;
-    let mut c = UpstreamConfig::new(address);
-    if let Some(t) = u.connect_timeout {
-        c.connect_timeout = t;
-    }
-    if let Some(t) = u.read_timeout {
-        c.read_timeout = t;
-    }
-    if let Some(f) = u.forward_authorization {
-        c.forward_authorization = f;
-    }
-    Some(c)
 }
 
 fn issuers(p: &mut Problems<'_>, files: Option<&[IssuerFile]>, base: &Path) -> Vec<IssuerConfig> {

@@ -44,28 +44,46 @@ pub struct Shared {
     pub validator: Arc<Validator>,
     pub audit: Spool,
     pub metrics: Arc<Metrics>,
-    pub upstream: UpstreamConfig,
+    /// The upstreams: routing, balancing, health.
+    pub upstreams: Arc<crate::upstreams::Upstreams>,
+    /// What is forwarded to each upstream (by name).
+    pub upstream_configs: Vec<UpstreamConfig>,
+    /// Which forwarding headers are set.
+    pub forwarded: crate::config::ForwardedMode,
     pub limiter: crate::limiter::InvalidTokenLimiter,
-    /// Proxies whose `X-Forwarded-For` names the client (rate limiting).
+    /// Proxies whose forwarding headers are believed (client address for
+    /// rate limits and in-flight shares; headers passed on upstream).
     pub trusted_proxies: Vec<crate::limiter::Cidr>,
     /// Status of each streaming audit sink.
     pub sinks: Vec<Arc<phigate_sinks::SinkStatus>>,
     pub limits: Limits,
     /// Requests in flight per client address.
     pub in_flight: Arc<InFlightLimiter>,
-    /// Rate limit of the "audit unavailable" error line.
     /// Rate limit of repeated error logs, per kind.
     pub error_log: LogLimiter,
     /// Paging links of allowed searches, per caller.
     pub paging: crate::paging::PagingLinks,
     /// Which allowed requests get an intent record before forwarding.
     pub intent: crate::config::IntentMode,
-    /// Set when SIGTERM or SIGINT arrives: requests cut off from then on are
+    /// Set when SIGTERM or SIGINT arrives: `/readyz` turns 503, responses
+    /// close their connections, and requests cut off from then on are
     /// recorded as `aborted_shutdown`.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Requests in flight on every listener (the shutdown drain waits for 0).
+    pub in_flight_total: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
+    /// Requests in flight now.
+    pub fn in_flight_now(&self) -> usize {
+        self.in_flight_total.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What is forwarded to the upstream named `name`.
+    pub fn upstream_config(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstream_configs.iter().find(|u| u.spec.name == name)
+    }
+
     /// Count a request the audit pipeline could not take and log it (at most
     /// once per second, with the number of lines suppressed since).
     pub fn note_audit_failure(&self, e: &AuditError) {
@@ -92,9 +110,18 @@ impl Shared {
     }
 }
 
-/// The `ProxyHttp` implementation.
+/// The listener a [`Gateway`] serves.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub address: std::net::SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+}
+
+/// The `ProxyHttp` implementation (one per listener).
 pub struct Gateway {
     pub shared: Arc<Shared>,
+    pub listener: Arc<ListenerInfo>,
 }
 
 /// How an allowed request failed after the decision, and the status to
@@ -140,6 +167,7 @@ fn upstream_kind(r: Reason) -> Option<&'static str> {
         Reason::UpstreamTimeout => "timeout",
         Reason::UpstreamInvalidResponse => "invalid_response",
         Reason::UpstreamIncomplete => "incomplete",
+        Reason::UpstreamUnavailable => "unavailable",
         _ => return None,
     })
 }
@@ -174,7 +202,12 @@ impl Gateway {
 
     async fn respond_deny(&self, session: &mut Session, ctx: &RequestCtx, decision: &Decision) -> Result<()> {
         let (resp, body) = deny_response(decision, &ctx.info.request_id)?;
-        if matches!(decision.deny_status(), 400 | 408) {
+        if matches!(decision.deny_status(), 400 | 408)
+            || self
+                .shared
+                .shutting_down
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
             session.set_keepalive(None);
         }
         session.write_response_header(resp, false).await?;
@@ -202,6 +235,7 @@ impl Gateway {
                 version,
                 headers: &HeaderView(&session.req_header().headers),
                 now: unix_now(),
+                client_cert_sha256: ctx.info.client_cert.as_ref().map(|c| c.sha256.as_str()),
             },
         );
         ctx.info.path = prepared.path().to_string();
@@ -283,6 +317,7 @@ impl Gateway {
                         version,
                         headers: &HeaderView(&session.req_header().headers),
                         now: unix_now(),
+                        client_cert_sha256: ctx.info.client_cert.as_ref().map(|c| c.sha256.as_str()),
                     },
                 );
                 search_target = Some(orig.clone());
@@ -301,6 +336,13 @@ impl Gateway {
             // prepare() refuses every request without a canonical target.
             return Verdict::Denied(Decision::deny(Reason::BadRequestPath));
         };
+        // Where it goes: the upstream with the longest matching prefix.
+        let Some(upstream) = self.shared.upstreams.route(&target.to_request_target()) else {
+            let mut d = Decision::deny(Reason::NoUpstream);
+            d.route = decision.route.clone();
+            d.detail = Some("no upstream serves this path".into());
+            return Verdict::Denied(d);
+        };
         if let Authn::Valid(claims) = &authn {
             if decision.shadow.is_none() && decision.forward.search_links {
                 if let (Some(base), Some(original)) = (prepared.fhir_base(), search_target) {
@@ -316,6 +358,7 @@ impl Gateway {
         Verdict::Allowed(Permit {
             decision,
             target: target.clone(),
+            upstream,
         })
     }
 
@@ -479,6 +522,13 @@ impl ProxyHttp for Gateway {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         ctx.info.method = session.req_header().method.as_str().to_string();
         ctx.info.remote_addr = session.client_addr().map(|a| a.to_string());
+        ctx.info.http_version = Some(format!("{:?}", session.req_header().version));
+        let digest = session.as_downstream().digest();
+        ctx.info.client_cert = crate::tls::client_cert(digest);
+        ctx.info.tls_version = digest
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| s.version.to_string())
+            .filter(|v| !v.is_empty());
 
         ctx.verdict = self.decide_request(session, ctx).await;
         // Fail closed: without a place for the audit record, nothing is
@@ -516,6 +566,32 @@ impl ProxyHttp for Gateway {
             ctx.verdict = Verdict::Denied(answer);
             return Ok(true);
         }
+        // Nothing is recorded as forwarded that cannot be: with no healthy
+        // address the request ends here (503 `upstream_unavailable`), before
+        // any intent.
+        if let Some(p) = ctx.verdict.permit() {
+            if !self.shared.upstreams.any_healthy(&p.upstream.upstream) {
+                let name = p.upstream.upstream.name().to_string();
+                ctx.failure = Some(Reason::UpstreamUnavailable);
+                self.shared
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&["unavailable"])
+                    .inc();
+                if let Some(suppressed) = self.shared.error_log.should_log("upstream_unavailable") {
+                    tracing::warn!(upstream = %name, suppressed, "no healthy upstream address; refusing");
+                }
+                let code = Reason::UpstreamUnavailable.deny_status();
+                let (reason, code) = if self.finish_audit(ctx, code, RecordKind::First).await {
+                    (Reason::UpstreamUnavailable, code)
+                } else {
+                    ctx.verdict = Verdict::Denied(Decision::deny(Reason::AuditUnavailable));
+                    (Reason::AuditUnavailable, 503)
+                };
+                self.respond_failure(session, ctx, Some(reason), code).await;
+                return Ok(true);
+            }
+        }
         // No effect without evidence: a request with effects is on record
         // (on disk in per_request mode) before it is forwarded.
         if self.needs_intent(ctx) && !self.finish_audit(ctx, 0, RecordKind::Intent).await {
@@ -532,19 +608,79 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    /// Only reached for allowed requests.
+    /// Only reached for allowed requests: the next healthy address of the
+    /// request's upstream (round robin; a retry skips addresses tried).
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(forward::peer(
-            &self.shared.upstream,
-            ctx.verdict.forward(),
-        )))
+        let Some(permit) = ctx.verdict.permit() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "forwarding a request that was not allowed",
+            );
+        };
+        let forward = permit.decision.forward;
+        match self
+            .shared
+            .upstreams
+            .select(&permit.upstream.upstream, &ctx.attempts.tried)
+        {
+            Ok(selected) => {
+                ctx.attempts.tried.push(selected.addr);
+                ctx.attempts.address = Some(selected.address);
+                ctx.attempts.authority = Some(selected.authority);
+                Ok(Box::new(forward::peer(selected.peer, forward)))
+            }
+            Err(e) => {
+                ctx.failure = Some(Reason::UpstreamUnavailable);
+                Error::e_explain(ErrorType::ConnectNoRoute, e.to_string())
+            }
+        }
+    }
+
+    /// A connect failure: the address cools down (passive health), and an
+    /// idempotent request is retried on another address, at most
+    /// `retries` times.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(permit) = ctx.verdict.permit() else {
+            return e;
+        };
+        if let Some(addr) = ctx.attempts.tried.last() {
+            self.shared
+                .upstreams
+                .report_connect_failure(&permit.upstream.upstream, *addr);
+        }
+        let retries = self
+            .shared
+            .upstream_config(permit.upstream.upstream.name())
+            .map_or(0, |u| u.retries) as usize;
+        let idempotent = matches!(
+            ctx.info.method.as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        );
+        // Only when another address is left to try: a retry that cannot
+        // connect anywhere would turn the precise 502/504 into a 503.
+        let retry = idempotent
+            && !permit.decision.forward.websocket
+            && ctx.attempts.tried.len() <= retries
+            && self
+                .shared
+                .upstreams
+                .select(&permit.upstream.upstream, &ctx.attempts.tried)
+                .is_ok();
+        e.set_retry(retry);
+        e
     }
 
     /// Forward exactly the canonical target that was authorised, and nothing
     /// the backend could execute differently.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -554,15 +690,44 @@ impl ProxyHttp for Gateway {
                 "forwarding a request that was not allowed",
             );
         };
+        // The canonical target, with the upstream's prefix rewritten.
         let uri: http::Uri = permit
+            .upstream
             .target
-            .to_request_target()
             .parse()
             .map_err(|e| Error::because(ErrorType::InternalError, "canonical target is not a URI", e))?;
+        // The client's Host (HTTP/2: `:authority`), unless the upstream asks
+        // for its own.
+        let client_host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| session.req_header().uri.authority().map(|a| a.to_string()));
         upstream_request.set_uri(uri);
-        if !self.shared.upstream.forward_authorization {
+        let up = self.shared.upstream_config(permit.upstream.upstream.name());
+        let host = match (up.is_some_and(|u| u.preserve_host), &client_host) {
+            (true, Some(h)) => Some(h.clone()),
+            _ => ctx.attempts.authority.clone(),
+        };
+        if let Some(h) = host {
+            upstream_request.insert_header(http::header::HOST, h)?;
+        }
+        if !up.is_some_and(|u| u.forward_authorization) {
             upstream_request.remove_header("authorization");
         }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        forward::set_forwarding_headers(
+            upstream_request,
+            forward::Origin {
+                peer,
+                trusted: peer.is_some_and(|ip| self.shared.trusted_proxies.iter().any(|c| c.contains(ip))),
+                scheme: self.listener.scheme,
+                host: client_host.as_deref(),
+            },
+            self.shared.forwarded,
+        )?;
         forward::edit_request(upstream_request, permit.decision.forward, ctx.sent_continue)?;
         if ctx.links.is_some() {
             // The paging links are read from the result: ask for it uncompressed.
@@ -603,6 +768,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
+        // The address answered: any connect-failure cooldown ends.
+        if let (Some(p), Some(addr)) = (ctx.verdict.permit(), ctx.attempts.tried.last()) {
+            self.shared.upstreams.report_success(&p.upstream.upstream, *addr);
+        }
         let readable = status == 200
             && upstream_response
                 .headers
@@ -626,6 +795,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+        if self
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Draining for a shutdown: keep-alive clients reconnect elsewhere.
+            session.set_keepalive(None);
+        }
         let status = upstream_response.status.as_u16();
         if status == 101 {
             if !ctx.verdict.forward().websocket {
@@ -696,7 +873,11 @@ impl ProxyHttp for Gateway {
         // pingora calls this for errors after the response began too.
         let sent = session.response_written().map(|r| r.status.as_u16());
         let started = sent.is_some();
-        let (reason, mut code) = failure_of(e, started);
+        let (reason, mut code) = match ctx.failure {
+            // No healthy address to try (upstream_peer said so).
+            Some(Reason::UpstreamUnavailable) if !started => (Some(Reason::UpstreamUnavailable), 503),
+            _ => failure_of(e, started),
+        };
         // The record carries the status the client got (or is about to get).
         let recorded_status = sent.unwrap_or(code);
         let allowed = matches!(ctx.verdict, Verdict::Allowed(_));

@@ -43,6 +43,12 @@ pub struct RequestInfo {
     pub policy_version: String,
     /// From a validated token.
     pub claims: Option<Claims>,
+    /// The client certificate verified on the connection (mTLS).
+    pub client_cert: Option<Arc<crate::tls::ClientCert>>,
+    /// `HTTP/1.1`, `HTTP/2`, …
+    pub http_version: Option<String>,
+    /// The client connection's TLS version; `None` for plaintext.
+    pub tls_version: Option<String>,
 }
 
 /// What was decided.
@@ -59,11 +65,25 @@ pub enum Verdict {
     Allowed(Permit),
 }
 
-/// An allowed request: the decision and exactly the target to forward.
+/// An allowed request: the decision, exactly the target that was
+/// authorised, and where it goes (the upstream and the target as forwarded,
+/// after the upstream's `rewrite`).
 #[derive(Debug)]
 pub struct Permit {
     pub decision: Decision,
     pub target: CanonicalTarget,
+    pub upstream: crate::upstreams::Routed,
+}
+
+/// The attempts to reach the upstream of an allowed request.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    /// Addresses tried, in order (the last one is the current attempt).
+    pub tried: Vec<std::net::SocketAddr>,
+    /// The label of the last address (`host:port (ip:port)`).
+    pub address: Option<String>,
+    /// `host[:port]` of the last address, for `Host` when not preserved.
+    pub authority: Option<String>,
 }
 
 impl Verdict {
@@ -178,7 +198,10 @@ pub struct RequestCtx {
     pub tunnel: Option<TunnelState>,
     /// An allowed search whose result's paging links are being read.
     pub links: Option<LinkCapture>,
-    /// For records of requests cut off by shutdown (`Drop`).
+    /// Connection attempts to the upstream.
+    pub attempts: Attempts,
+    /// For records of requests cut off by shutdown (`Drop`), and the
+    /// process-wide count of requests in flight (the shutdown drain).
     pub shared: Arc<Shared>,
 }
 
@@ -193,6 +216,7 @@ impl std::fmt::Debug for RequestCtx {
 
 impl RequestCtx {
     pub fn new(shared: Arc<Shared>) -> Self {
+        shared.in_flight_total.fetch_add(1, Ordering::AcqRel);
         RequestCtx {
             start: Instant::now(),
             info: RequestInfo::default(),
@@ -210,6 +234,7 @@ impl RequestCtx {
             body_deadline: None,
             tunnel: None,
             links: None,
+            attempts: Attempts::default(),
             shared,
         }
     }
@@ -274,6 +299,18 @@ impl RequestCtx {
             shadow_decision: decision.shadow.map(|_| "deny".to_string()),
             user_agent: self.info.user_agent.clone(),
             tunnel,
+            client_cert: self.info.client_cert.as_ref().map(|c| phigate_audit::ClientCert {
+                subject: c.subject.clone(),
+                sha256: c.sha256.clone(),
+            }),
+            http_version: self.info.http_version.clone(),
+            tls_version: self.info.tls_version.clone(),
+            upstream: self
+                .verdict
+                .permit()
+                .map(|p| p.upstream.upstream.name().to_string()),
+            upstream_address: self.attempts.address.clone(),
+            upstream_attempts: (!self.attempts.tried.is_empty()).then_some(self.attempts.tried.len() as u32),
             ..AuditRecord::default()
         };
         match kind {
@@ -304,6 +341,14 @@ impl Drop for RequestCtx {
     /// reached the upstream never ends without one. The gateway waits for
     /// these records before it exits (`Spool::close`).
     fn drop(&mut self) {
+        self.record_if_cut_off();
+        self.shared.in_flight_total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl RequestCtx {
+    /// The `Drop` of a request whose tickets were not finished (see there).
+    fn record_if_cut_off(&mut self) {
         // `logging()` releases the outcome slot when it is done: one still
         // held after a committed first record means the request never got
         // there (a read cut off mid-body is incomplete too).

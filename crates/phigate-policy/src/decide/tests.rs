@@ -101,6 +101,7 @@ fn run_full(
             version: HttpVersion::Http11,
             headers: &h,
             now,
+            client_cert_sha256: None,
         },
     );
     decide(&prepared, body.map(str::as_bytes), authn)
@@ -383,6 +384,7 @@ fn head_is_authorised_as_get_and_needs_token() {
                 version: HttpVersion::Http11,
                 headers: &h,
                 now: NOW,
+                client_cert_sha256: None,
             },
         )
         .needs_token()
@@ -898,6 +900,7 @@ fn break_glass_justifications_must_carry_information() {
             version: HttpVersion::Http11,
             headers: &h,
             now: NOW,
+            client_cert_sha256: None,
         },
     );
     assert_eq!(decide(&prepared, None, &eg).reason, Reason::BreakGlassRejected);

@@ -83,6 +83,8 @@ struct FetchState {
     flight: Option<Flight>,
     /// `jwks_file` sources: the file as the last read found it.
     file_seen: Option<FileSeen>,
+    /// Why the last fetch failed (`None` after a good one).
+    last_error: Option<String>,
 }
 
 impl FetchState {
@@ -162,6 +164,11 @@ impl Issuer {
     }
 
     /// Number of keys and time since the last good fetch (`None` before the first).
+    /// Why the issuer's last fetch failed, if it did.
+    pub(super) fn last_error(&self) -> Option<String> {
+        self.state().last_error.clone()
+    }
+
     pub(super) fn key_status(&self) -> (usize, Option<Duration>) {
         let snap = self.keys.load();
         match snap.as_ref() {
@@ -449,9 +456,11 @@ impl Fetcher {
                 body.map(|b| (b, None))
             }
         };
+        let mut error = None;
         let (outcome, count) = match fetched {
             Err(msg) => {
                 tracing::warn!(issuer = %c.issuer, source = %c.key_source, error = %msg, "JWKS fetch failed; keeping previous keys");
+                error = Some(msg);
                 (FetchOutcome::Error, 0)
             }
             Ok((body, max_age)) => {
@@ -459,6 +468,7 @@ impl Fetcher {
                 match issuer.install(&body, ttl) {
                     Err(e) => {
                         tracing::warn!(issuer = %c.issuer, source = %c.key_source, error = %e, "JWKS refused; keeping previous keys");
+                        error = Some(format!("key set refused: {e}"));
                         (FetchOutcome::Invalid, 0)
                     }
                     Ok((n, changed)) => {
@@ -485,6 +495,7 @@ impl Fetcher {
             } else {
                 st.failures = st.failures.saturating_add(1);
             }
+            st.last_error = error;
         }
         self.observer.jwks_fetched(&c.issuer, outcome, count);
         outcome == FetchOutcome::Ok
@@ -505,8 +516,18 @@ impl Fetcher {
             .await?;
         let doc: Value =
             serde_json::from_slice(&body).map_err(|e| format!("discovery document is not JSON: {e}"))?;
-        if doc.get("issuer").and_then(Value::as_str) != Some(c.issuer.as_str()) {
-            return Err("discovery document names a different issuer".into());
+        let named = doc.get("issuer").and_then(Value::as_str);
+        if named != Some(c.issuer.as_str()) {
+            let named = named.unwrap_or("(none)");
+            let hint = if named.trim_end_matches('/') == c.issuer.trim_end_matches('/') {
+                " — they differ only in a trailing slash; `iss` in tokens is compared exactly, so configure the issuer exactly as the discovery document (and the tokens) spell it"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "discovery document at {url} names issuer `{named}`, configured `{}`{hint}",
+                c.issuer
+            ));
         }
         let jwks_uri = doc
             .get("jwks_uri")

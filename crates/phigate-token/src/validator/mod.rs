@@ -92,6 +92,15 @@ impl Validator {
         self.order.iter().map(|i| &i.config)
     }
 
+    /// Per issuer: why its last key fetch failed (`None`: it succeeded or
+    /// none ran yet).
+    pub fn fetch_errors(&self) -> Vec<(String, Option<String>)> {
+        self.order
+            .iter()
+            .map(|i| (i.config.issuer.clone(), i.last_error()))
+            .collect()
+    }
+
     /// True once every issuer has usable (not too stale) keys.
     pub fn is_ready(&self) -> bool {
         let now = Instant::now();
