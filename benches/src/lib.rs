@@ -1,6 +1,8 @@
-//! Shared fixtures for the benchmarks.
+//! Shared fixtures for the benchmarks and the load tools.
 #![allow(clippy::unwrap_used)] // test/bench code: a panic is the failure report
 #![forbid(unsafe_code)]
+
+pub mod devproc;
 
 use phigate_policy::{compile, PolicySet, PolicySource};
 

@@ -26,8 +26,10 @@
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+
+use phigate_benches::devproc::DevProcess;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,10 +57,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// One keep-alive HTTP/1.1 client connection.
@@ -220,29 +218,8 @@ fn run(
     }
 }
 
-struct Phigate(Child);
-impl Drop for Phigate {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn http_get(addr: SocketAddr, target: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    phigate_benches::devproc::http_get(addr, target).unwrap()
 }
 
 /// (hits, misses) of the verified-token cache from `/metrics`.
@@ -259,66 +236,11 @@ fn cache_counters(admin: SocketAddr) -> (f64, f64) {
     )
 }
 
-/// A running `phigate dev` and where to reach it.
-struct Dev {
-    guard: Phigate,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    upstream: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-fn start_dev(a: &Args, durability: &str, extra: &[&str]) -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin) = (free_addr(), free_addr());
-    let log = dir.path().join("phigate.log");
-    let child = Command::new(&a.phigate)
-        .args([
-            "dev",
-            "--listen",
-            &proxy.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .args(extra)
-        .args(["--audit-durability", durability, "--audit-file"])
-        .arg(dir.path().join("audit.jsonl"))
-        .arg("--audit-dir")
-        .arg(dir.path().join("spool"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with --release first)", a.phigate));
-    let guard = Phigate(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        TcpStream::connect(admin)
-            .ok()
-            .map(|_| http_get(admin, "/readyz").0),
-        Some(200)
-    ) {
-        assert!(
-            Instant::now() < deadline,
-            "phigate not ready:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let banner = std::fs::read_to_string(&log).unwrap();
-    let upstream: SocketAddr = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("upstream   http://"))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .expect("demo upstream address in the dev banner");
-    Dev {
-        guard,
-        proxy,
-        admin,
-        upstream,
-        _dir: dir,
-    }
+/// `phigate dev` with the given durability and extra arguments.
+fn start_dev(a: &Args, durability: &str, extra: &[&str]) -> DevProcess {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    args.extend(["--audit-durability".to_string(), durability.to_string()]);
+    DevProcess::start(&a.phigate, |_| args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Whether the binary under test knows `phigate dev --audit-intent`
@@ -338,7 +260,7 @@ fn main() {
         a.connections, a.seconds
     );
     let dev = start_dev(&a, "interval", &[]);
-    let (proxy, admin, upstream, pid) = (dev.proxy, dev.admin, dev.upstream, dev.guard.0.id());
+    let (proxy, admin, upstream, pid) = (dev.proxy, dev.admin, dev.upstream, dev.pid());
     let mint = move |scope: &str| {
         http_get(admin, &format!("/dev/token?scope={scope}&ttl=3600"))
             .1
@@ -422,7 +344,7 @@ fn main() {
             Arc::new(move || Some(t.clone())),
             &a,
             200,
-            d.guard.0.id(),
+            d.pid(),
         ));
     } else {
         println!("(this binary has no --audit-intent: the intent-all run is skipped)");
@@ -446,7 +368,7 @@ fn main() {
             Arc::new(move || Some(t.clone())),
             &a,
             200,
-            d.guard.0.id(),
+            d.pid(),
         ));
     }
     let base = results[0].rps;

@@ -40,9 +40,11 @@
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
+
+use phigate_benches::devproc::DevProcess;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -96,10 +98,6 @@ fn args() -> Args {
     }
     assert!(a.connections > 0 && a.repeat > 0, "{USAGE}");
     a
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// RSS (KiB) and open fds of a process; `None` once it has exited (or is a zombie).
@@ -240,106 +238,10 @@ fn client(src: Ipv4Addr, to: SocketAddr, token: &str, start: &Barrier, stop: &At
     st // dropping `conn` closes the connection
 }
 
-struct Phigate(Child);
-impl Drop for Phigate {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn http_get(addr: SocketAddr, target: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// A running `phigate dev`.
-struct Dev {
-    guard: Phigate,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Dev {
-    fn pid(&self) -> u32 {
-        self.guard.0.id()
-    }
-
-    /// An error if the gateway has exited, with the end of its log.
-    fn alive(&mut self) -> Result<(), String> {
-        match self.guard.0.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!("the gateway exited ({status}):\n{}", tail(&self.log))),
-            Err(e) => Err(format!("cannot wait for the gateway: {e}")),
-        }
-    }
-
-    fn token(&self) -> Result<String, String> {
-        match http_get(self.admin, "/dev/token?scope=user/Patient.rs&ttl=3600") {
-            Ok((200, body)) => Ok(body.trim().to_string()),
-            Ok((s, body)) => Err(format!("/dev/token answered {s}: {body}")),
-            Err(e) => Err(format!("/dev/token: {e}")),
-        }
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
+type Dev = DevProcess;
 
 fn start_dev(binary: &str) -> Result<Dev, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (proxy, admin) = (free_addr(), free_addr());
-    let log = dir.path().join("phigate.log");
-    let child = Command::new(binary)
-        .args([
-            "dev",
-            "--listen",
-            &proxy.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .arg("--audit-file")
-        .arg(dir.path().join("audit.jsonl"))
-        .arg("--audit-dir")
-        .arg(dir.path().join("spool"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-        .spawn()
-        .map_err(|e| format!("cannot start {binary}: {e} (build it with --release first)"))?;
-    let mut dev = Dev {
-        guard: Phigate(child),
-        proxy,
-        admin,
-        log,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(http_get(admin, "/readyz"), Ok((200, _))) {
-        dev.alive()?;
-        if Instant::now() > deadline {
-            return Err(format!("phigate not ready after 30 s:\n{}", tail(&dev.log)));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(dev)
+    DevProcess::start(binary, |_| Vec::new())
 }
 
 /// Per-second samples of the gateway, taken by a background thread.
@@ -452,7 +354,7 @@ fn sleep_until(t0: Instant, secs: u64) {
 }
 
 fn load_round(a: &Args, dev: &mut Dev, sampler: &Sampler, t0: Instant) -> Result<Round, String> {
-    let token = Arc::new(dev.token()?);
+    let token = Arc::new(dev.token("user/Patient.rs")?);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(a.connections + 1));
     let proxy = dev.proxy;

@@ -18,10 +18,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: a panic is the report
 #![forbid(unsafe_code)]
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use phigate_benches::devproc::{free_addr, DevProcess};
 
 struct Args {
     seconds: u64,
@@ -49,36 +48,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-struct Phigate(Child);
-impl Drop for Phigate {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn http_get(addr: SocketAddr, target: &str) -> (u16, String) {
-    use std::io::Write;
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// One h2load run: requests/s, and how many responses were 2xx vs total.
@@ -134,65 +103,28 @@ fn h2load(a: &Args, url: &str, token: &str, h1: bool) -> (f64, u64, u64) {
 
 fn main() {
     let a = args();
-    let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    std::fs::write(dir.path().join("tls.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
-    let (plain, tls, admin) = (free_addr(), free_addr(), free_addr());
-    let log = dir.path().join("phigate.log");
-    let child = Command::new(&a.phigate)
-        .args([
-            "dev",
-            "--listen",
-            &plain.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-            "--h2c",
-        ])
-        .args(["--tls-listen", &tls.to_string()])
-        .arg("--tls-cert")
-        .arg(dir.path().join("tls.pem"))
-        .arg("--tls-key")
-        .arg(dir.path().join("tls.key"))
-        .arg("--audit-file")
-        .arg(dir.path().join("audit.jsonl"))
-        .arg("--audit-dir")
-        .arg(dir.path().join("spool"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with --release first)", a.phigate));
-    let _guard = Phigate(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        TcpStream::connect(admin)
-            .ok()
-            .map(|_| http_get(admin, "/readyz").0),
-        Some(200)
-    ) {
-        assert!(
-            Instant::now() < deadline,
-            "phigate not ready:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let banner = std::fs::read_to_string(&log).unwrap();
-    let upstream: SocketAddr = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("upstream   http://"))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .expect("demo upstream address in the dev banner");
-    let token = http_get(admin, "/dev/token?scope=user/Patient.rs&ttl=3600")
-        .1
-        .trim()
-        .to_string();
+    let tls = free_addr();
+    let dev = DevProcess::start(&a.phigate, |dir| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("tls.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+        vec![
+            "--h2c".into(),
+            "--tls-listen".into(),
+            tls.to_string(),
+            "--tls-cert".into(),
+            dir.join("tls.pem").display().to_string(),
+            "--tls-key".into(),
+            dir.join("tls.key").display().to_string(),
+        ]
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (plain, upstream) = (dev.proxy, dev.upstream);
+    let token = dev.token("user/Patient.rs").unwrap_or_else(|e| panic!("{e}"));
     let path = "/fhir/Patient/123";
     println!(
         "transport: {} connections × {} s per run ({} streams per HTTP/2 connection); 2 cores shared by client and server",

@@ -189,37 +189,12 @@ fn path_problem(v: &str) -> Option<&'static str> {
     }
 }
 
-/// A `host:port` address as written (hostnames are resolved at run time).
+/// A `host:port` address as written (hostnames are resolved at run time):
+/// the upstreams' own parser decides.
 fn host_port_problem(v: &str) -> Option<String> {
-    let (host, port) = match v.rsplit_once(':') {
-        Some((h, p)) => (h, p),
-        None => return Some(format!("`{v}` is not host:port")),
-    };
-    if port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Some(format!("`{v}`: port must be 1-65535"));
-    }
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Some(format!("`{v}`: missing host"));
-    }
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return None;
-    }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if host.len() > 253 || !host.trim_end_matches('.').split('.').all(label_ok) {
-        return Some(format!("`{v}`: `{host}` is not a hostname or IP address"));
-    }
-    None
+    crate::upstreams::check_address(v)
+        .err()
+        .map(|m| format!("`{v}`: {m}"))
 }
 
 fn upstream(

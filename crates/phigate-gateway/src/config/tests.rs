@@ -121,7 +121,7 @@ fn every_error_kind_is_reported_in_one_run() {
     let errs = parse("g.yaml", &text, Path::new(".")).unwrap_err();
     let joined = messages(&errs);
     for want in [
-        "g.yaml:5:12: `fhir-backend` is not host:port",
+        "g.yaml:5:12: `fhir-backend`: not host:port",
         "g.yaml:10:13: invalid value: string \"ten seconds\", expected a duration",
         "g.yaml:11:9: unknown field `policy`",
         "g.yaml:15:15: unknown variant `sometimes`",
@@ -312,7 +312,7 @@ upstream:
     let joined = messages(&errs);
     for want in [
         "g.yaml:10:13: prefix must start with `/`",
-        "g.yaml:11:17: `nope` is not host:port",
+        "g.yaml:11:17: `nope`: not host:port",
         "g.yaml:11:23: `fhir:0`: port must be 1-65535",
         "`path` is required in `upstreams[0].health_check`",
         "timeout must be at least 10ms and at most the interval",

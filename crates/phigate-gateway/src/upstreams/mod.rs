@@ -758,6 +758,13 @@ fn check_spec(spec: &UpstreamSpec) -> Result<CheckedSpec, UpstreamError> {
     })
 }
 
+/// Whether `v` is a usable upstream address (`ip:port`, `[ipv6]:port` or
+/// `hostname:port`); the problem otherwise. Used by the config loader, so
+/// both agree.
+pub fn check_address(v: &str) -> Result<(), String> {
+    parse_address(v).map(|_| ())
+}
+
 /// `ip:port`, `[ipv6]:port` or `hostname:port`.
 fn parse_address(v: &str) -> Result<ParsedAddress, String> {
     if let Ok(sa) = v.parse::<SocketAddr>() {
