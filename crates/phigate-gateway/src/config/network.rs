@@ -174,19 +174,9 @@ fn upstream_list(p: &mut Problems<'_>, list: &[UpstreamFile], base: &Path) -> Ve
     out
 }
 
-/// A path prefix or rewrite: absolute, no query, no dot segments, no `//`.
+/// A path prefix or rewrite: the upstreams' own check decides.
 fn path_problem(v: &str) -> Option<&'static str> {
-    if !v.starts_with('/') {
-        Some("must start with `/`")
-    } else if v.contains(['?', '#', '%', ' ']) {
-        Some("must be a plain path (no query, fragment, percent-encoding or spaces)")
-    } else if v.contains("//") {
-        Some("must not contain `//`")
-    } else if v.split('/').any(|s| s == "." || s == "..") {
-        Some("must not contain `.` or `..` segments")
-    } else {
-        None
-    }
+    crate::upstreams::path_problem(v)
 }
 
 /// A `host:port` address as written (hostnames are resolved at run time):

@@ -630,7 +630,9 @@ fn normalize_prefix(p: &str) -> String {
     p.trim_end_matches('/').to_string()
 }
 
-fn path_problem(v: &str) -> Option<&'static str> {
+/// Why `v` cannot be a `prefix` or `rewrite` (an absolute, plain ASCII path
+/// without query, fragment, percent-encoding, `//` or dot segments).
+pub fn path_problem(v: &str) -> Option<&'static str> {
     if !v.starts_with('/') {
         Some("must start with `/`")
     } else if v
