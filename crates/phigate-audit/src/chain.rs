@@ -49,7 +49,12 @@ pub fn is_hash(s: &str) -> bool {
 /// last member: verifiers parse lines, so member order on the line does not
 /// matter, and this avoids serialising twice.
 pub fn seal(prev_hash: &str, record: &Value) -> (String, String) {
-    let canonical = canonical(record);
+    seal_canonical(prev_hash, canonical(record))
+}
+
+/// [`seal`] for a record already in canonical form
+/// ([`crate::canonical::to_canonical_string`]).
+pub fn seal_canonical(prev_hash: &str, canonical: String) -> (String, String) {
     let hash = hash_canonical(prev_hash, &canonical);
     let mut line = canonical;
     line.pop(); // the closing `}` of the object

@@ -16,6 +16,7 @@
 //! `phigate audit verify` read it.
 #![forbid(unsafe_code)]
 
+pub mod canonical;
 pub mod chain;
 pub mod checkpoint;
 mod error;

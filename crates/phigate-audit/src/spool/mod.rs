@@ -3,10 +3,21 @@
 //! Request side: [`Spool::reserve`] takes a place in a bounded queue *before*
 //! the request is served (fail closed), [`Slot::commit`] hands the finished
 //! record over and returns a [`Commit`] future that resolves according to
-//! the [`Durability`] mode. Writer side: one OS thread (started by
-//! [`SpoolWorker::run`]) assigns `seq`/`event_id`/`prev_hash`/`hash` in
-//! arrival order — one writer, one total order — and group-commits batches
-//! of records with one `write` (and, when required, one `fsync`) per batch.
+//! the [`Durability`] mode. The writer state (one segment file, the chain)
+//! sits behind one mutex — one writer at a time, one total order — and
+//! assigns `seq`/`event_id`/`prev_hash`/`hash` in commit order.
+//!
+//! - `Interval` and `None` durability: the committing thread seals and
+//!   writes its record itself (`write` to the page cache, a few µs), so a
+//!   request never waits for another thread to be scheduled — handing each
+//!   record to a writer thread cost two context switches per request. The
+//!   interval `fsync` runs on the writer thread, on a duplicate of the file
+//!   handle, outside the mutex.
+//! - `PerRequest`: records go to the writer thread ([`SpoolWorker::run`]),
+//!   which group-commits batches with one `write` and one `fsync` per batch.
+//!
+//! The writer thread also does the periodic work (free space, recovery of a
+//! failed writer, re-measuring a full spool).
 //! Closed segments are compressed with zstd by a second background thread
 //! (`compress`). [`Spool::close`] drains and stops the writer from any
 //! thread, with or without an async runtime.
@@ -228,6 +239,10 @@ struct Job {
 struct Shared {
     dir: PathBuf,
     tx: mpsc::Sender<Msg>,
+    /// The writer state; `None` once the writer has finished.
+    writer: Mutex<Option<Writer>>,
+    /// Commits are written by the committing thread (not `PerRequest`).
+    inline: bool,
     queue: usize,
     max_bytes: u64,
     min_free_bytes: u64,
@@ -281,6 +296,10 @@ impl Shared {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 Some(b.saturating_sub(n))
             });
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Option<Writer>> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set_last_error(&self, e: Option<String>) {
@@ -398,7 +417,23 @@ impl Slot {
             return Commit(CommitState::Failed(Some(AuditError::Closed)));
         };
         let (reply, rx) = oneshot::channel();
-        match shared.tx.send(Msg::Record(Box::new(Job { record, reply }))) {
+        let job = Job { record, reply };
+        if shared.inline {
+            // Sealed and written here: `rx` is answered before this returns.
+            let mut writer = shared.writer();
+            return match writer.as_mut() {
+                Some(w) => {
+                    w.write_jobs(&mut vec![job]);
+                    Commit(CommitState::Waiting(rx))
+                }
+                None => {
+                    drop(writer);
+                    shared.release(1);
+                    Commit(CommitState::Failed(Some(AuditError::Closed)))
+                }
+            };
+        }
+        match shared.tx.send(Msg::Record(Box::new(job))) {
             Ok(()) => Commit(CommitState::Waiting(rx)),
             Err(_) => {
                 shared.release(1);
@@ -457,6 +492,8 @@ impl Spool {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             tx,
+            writer: Mutex::new(None),
+            inline: options.durability != Durability::PerRequest,
             queue: options.queue,
             max_bytes: options.max_bytes,
             min_free_bytes: options.min_free_bytes,
@@ -484,11 +521,14 @@ impl Spool {
         });
         shared.check_free_space(&options.free_space);
         let writer = Writer::open(dir, tail, options, shared.clone(), lock)?;
+        // Shared → writer → Shared is a cycle, broken when the worker ends
+        // (it takes the writer out) or is dropped unused.
+        *shared.writer() = Some(writer);
         Ok((
             Spool {
                 shared: shared.clone(),
             },
-            SpoolWorker { rx, writer },
+            SpoolWorker { rx, shared },
         ))
     }
 
@@ -638,19 +678,24 @@ impl Spool {
     }
 }
 
-/// The writer half: owns the files. Drive it with [`SpoolWorker::run`].
+/// The writer half: the writer thread's end of the queue and its periodic
+/// work. Drive it with [`SpoolWorker::run`].
 #[derive(Debug)]
 pub struct SpoolWorker {
     rx: mpsc::Receiver<Msg>,
-    writer: Writer,
+    shared: Arc<Shared>,
 }
 
 impl Drop for SpoolWorker {
     /// The writer thread ends by dropping its worker (and a worker that
-    /// never ran ends here): [`Spool::close`] stops waiting.
+    /// never ran ends here): the writer is taken out (releasing the
+    /// directory lock) and [`Spool::close`] stops waiting.
     fn drop(&mut self) {
-        self.writer.release_lock();
-        self.writer.shared.mark_done();
+        let writer = self.shared.writer().take();
+        if let Some(mut w) = writer {
+            w.release_lock();
+        }
+        self.shared.mark_done();
     }
 }
 
@@ -679,7 +724,7 @@ impl SpoolWorker {
     /// future is dropped with its runtime they keep running, and
     /// [`Spool::close`] drains and stops them.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let shared = self.writer.shared.clone();
+        let shared = self.shared.clone();
         let (done_tx, mut done_rx) = oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("phigate-audit".into())
@@ -707,19 +752,24 @@ impl SpoolWorker {
         let _ = done_rx.await;
     }
 
-    fn run_blocking(mut self) {
-        self.writer.start_compressor();
+    /// Run `f` on the writer (`None` once it finished).
+    fn with_writer<T>(&self, f: impl FnOnce(&mut Writer) -> T) -> Option<T> {
+        self.shared.writer().as_mut().map(f)
+    }
+
+    fn run_blocking(self) {
+        self.with_writer(Writer::start_compressor);
+        let shared = self.shared.clone();
+        let shutdown_idle = self.with_writer(|w| w.options.shutdown_idle).unwrap_or_default();
         let mut batch = Vec::new();
         let mut idle_since = Instant::now();
         loop {
-            let stopping = self.writer.shared.stopping.load(Ordering::Acquire);
-            let draining = self.writer.shared.draining.load(Ordering::Acquire);
-            let mut wait = self.writer.wait_time();
+            let stopping = shared.stopping.load(Ordering::Acquire);
+            let draining = shared.draining.load(Ordering::Acquire);
+            let mut wait = self.with_writer(|w| w.wait_time()).unwrap_or(RETRY);
             if stopping && !draining {
                 wait = wait.min(
-                    self.writer
-                        .options
-                        .shutdown_idle
+                    shutdown_idle
                         .saturating_sub(idle_since.elapsed())
                         .max(Duration::from_millis(1)),
                 );
@@ -740,32 +790,41 @@ impl SpoolWorker {
             }
             let wrote = !batch.is_empty();
             if wrote {
-                self.writer.write_jobs(&mut batch);
+                self.with_writer(|w| w.write_jobs(&mut batch));
             }
-            self.writer.tick();
-            if wrote || self.writer.shared.in_flight.load(Ordering::Acquire) > 0 {
+            // The interval fsync runs outside the mutex (inline commits go on).
+            let pending_sync = self.with_writer(|w| w.tick()).flatten();
+            if let Some(sync) = pending_sync {
+                let result = sync.run();
+                self.with_writer(|w| w.synced(result));
+            }
+            if wrote || shared.in_flight.load(Ordering::Acquire) > 0 {
                 idle_since = Instant::now();
             }
             // Re-read: close() may have asked to drain while we waited.
-            let shared = &self.writer.shared;
             if shared.stopping.load(Ordering::Acquire)
                 && shared.in_flight.load(Ordering::Acquire) == 0
                 && (shared.draining.load(Ordering::Acquire)
-                    || (stopping && idle_since.elapsed() >= self.writer.options.shutdown_idle))
+                    || (stopping && idle_since.elapsed() >= shutdown_idle))
             {
                 break;
             }
         }
         // No new reservations from here on; whatever raced in is still written.
-        self.writer.shared.closed.store(true, Ordering::Release);
+        shared.closed.store(true, Ordering::Release);
         while let Ok(msg) = self.rx.try_recv() {
             if let Msg::Record(job) = msg {
                 batch.push(*job);
             }
         }
-        if !batch.is_empty() {
-            self.writer.write_jobs(&mut batch);
+        // Take the writer out: inline commits racing in now fail (Closed).
+        let writer = shared.writer().take();
+        if let Some(mut w) = writer {
+            if !batch.is_empty() {
+                w.write_jobs(&mut batch);
+            }
+            w.finish();
+            w.release_lock();
         }
-        self.writer.finish();
     }
 }

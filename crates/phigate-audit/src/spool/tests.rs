@@ -37,7 +37,7 @@ fn job(spool: &Spool, record: AuditRecord) -> Job {
 /// A spool of `n` gateway-like records in segments of `segment_max_bytes`,
 /// written without running the worker (so nothing is compressed yet).
 fn written_spool(dir: &Path, n: usize, segment_max_bytes: u64) -> (Spool, SpoolWorker) {
-    let (spool, mut worker) = Spool::open(
+    let (spool, worker) = Spool::open(
         dir,
         SpoolOptions {
             segment_max_bytes,
@@ -47,7 +47,7 @@ fn written_spool(dir: &Path, n: usize, segment_max_bytes: u64) -> (Spool, SpoolW
     .unwrap();
     for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
         let mut jobs: Vec<Job> = chunk.iter().map(|i| job(&spool, realistic(*i))).collect();
-        worker.writer.write_jobs(&mut jobs);
+        worker.with_writer(|w| w.write_jobs(&mut jobs));
     }
     (spool, worker)
 }
@@ -284,9 +284,9 @@ fn a_compressed_last_segment_is_continued_in_a_new_segment() {
     let zst = d.join(compressed_segment_file_name(last.first_seq));
     crate::segment::compress_segment_file(&last.path, &zst).unwrap();
     std::fs::remove_file(&last.path).unwrap();
-    let (spool, mut worker) = Spool::open(d, opts()).unwrap();
+    let (spool, worker) = Spool::open(d, opts()).unwrap();
     let mut jobs = vec![job(&spool, realistic(30))];
-    worker.writer.write_jobs(&mut jobs);
+    worker.with_writer(|w| w.write_jobs(&mut jobs));
     drop((spool, worker));
     assert!(d.join(segment_file_name(31)).exists());
     verify_ok(d, 31);
@@ -429,7 +429,7 @@ fn below_the_free_space_reserve_reserve_refuses_from_the_first_request() {
 fn the_reserve_keeps_room_for_reservations_already_made() {
     let dir = tempfile::tempdir().unwrap();
     let free = Arc::new(AtomicU64::new(u64::MAX / 2));
-    let (spool, mut worker) = Spool::open(
+    let (spool, worker) = Spool::open(
         dir.path(),
         SpoolOptions {
             free_space: probe(&free),
@@ -441,7 +441,7 @@ fn the_reserve_keeps_room_for_reservations_already_made() {
     free.store(MIB, Ordering::Relaxed);
     spool.shared.check_free_space(&probe(&free));
     assert!(matches!(spool.reserve(), Err(AuditError::LowDiskSpace { .. })));
-    worker.writer.write_jobs(&mut vec![held]);
+    worker.with_writer(|w| w.write_jobs(&mut vec![held]));
     assert_eq!(spool.stats().last_seq, 1);
     drop((spool, worker));
     verify_ok(dir.path(), 1);

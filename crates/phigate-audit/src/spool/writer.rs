@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::compress::Compressor;
 use super::recovery::Tail;
-use super::{CheckpointOptions, CommitInfo, Durability, Job, Shared, SpoolOptions, RETRY};
+use super::{CheckpointOptions, CommitInfo, Durability, Job, Msg, Shared, SpoolOptions, RETRY};
 use crate::chain;
 use crate::record::{AccessRecord, CheckpointRecord, Outcome, RecordBody, RecoveryRecord, SCHEMA_VERSION};
 use crate::segment::{list_segment_files, parse_segment_name, segment_file_name};
@@ -213,17 +213,17 @@ impl Writer {
         }
     }
 
-    fn seal(&self, chain: &Chain, body: &RecordBody) -> Result<Entry, serde_json::Error> {
+    fn seal(&self, chain: &Chain, body: &RecordBody) -> Result<Entry, crate::canonical::Error> {
         let seq = chain.seq + 1;
         let event_id = uuid::Uuid::now_v7().to_string();
-        let value = serde_json::to_value(Unsealed {
+        let canonical = crate::canonical::to_canonical_string(&Unsealed {
             v: SCHEMA_VERSION,
             seq,
             event_id: &event_id,
             prev_hash: &chain.hash,
             body,
         })?;
-        let (line, hash) = chain::seal(&chain.hash, &value);
+        let (line, hash) = chain::seal_canonical(&chain.hash, canonical);
         Ok(Entry {
             line,
             info: CommitInfo {
@@ -334,6 +334,11 @@ impl Writer {
             if rotating || durable {
                 self.sync()?;
             } else {
+                if !self.unsynced && matches!(self.options.durability, Durability::Interval(_)) {
+                    // An inline write: the writer thread may sleep long;
+                    // wake it to time the interval fsync (once per interval).
+                    let _ = self.shared.tx.send(Msg::Wake);
+                }
                 self.unsynced = true;
             }
             self.len += size;
@@ -484,18 +489,27 @@ impl Writer {
         }
     }
 
-    /// Periodic work: the interval `fsync`, retrying a failed writer,
-    /// measuring free space (at most once per second), and re-measuring a
-    /// full spool (an operator may have removed segments).
-    pub(super) fn tick(&mut self) {
+    /// Periodic work: retrying a failed writer, measuring free space (at
+    /// most once per second), re-measuring a full spool (an operator may
+    /// have removed segments), and — returned, to be run outside the
+    /// writer's mutex — the interval `fsync` when one is due.
+    pub(super) fn tick(&mut self) -> Option<PendingSync> {
         if self.last_space_check.elapsed() >= SPACE_CHECK {
             self.last_space_check = Instant::now();
             self.shared.check_free_space(&self.options.free_space);
         }
+        let mut pending = None;
         if let Durability::Interval(every) = self.options.durability {
-            if self.unsynced && self.last_sync.elapsed() >= every {
-                if let Err(e) = self.sync() {
-                    self.failed(&e);
+            if self.unsynced && self.last_sync.elapsed() >= every && !self.needs_recovery {
+                match self.file.as_ref().map(File::try_clone) {
+                    Some(Ok(file)) => {
+                        // Everything written so far is covered by this fsync.
+                        self.unsynced = false;
+                        self.last_sync = Instant::now();
+                        pending = Some(PendingSync { file });
+                    }
+                    Some(Err(e)) => self.failed(&e),
+                    None => {}
                 }
             }
         }
@@ -510,6 +524,18 @@ impl Writer {
             if let Ok(bytes) = dir_bytes(&self.dir) {
                 self.shared.spool_bytes.store(bytes, Ordering::Relaxed);
             }
+        }
+        pending
+    }
+
+    /// The outcome of a [`PendingSync`]: a failed fsync makes the writer
+    /// unhealthy (requests are refused until it recovers).
+    pub(super) fn synced(&mut self, result: std::io::Result<()>) {
+        match result {
+            Ok(()) => {
+                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.failed(&e),
         }
     }
 
@@ -576,6 +602,18 @@ pub(super) fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// An interval `fsync` to run without holding the writer's mutex (on a
+/// duplicate of the segment's file handle).
+pub(super) struct PendingSync {
+    file: File,
+}
+
+impl PendingSync {
+    pub(super) fn run(self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
 /// How often the writer measures free space.
 const SPACE_CHECK: Duration = Duration::from_secs(1);
 
@@ -609,8 +647,9 @@ mod tests {
     #[test]
     fn a_failed_write_fails_its_commits_and_the_writer_recovers() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, mut worker) = Spool::open(dir.path(), options()).unwrap();
-        let w = &mut worker.writer;
+        let (spool, worker) = Spool::open(dir.path(), options()).unwrap();
+        let mut guard = worker.shared.writer();
+        let w = guard.as_mut().unwrap();
         let (j, mut ok) = job(&spool, 0);
         w.write_jobs(&mut vec![j]);
         assert_eq!(ok.try_recv().unwrap().unwrap().seq, 1);
@@ -657,8 +696,9 @@ mod tests {
     #[test]
     fn a_segment_that_shrank_underneath_keeps_the_writer_failed() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, mut worker) = Spool::open(dir.path(), options()).unwrap();
-        let w = &mut worker.writer;
+        let (spool, worker) = Spool::open(dir.path(), options()).unwrap();
+        let mut guard = worker.shared.writer();
+        let w = guard.as_mut().unwrap();
         let (j, _r) = job(&spool, 0);
         w.write_jobs(&mut vec![j]);
         let (j, mut r) = job(&spool, 1);
