@@ -42,60 +42,100 @@ struct Writer<'a> {
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's own string escaping (the `Value` route uses it too).
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Most strings (every field name, most values) need no escaping: copy
+    // them. Anything else goes through serde_json's own escaping, which the
+    // `Value` route uses too.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 fn push_json<T: Serialize>(out: &mut Vec<u8>, v: T) -> Result<(), Error> {
     serde_json::to_writer(&mut *out, &v).map_err(|e| Error(e.to_string()))
 }
 
-/// An object being collected: entries sorted when it ends. A key given
-/// twice keeps its last value, as a `BTreeMap` insert does.
+/// An object being written. Entries are written in place as they come —
+/// `"key":value` — and their keys and value ranges remembered; when the
+/// object ends, entries whose keys arrived already sorted (the common case:
+/// structs declared in key order, and small maps) need nothing more, and
+/// otherwise the object's text is rebuilt from the ranges in key order. A
+/// key given twice keeps its last value, as a `BTreeMap` insert does.
 struct Object<'a> {
     out: &'a mut Vec<u8>,
-    entries: Vec<(String, Vec<u8>)>,
+    /// Where the object's `{` is in `out`.
+    start: usize,
+    /// Key, and the range of its value's text in `out`.
+    entries: Vec<(Key, usize, usize)>,
     /// For `serialize_key` + `serialize_value`.
     pending_key: Option<String>,
     /// `{"Variant":{…}}` for struct variants.
-    variant: Option<&'static str>,
+    variant: bool,
+}
+
+/// A field name (static) or a map key.
+enum Key {
+    Static(&'static str),
+    Owned(String),
+}
+
+impl Key {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Static(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
 }
 
 impl Object<'_> {
-    fn insert(&mut self, key: String, value: Vec<u8>) {
-        match self.entries.iter_mut().find(|(k, _)| *k == key) {
-            Some(e) => e.1 = value,
-            None => self.entries.push((key, value)),
+    fn entry<T: Serialize + ?Sized>(&mut self, key: Key, value: &T) -> Result<(), Error> {
+        if !self.entries.is_empty() {
+            self.out.push(b',');
         }
+        push_str(self.out, key.as_str());
+        self.out.push(b':');
+        let from = self.out.len();
+        value.serialize(Writer { out: self.out })?;
+        self.entries.push((key, from, self.out.len()));
+        Ok(())
     }
 
     fn finish(mut self) {
-        self.entries.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Some(v) = self.variant {
+        let sorted = self.entries.windows(2).all(|w| w[0].0.as_str() < w[1].0.as_str());
+        if !sorted {
+            // Rebuild: stable sort by key, the last of equal keys wins.
+            let text = self.out.split_off(self.start);
+            let base = self.start;
+            self.entries.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
             self.out.push(b'{');
-            push_str(self.out, v);
-            self.out.push(b':');
-        }
-        self.out.push(b'{');
-        for (i, (k, v)) in self.entries.iter().enumerate() {
-            if i > 0 {
-                self.out.push(b',');
+            let mut first = true;
+            for (i, (k, from, to)) in self.entries.iter().enumerate() {
+                if self
+                    .entries
+                    .get(i + 1)
+                    .is_some_and(|next| next.0.as_str() == k.as_str())
+                {
+                    continue;
+                }
+                if !first {
+                    self.out.push(b',');
+                }
+                first = false;
+                push_str(self.out, k.as_str());
+                self.out.push(b':');
+                self.out.extend_from_slice(&text[from - base..to - base]);
             }
-            push_str(self.out, k);
-            self.out.push(b':');
-            self.out.extend_from_slice(v);
         }
         self.out.push(b'}');
-        if self.variant.is_some() {
+        if self.variant {
             self.out.push(b'}');
         }
     }
-}
-
-fn value_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
-    let mut v = Vec::new();
-    value.serialize(Writer { out: &mut v })?;
-    Ok(v)
 }
 
 /// Serialises a map key to the string JSON requires.
@@ -305,9 +345,7 @@ impl ser::SerializeMap for Object<'_> {
             .pending_key
             .take()
             .ok_or_else(|| Error("map value without a key".into()))?;
-        let v = value_bytes(value)?;
-        self.insert(key, v);
-        Ok(())
+        self.entry(Key::Owned(key), value)
     }
     fn end(self) -> Result<(), Error> {
         self.finish();
@@ -319,9 +357,7 @@ impl ser::SerializeStruct for Object<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
-        let v = value_bytes(value)?;
-        self.insert(key.to_owned(), v);
-        Ok(())
+        self.entry(Key::Static(key), value)
     }
     fn end(self) -> Result<(), Error> {
         self.finish();
@@ -333,9 +369,7 @@ impl ser::SerializeStructVariant for Object<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
-        let v = value_bytes(value)?;
-        self.insert(key.to_owned(), v);
-        Ok(())
+        self.entry(Key::Static(key), value)
     }
     fn end(self) -> Result<(), Error> {
         self.finish();
@@ -493,11 +527,14 @@ impl<'a> ser::Serializer for Writer<'a> {
         })
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Object<'a>, Error> {
+        let start = self.out.len();
+        self.out.push(b'{');
         Ok(Object {
             out: self.out,
+            start,
             entries: Vec::with_capacity(len.unwrap_or(16)),
             pending_key: None,
-            variant: None,
+            variant: false,
         })
     }
     fn serialize_struct(self, _: &'static str, len: usize) -> Result<Object<'a>, Error> {
@@ -510,8 +547,11 @@ impl<'a> ser::Serializer for Writer<'a> {
         variant: &'static str,
         len: usize,
     ) -> Result<Object<'a>, Error> {
+        self.out.push(b'{');
+        push_str(self.out, variant);
+        self.out.push(b':');
         let mut o = self.serialize_map(Some(len))?;
-        o.variant = Some(variant);
+        o.variant = true;
         Ok(o)
     }
 }
@@ -592,6 +632,35 @@ mod tests {
         for f in [f64::NAN, f64::INFINITY, -0.0, 1e300, 5e-324, 123.456] {
             assert_eq!(to_canonical_string(&f).unwrap(), via_value(&f), "{f}");
         }
+    }
+
+    /// Keys out of order and given twice, nested: rebuilt in key order,
+    /// the last value of a repeated key kept (as the `BTreeMap` route).
+    #[test]
+    fn unsorted_and_repeated_keys_are_rebuilt_in_order() {
+        struct Odd(u8);
+        impl Serialize for Odd {
+            fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use ser::SerializeMap;
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("z\"q", &1)?;
+                m.serialize_entry("a", &"first")?;
+                if self.0 > 0 {
+                    m.serialize_entry("m", &Odd(self.0 - 1))?;
+                }
+                m.serialize_entry("a", &"last")?;
+                m.serialize_entry("", &[3, 2, 1])?;
+                m.end()
+            }
+        }
+        for depth in 0..3 {
+            let got = to_canonical_string(&Odd(depth)).unwrap();
+            assert_eq!(got, via_value(&Odd(depth)), "depth {depth}");
+        }
+        assert_eq!(
+            to_canonical_string(&Odd(1)).unwrap(),
+            r#"{"":[3,2,1],"a":"last","m":{"":[3,2,1],"a":"last","z\"q":1},"z\"q":1}"#
+        );
     }
 
     proptest::proptest! {

@@ -395,12 +395,27 @@ pub fn record_schema() -> String {
 
 /// The current time as RFC 3339 UTC with millisecond precision.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    rfc3339_millis(time::OffsetDateTime::now_utc())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), written by hand: every record carries
+/// one, and the general formatter was a measurable part of sealing one.
+fn rfc3339_millis(t: time::OffsetDateTime) -> String {
+    use std::fmt::Write as _;
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let mut s = String::with_capacity(24);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     );
-    now.format(&fmt)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+    s
 }
 
 #[cfg(test)]
@@ -416,6 +431,20 @@ mod tests {
             committed == record_schema(),
             "docs/audit-record.schema.json is out of date: run `cargo run -p phigate -- audit schema --write docs`"
         );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_milliseconds() {
+        let fmt = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        for unix_ms in [0i64, 1_764_466_800_123, 253_402_300_799_999, 951_782_400_007] {
+            let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000).unwrap();
+            assert_eq!(rfc3339_millis(t), t.format(&fmt).unwrap(), "{unix_ms}");
+        }
+        let t = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+5:30));
+        assert!(rfc3339_millis(t).ends_with('Z'));
+        assert_eq!(now_rfc3339().len(), 24);
     }
 
     #[test]

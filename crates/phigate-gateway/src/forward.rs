@@ -35,6 +35,15 @@ pub fn peer(mut peer: HttpPeer, forward: Forward) -> HttpPeer {
     peer
 }
 
+/// Remove a header if the request has it. pingora's `remove_header` edits
+/// its case map even for a header it does not hold, and these run on every
+/// request for a dozen names that are almost never there.
+fn remove_present(req: &mut RequestHeader, name: &str) {
+    if req.headers.contains_key(name) {
+        req.remove_header(name);
+    }
+}
+
 /// Edit the upstream request: hop-by-hop and method-override fields out,
 /// `Prefer: handling=strict` in when the decision relied on search
 /// parameters, `Expect` out when phigate already answered `100 Continue`
@@ -42,14 +51,14 @@ pub fn peer(mut peer: HttpPeer, forward: Forward) -> HttpPeer {
 pub fn edit_request(req: &mut RequestHeader, forward: Forward, sent_continue: bool) -> Result<()> {
     if !forward.websocket {
         for h in HOP_BY_HOP {
-            req.remove_header(*h);
+            remove_present(req, h);
         }
     }
     for h in METHOD_OVERRIDE_HEADERS {
-        req.remove_header(*h);
+        remove_present(req, h);
     }
     if sent_continue {
-        req.remove_header("expect");
+        remove_present(req, "expect");
     }
     if forward.prefer_strict {
         let existing: Vec<String> = req
@@ -118,14 +127,14 @@ pub fn set_forwarding_headers(
     };
     if !origin.trusted {
         for h in X_FORWARDED.iter().chain(std::iter::once(&"forwarded")) {
-            req.remove_header(*h);
+            remove_present(req, h);
         }
     }
     let peer = origin.peer.map(|ip| ip.to_string());
     if mode.x_forwarded {
         let mut chain = existing(req, "x-forwarded-for");
         chain.extend(peer.clone());
-        req.remove_header("x-forwarded-for");
+        remove_present(req, "x-forwarded-for");
         if !chain.is_empty() {
             req.insert_header("x-forwarded-for", chain.join(", "))?;
         }
@@ -158,7 +167,7 @@ pub fn set_forwarding_headers(
             el.push_str(&forwarded_value(v));
         }
         elements.push(el);
-        req.remove_header("forwarded");
+        remove_present(req, "forwarded");
         req.insert_header("forwarded", elements.join(", "))?;
     }
     Ok(())
