@@ -946,7 +946,7 @@ impl ProxyHttp for Gateway {
         if let Some(f) = ctx.failure.filter(|_| decision.is_allow()) {
             counted.reason = f;
         }
-        self.shared.metrics.count_request(&counted, ctx.start.elapsed());
+        ctx.count(ctx.failure);
         let route = counted.route.as_deref().unwrap_or("none");
         if counted.break_glass {
             tracing::warn!(request_id = %ctx.info.request_id, route, "break-glass access");

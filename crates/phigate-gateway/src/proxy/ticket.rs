@@ -181,6 +181,9 @@ pub struct RequestCtx {
     pub first_event_id: Option<String>,
     /// An intent record was committed: an outcome record is due.
     pub intent: bool,
+    /// Counted in `phigate_requests_total` (by `logging()`, or by `Drop` for
+    /// a request cut off before it): exactly once per audited request.
+    pub counted: bool,
     /// Why an allowed request failed after the decision (upstream, client),
     /// recorded as its reason.
     pub failure: Option<Reason>,
@@ -225,6 +228,7 @@ impl RequestCtx {
             outcome: None,
             first_event_id: None,
             intent: false,
+            counted: false,
             failure: None,
             in_flight: None,
             upstream_status: None,
@@ -354,6 +358,12 @@ impl RequestCtx {
         // there (a read cut off mid-body is incomplete too).
         let cut_off = self.outcome.is_some() && self.first_event_id.is_some();
         if self.first.is_none() && !cut_off {
+            // Its record was committed (at response time), but the task was
+            // dropped before `logging()` — an HTTP/2 stream whose connection
+            // went away: count it, as every audited request is.
+            if self.first_event_id.is_some() {
+                self.count(None);
+            }
             return;
         }
         let shutting_down = self.shared.shutting_down.load(Ordering::Acquire);
@@ -372,12 +382,25 @@ impl RequestCtx {
             },
         };
         if let Some(record) = self.record(0, kind) {
-            if let Some(d) = self.verdict.decision() {
-                let mut counted = d.clone();
-                counted.reason = self.failure.unwrap_or(d.reason);
-                self.shared.metrics.count_request(&counted, self.start.elapsed());
-            }
+            self.count(self.failure);
             ticket.finish_detached(record);
         }
+    }
+
+    /// Count the request in the metrics once, with `failure` as its reason
+    /// when it was allowed and then failed.
+    pub fn count(&mut self, failure: Option<Reason>) {
+        if self.counted {
+            return;
+        }
+        let Some(d) = self.verdict.decision() else {
+            return;
+        };
+        let mut counted = d.clone();
+        if let Some(f) = failure.filter(|_| d.is_allow()) {
+            counted.reason = f;
+        }
+        self.shared.metrics.count_request(&counted, self.start.elapsed());
+        self.counted = true;
     }
 }
