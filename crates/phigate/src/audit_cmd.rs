@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the chain is broken (`verify`); 2 the command
 //! could not run (unreadable path, bad key, bad `--since`).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -133,20 +134,25 @@ fn export_cmd(paths: &[PathBuf], format: ExportFormat, since: Option<&str>) -> u
                 .is_some_and(|ts| ts >= t),
         })
         .collect();
-    match format {
-        ExportFormat::Fhir => println!(
+    // Written without `println!`: a reader that stops early (`| head`)
+    // closes the pipe, which ends the export quietly instead of panicking.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match format {
+        ExportFormat::Fhir => writeln!(
+            out,
             "{}",
             to_json(serde_json::to_string_pretty(&phigate_sinks::export_fhir(
                 selected
             )))
         ),
-        ExportFormat::Jsonl => {
-            for r in selected {
-                println!("{r}");
-            }
-        }
+        ExportFormat::Jsonl => selected.iter().try_for_each(|r| writeln!(out, "{r}")),
     }
-    0
+    .and_then(|()| out.flush());
+    match written {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => cannot("export", e),
+    }
 }
 
 fn cannot(what: &str, e: impl std::fmt::Display) -> u8 {
