@@ -673,9 +673,13 @@ fn sigterm_drains_what_is_in_flight_and_exits_without_waiting_out_the_grace_peri
         .status()
         .unwrap();
     assert!(status.success());
-    // Not ready while draining.
-    let r = http::get(e.gw.admin, "/readyz").unwrap();
-    assert_eq!(r.status, 503);
+    // Not ready while draining (the signal is handled asynchronously:
+    // wait for it to be seen, well within the 1.5 s the request takes).
+    let r = eventually(Duration::from_secs(5), || {
+        let r = http::get(e.gw.admin, "/readyz").ok()?;
+        (r.status == 503).then_some(r)
+    })
+    .expect("/readyz turns 503 after SIGTERM");
     assert_eq!(r.json()["draining"], true);
     // The request in flight completes normally…
     let r = slow.join().unwrap();
