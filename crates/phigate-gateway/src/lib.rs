@@ -17,7 +17,17 @@
 
 pub mod admin;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
+/// Built without the `dev` feature (the production image): no dev issuer,
+/// no token minting, no `/dev/*` endpoints. The type has no values, so the
+/// gateway's `Option<Arc<DevIssuer>>` is always `None`.
+#[cfg(not(feature = "dev"))]
+pub mod dev {
+    /// No dev issuer exists in this build.
+    #[derive(Debug)]
+    pub enum DevIssuer {}
+}
 pub mod forward;
 pub mod front;
 pub mod limiter;
@@ -32,7 +42,9 @@ pub mod shutdown;
 pub mod tls;
 pub mod upstreams;
 
-pub use server::{dev, serve, DevOptions};
+pub use server::serve;
+#[cfg(feature = "dev")]
+pub use server::{dev, DevOptions};
 
 use phigate_policy::Diagnostic;
 

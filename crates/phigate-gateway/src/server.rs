@@ -1,5 +1,6 @@
 //! Building and running the pingora server.
 
+#[cfg(feature = "dev")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,16 +14,25 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 
 use phigate_audit::{CheckpointOptions, SigningKey, Spool, SpoolOptions, SpoolWorker};
-use phigate_policy::{PolicySet, PolicySource};
-use phigate_token::{Algorithm, FetchObserver, IssuerConfig, KeySource, Validator};
+use phigate_policy::PolicySet;
+use phigate_token::{FetchObserver, Validator};
 
 use crate::admin::Admin;
-use crate::config::{GatewayConfig, LogFormat, UpstreamConfig};
-use crate::dev::{DevIssuer, DEV_AUDIENCE, DEV_ISSUER};
+use crate::config::GatewayConfig;
+use crate::dev::DevIssuer;
+// `phigate dev` only (the `dev` feature).
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Shared};
 use crate::reload::{self, PolicyWatcher, Reloader};
-use crate::{policy_loader, GatewayError};
+use crate::GatewayError;
+#[cfg(feature = "dev")]
+use {
+    crate::config::{LogFormat, UpstreamConfig},
+    crate::dev::{DEV_AUDIENCE, DEV_ISSUER},
+    crate::policy_loader,
+    phigate_policy::PolicySource,
+    phigate_token::{Algorithm, IssuerConfig, KeySource},
+};
 
 /// Keeps every issuer's key set fresh (pingora background service).
 struct JwksRefresher(Arc<Validator>);
@@ -307,6 +317,7 @@ fn open_spool(a: &crate::config::AuditConfig) -> Result<(Spool, SpoolWorker), Ga
 }
 
 /// Options of `phigate dev`.
+#[cfg(feature = "dev")]
 #[derive(Debug, Clone)]
 pub struct DevOptions {
     pub listen: SocketAddr,
@@ -329,12 +340,14 @@ pub struct DevOptions {
 
 /// The bundled development policy (`policies/dev/`), embedded so that
 /// `phigate dev` works from any directory.
+#[cfg(feature = "dev")]
 pub const EMBEDDED_DEV_POLICY: &[(&str, &str)] = &[(
     "<embedded>/policies/dev/fhir.yaml",
     include_str!("../../../policies/dev/fhir.yaml"),
 )];
 
 /// Run `phigate dev`: dev issuer + demo FHIR upstream + the gateway.
+#[cfg(feature = "dev")]
 pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
     let issuer = Arc::new(DevIssuer::load_or_generate(opts.dev_key.as_deref())?);
     let policy = match &opts.policies {
@@ -386,6 +399,7 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
     serve(config, policy, Some(issuer))
 }
 
+#[cfg(feature = "dev")]
 fn print_banner(opts: &DevOptions, upstream: SocketAddr, version: &str) {
     let (p, a) = (opts.listen, opts.admin_listen);
     let policies = opts

@@ -2,12 +2,14 @@
 //! crate can build the very same binary.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "dev")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use phigate_gateway::config::{self, LogFormat};
+#[cfg(feature = "dev")]
 use phigate_gateway::DevOptions;
 
 pub mod alloc;
@@ -58,6 +60,8 @@ pub enum Command {
     },
     /// Run everything on one machine for development: a dev token issuer, a
     /// demo FHIR upstream with synthetic data, and the gateway. NEVER for real PHI.
+    /// (Absent from builds without the `dev` feature, e.g. the container image.)
+    #[cfg(feature = "dev")]
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -236,6 +240,7 @@ pub fn main_entry() -> ExitCode {
             };
             finish(phigate_gateway::serve(cfg, policy, None))
         }
+        #[cfg(feature = "dev")]
         Command::Dev {
             listen,
             admin_listen,
