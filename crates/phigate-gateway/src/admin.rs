@@ -110,6 +110,8 @@ impl Admin {
     }
 
     fn route(&self, method: &http::Method, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        #[cfg(not(feature = "dev"))]
+        let _ = query; // only the dev issuer's /dev/token reads it
         if method != http::Method::GET && method != http::Method::HEAD {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -124,6 +126,8 @@ impl Admin {
                 self.shared
                     .metrics
                     .observe_upstreams(&self.shared.upstreams.health());
+                let (ready, _) = self.readiness();
+                self.shared.metrics.ready.set(i64::from(ready));
                 let body = self.shared.metrics.render(&self.shared.audit.stats());
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
             }
@@ -137,6 +141,7 @@ impl Admin {
                 };
                 reply(status, "application/json", detail.to_string())
             }
+            #[cfg(feature = "dev")]
             "/dev/jwks.json" | "/dev/token" => match &self.dev {
                 Some(dev) if path == "/dev/jwks.json" => {
                     reply(StatusCode::OK, "application/json", dev.jwks_json())

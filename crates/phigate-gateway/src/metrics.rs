@@ -37,6 +37,10 @@ pub struct Metrics {
     pub audit_fill_ratio: Gauge,
     pub audit_free_bytes: IntGauge,
     pub audit_accepting: IntGauge,
+    /// `audit.max_bytes`, so that alerts on the spool's fill need not repeat it.
+    pub audit_max_bytes: IntGauge,
+    /// 1 while `/readyz` would answer 200 (evaluated at each scrape).
+    pub ready: IntGauge,
     pub audit_segments_compressed: IntCounter,
     pub audit_compress_errors: IntCounter,
     pub tunnels_open: IntGauge,
@@ -290,6 +294,20 @@ impl Metrics {
                     "1 while the audit spool accepts records (else requests are refused with 503)",
                 ),
             ),
+            audit_max_bytes: build(
+                &r,
+                IntGauge::new(
+                    "phigate_audit_spool_max_bytes",
+                    "audit.max_bytes: the byte bound of the audit spool (reached: requests are refused with 503)",
+                ),
+            ),
+            ready: build(
+                &r,
+                IntGauge::new(
+                    "phigate_ready",
+                    "1 while the gateway is ready (policy loaded, keys fetched, audit spool accepting, not draining), as /readyz",
+                ),
+            ),
             audit_segments_compressed: build(
                 &r,
                 IntCounter::new(
@@ -495,6 +513,8 @@ impl Metrics {
                 .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
         );
         self.audit_accepting.set(i64::from(audit.accepting));
+        self.audit_max_bytes
+            .set(i64::try_from(audit.max_bytes).unwrap_or(i64::MAX));
         advance(&self.audit_segments_compressed, audit.segments_compressed);
         advance(&self.audit_compress_errors, audit.compress_errors);
         let mut buf = Vec::new();
