@@ -526,6 +526,69 @@ mod tests {
         assert_eq!(f.metrics.policy_last_reload_success.get(), 1);
     }
 
+    /// A Kubernetes ConfigMap volume as the kubelet writes it (its
+    /// AtomicWriter): the files live in a hidden timestamped directory,
+    /// `..data` links to it, and each visible name links through `..data`.
+    /// An update writes a new directory, points a temporary link at it,
+    /// renames that link over `..data` and deletes the old directory. The
+    /// hidden entries are not policy files; the swap is a change like any
+    /// other, and a broken update keeps the policy in force.
+    #[cfg(unix)]
+    #[test]
+    fn a_configmap_symlink_swap_is_reloaded() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let publish = |generation: &str, files: &[(&str, &str)]| {
+            let data = dir.path().join(format!("..2026_11_30_{generation}"));
+            std::fs::create_dir(&data).unwrap();
+            for (name, text) in files {
+                std::fs::write(data.join(name), text).unwrap();
+            }
+            let tmp = dir.path().join("..data_tmp");
+            symlink(data.file_name().unwrap(), &tmp).unwrap();
+            let previous = std::fs::read_link(dir.path().join("..data")).ok();
+            std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+            for (name, _) in files {
+                let visible = dir.path().join(name);
+                if std::fs::symlink_metadata(&visible).is_err() {
+                    symlink(format!("..data/{name}"), &visible).unwrap();
+                }
+            }
+            if let Some(old) = previous {
+                std::fs::remove_dir_all(dir.path().join(old)).unwrap();
+            }
+        };
+        publish("01", &[("fhir.yaml", BASE)]);
+        let policy = policy_loader::load_dir(dir.path()).unwrap();
+        assert_eq!(
+            policy.routes().len(),
+            1,
+            "hidden ..data entries are not loaded twice"
+        );
+        let metrics = Arc::new(Metrics::new());
+        metrics.policy_started(policy.version());
+        let slot = Arc::new(ArcSwap::from_pointee(policy));
+        let reloader = Reloader::new(dir.path(), slot.clone(), metrics.clone());
+        assert_eq!(reloader.poll_once(), ReloadOutcome::Unchanged);
+
+        // The ConfigMap gains a route: the same name, new content behind the swap.
+        let both = format!("{BASE}{}", EXTRA.trim_start_matches("version: 1\nroutes:\n"));
+        publish("02", &[("fhir.yaml", &both)]);
+        assert_eq!(reloader.poll_once(), ReloadOutcome::Settling);
+        assert!(matches!(
+            reloader.poll_once(),
+            ReloadOutcome::Swapped { routes: 2, .. }
+        ));
+        assert!(slot.load().match_route("GET", "/fhir/Encounter/1").is_some());
+
+        // A broken ConfigMap update is rejected; the two routes stay.
+        publish("03", &[("fhir.yaml", BROKEN)]);
+        assert_eq!(reloader.poll_once(), ReloadOutcome::Settling);
+        assert!(matches!(reloader.poll_once(), ReloadOutcome::Rejected { .. }));
+        assert_eq!(slot.load().routes().len(), 2);
+        assert_eq!(metrics.policy_last_reload_success.get(), 0);
+    }
+
     #[test]
     fn half_written_file_is_compiled_only_once_it_stops_changing() {
         let f = Fixture::new();
