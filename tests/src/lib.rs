@@ -17,6 +17,7 @@ pub mod jwks_helpers;
 pub mod keys;
 pub mod nats;
 pub mod prom;
+pub mod realworld;
 pub mod rsyslog;
 pub mod servers;
 pub mod tls;
