@@ -38,6 +38,5 @@ if [ -n "$archive" ]; then
   rm -f "$archive"
   buildah --storage-driver "$STORAGE_DRIVER" push "$tag" "oci-archive:$archive" >&2
 fi
-size=$(buildah --storage-driver "$STORAGE_DRIVER" inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null || true)
-echo "build-image: built $tag${size:+ ($size bytes)}" >&2
+echo "build-image: built $tag" >&2
 echo "$tag"

@@ -20,13 +20,27 @@ export STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}"
 b() { buildah --storage-driver "$STORAGE_DRIVER" "$@"; }
 fail() { echo "smoke-image: FAIL: $*" >&2; exit 1; }
 
-cfg=$(b inspect --type image --format '{{json .OCIv1.Config}}' "$tag")
-echo "$cfg" | grep -q '"Entrypoint":\["phigate"\]' || fail "entrypoint: $cfg"
-echo "$cfg" | grep -q '"Cmd":\["run","--config","/etc/phigate/gateway.yaml"\]' || fail "cmd: $cfg"
-echo "$cfg" | grep -q '"User":"65532:65532"' || fail "user: $cfg"
-echo "$cfg" | grep -q '"/var/lib/phigate":{}' || fail "volume: $cfg"
-echo "$cfg" | grep -q '"org.opencontainers.image.version":"'"$version"'"' || fail "labels: $cfg"
-echo "smoke-image: image config ok (entrypoint, cmd, user 65532, volume, labels)"
+b inspect --type image "$tag" | VERSION="$version" python3 -c '
+import json, os, sys
+c = json.load(sys.stdin)["OCIv1"]["config"]
+want = {
+    "Entrypoint": ["phigate"],
+    "Cmd": ["run", "--config", "/etc/phigate/gateway.yaml"],
+    "User": "65532:65532",
+}
+bad = [f"{k}: {c.get(k)!r}, want {v!r}" for k, v in want.items() if c.get(k) != v]
+if "/var/lib/phigate" not in (c.get("Volumes") or {}):
+    bad.append("Volumes: " + repr(c.get("Volumes")))
+labels = c.get("Labels") or {}
+for k in ("title", "description", "version", "revision", "licenses", "source"):
+    if not labels.get("org.opencontainers.image." + k):
+        bad.append("label org.opencontainers.image." + k + " missing")
+if labels.get("org.opencontainers.image.version") != os.environ["VERSION"]:
+    bad.append("label version " + repr(labels.get("org.opencontainers.image.version")))
+if bad:
+    sys.exit("smoke-image: FAIL: image config: " + "; ".join(bad))
+' || exit 1
+echo "smoke-image: image config ok (entrypoint, cmd, user 65532, volume, OCI labels)"
 
 ctr=$(b from --pull-never "$tag")
 cleanup() { b umount "$ctr" >/dev/null 2>&1 || true; b rm "$ctr" >/dev/null 2>&1 || true; }

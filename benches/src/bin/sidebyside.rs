@@ -732,25 +732,6 @@ impl SigningKey {
     }
 }
 
-/// The policy of `phigate_benches::policy_with_routes(n)` as a file: the
-/// FHIR routes (`GET /fhir/Patient/{id}` needs `user/Patient.rs`,
-/// `GET /fhir/metadata` is public) padded with distinct API routes.
-fn policy_text(n: usize) -> String {
-    let mut text = String::from(
-        "version: 1\nroutes:\n  - methods: [\"*\"]\n    path: /fhir/**\n    fhir: { base: /fhir }\n  - methods: [GET]\n    path: /fhir/metadata\n    public: true\n  - methods: [GET]\n    path: /fhir/Patient/{id}\n    scopes: { any_of: [user/Patient.rs] }\n  - methods: [GET]\n    path: /fhir/Observation\n    scopes: { any_of: [user/Observation.rs] }\n  - methods: [POST]\n    path: /fhir/Observation\n    scopes: { all_of: [user/Observation.c] }\n",
-    );
-    for i in 0..n.saturating_sub(5) {
-        text.push_str(&format!(
-            "  - methods: [GET, PUT]\n    path: /api/v{}/service{}/items/{{id}}/detail{}\n    scopes: {{ all_of: [svc{}.read, v1.patient.records.read] }}\n",
-            i % 7,
-            i,
-            i % 3,
-            i
-        ));
-    }
-    text
-}
-
 fn q(p: &Path) -> String {
     serde_json::to_string(&p.display().to_string()).expect("a path as a JSON string")
 }
@@ -836,7 +817,11 @@ end
 
         let policies = dir.join("policies");
         std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
-        std::fs::write(policies.join("bench.yaml"), policy_text(100)).map_err(|e| e.to_string())?;
+        std::fs::write(
+            policies.join("bench.yaml"),
+            phigate_benches::policy_text_with_routes(100),
+        )
+        .map_err(|e| e.to_string())?;
 
         let mut env = Env {
             dir,
