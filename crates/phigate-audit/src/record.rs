@@ -275,6 +275,9 @@ impl Outcome {
         match record.reason.as_str() {
             "client_aborted" => return Outcome::ClientAborted,
             "aborted_shutdown" => return Outcome::AbortedShutdown,
+            // Allowed, then the client's own request failed (a malformed or
+            // reset HTTP/2 stream, a body or head too slow): not the upstream.
+            "bad_request" | "request_timeout" => return Outcome::ClientError,
             _ => {}
         }
         if record.complete == Some(false) {
@@ -478,6 +481,14 @@ mod tests {
             Outcome::UpstreamError,
             "a cut-off body is not a success"
         );
+        r.reason = "bad_request".into();
+        assert_eq!(
+            Outcome::of(&r),
+            Outcome::ClientError,
+            "the client's request failed"
+        );
+        r.reason = "request_timeout".into();
+        assert_eq!(Outcome::of(&r), Outcome::ClientError);
         r.reason = "client_aborted".into();
         assert_eq!(Outcome::of(&r), Outcome::ClientAborted);
         r.reason = "aborted_shutdown".into();

@@ -103,6 +103,8 @@ impl Shared {
         if let Some(suppressed) = self.error_log.should_log(r.as_str()) {
             if r == Reason::ClientAborted {
                 tracing::info!(reason = r.as_str(), error = %e, request_id, suppressed, "client went away");
+            } else if matches!(r, Reason::BadRequest | Reason::RequestTimeout) {
+                tracing::info!(reason = r.as_str(), error = %e, request_id, suppressed, "client request failed after the decision");
             } else {
                 tracing::warn!(reason = r.as_str(), error = %e, request_id, suppressed, "upstream failure");
             }
@@ -882,7 +884,12 @@ impl ProxyHttp for Gateway {
         let recorded_status = sent.unwrap_or(code);
         let allowed = matches!(ctx.verdict, Verdict::Allowed(_));
         if allowed {
-            if let Some(r) = reason.filter(|r| r.is_failure_after_allow() || *r == Reason::RequestTimeout) {
+            // A downstream error after the decision that is not a clean
+            // disconnect (an HTTP/2 stream the client broke, a malformed
+            // body) is the client's `bad_request`: recorded as such, not as
+            // `allowed` with a 400.
+            let client = |r: &Reason| matches!(r, Reason::RequestTimeout | Reason::BadRequest);
+            if let Some(r) = reason.filter(|r| r.is_failure_after_allow() || client(r)) {
                 ctx.failure = Some(r);
                 self.shared.note_failure(r, e, &ctx.info.request_id);
             }
