@@ -19,6 +19,7 @@ tag="${1:-localhost/phigate:$version}"
 export STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}"
 b() { buildah --storage-driver "$STORAGE_DRIVER" "$@"; }
 fail() { echo "smoke-image: FAIL: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || fail "needs root (buildah mount and chroot); run with sudo"
 
 b inspect --type image "$tag" | VERSION="$version" python3 -c '
 import json, os, sys
