@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod devproc;
+pub mod http1;
 
 use phigate_policy::{compile, PolicySet, PolicySource};
 

@@ -51,7 +51,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -586,58 +586,6 @@ fn connect_from(src: Option<Ipv4Addr>, to: SocketAddr) -> std::io::Result<TcpStr
     Ok(s)
 }
 
-/// Read one HTTP/1.1 response (Content-Length or chunked): (status, body).
-fn read_response(r: &mut impl BufRead) -> std::io::Result<(u16, String)> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(bad("connection closed before a response"));
-    }
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status line"))?;
-    let (mut len, mut chunked) = (0usize, false);
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(bad("eof in the response head"));
-        }
-        if line == "\r\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().map_err(|_| bad("content-length"))?;
-        } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            chunked = true;
-        }
-    }
-    let mut body = Vec::new();
-    if !chunked {
-        r.take(len as u64).read_to_end(&mut body)?;
-        return Ok((status, String::from_utf8_lossy(&body).into_owned()));
-    }
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| bad("chunk size"))?;
-        if size == 0 {
-            loop {
-                line.clear();
-                if r.read_line(&mut line)? == 0 || line == "\r\n" {
-                    return Ok((status, String::from_utf8_lossy(&body).into_owned()));
-                }
-            }
-        }
-        r.take(size as u64).read_to_end(&mut body)?;
-        line.clear();
-        r.read_line(&mut line)?;
-    }
-}
-
 /// One `GET` on a fresh connection: (status, body).
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     let mut s = connect_from(None, addr)?;
@@ -648,7 +596,7 @@ fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> std::io::Result<(u1
         s,
         "GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}Connection: close\r\n\r\n"
     )?;
-    read_response(&mut BufReader::new(s))
+    phigate_benches::http1::read_response(&mut BufReader::new(s))
 }
 
 fn wait_ready(proc: &mut Proc, addr: SocketAddr, path: &str) -> Result<(), String> {
@@ -1783,7 +1731,7 @@ fn idle_memory(inst: &mut Instance, n: usize) -> IdleResult {
         let mut r = BufReader::new(&s);
         for _ in 0..200 {
             (&s).write_all(format!("GET {PUBLIC} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())?;
-            let (st, _) = read_response(&mut r)?;
+            let (st, _) = phigate_benches::http1::read_response(&mut r)?;
             if st != 200 {
                 return Err(std::io::Error::other(format!("warm-up status {st}")));
             }
@@ -1804,7 +1752,7 @@ fn idle_memory(inst: &mut Instance, n: usize) -> IdleResult {
         let one = (|| -> std::io::Result<TcpStream> {
             let s = connect_from(Some(src), inst.plain)?;
             (&s).write_all(format!("GET {PUBLIC} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())?;
-            let (st, _) = read_response(&mut BufReader::new(&s))?;
+            let (st, _) = phigate_benches::http1::read_response(&mut BufReader::new(&s))?;
             if st != 200 {
                 return Err(std::io::Error::other(format!("status {st}")));
             }

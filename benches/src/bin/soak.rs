@@ -39,7 +39,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: a panic is the report
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -111,59 +111,6 @@ fn proc_sample(pid: u32) -> Option<(u64, usize)> {
     Some((rss, fds))
 }
 
-/// Read one HTTP/1.1 response (Content-Length or chunked); returns the status.
-fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed by the gateway",
-        ));
-    }
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status line"))?;
-    let (mut len, mut chunked) = (0usize, false);
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(bad("eof in the response head"));
-        }
-        if line == "\r\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().map_err(|_| bad("content-length"))?;
-        } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            chunked = true;
-        }
-    }
-    if !chunked {
-        std::io::copy(&mut r.by_ref().take(len as u64), &mut std::io::sink())?;
-        return Ok(status);
-    }
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| bad("chunk size"))?;
-        if size == 0 {
-            // trailers, then the empty line
-            loop {
-                line.clear();
-                if r.read_line(&mut line)? == 0 || line == "\r\n" {
-                    return Ok(status);
-                }
-            }
-        }
-        std::io::copy(&mut r.by_ref().take(size as u64 + 2), &mut std::io::sink())?;
-    }
-}
-
 /// What one client connection did in a round.
 #[derive(Default)]
 struct ConnStats {
@@ -220,7 +167,7 @@ fn client(src: Ipv4Addr, to: SocketAddr, token: &str, start: &Barrier, stop: &At
         let r = c
             .get_mut()
             .write_all(req.as_bytes())
-            .and_then(|()| read_response(c));
+            .and_then(|()| phigate_benches::http1::read_response(c).map(|(status, _)| status));
         match r {
             Ok(status) => {
                 st.latencies_us
