@@ -805,42 +805,21 @@ end
             .clone()
             .ok_or("nginx is required as the upstream: run benches/setup-perf-tools.sh")?;
         let d = self.subdir("upstream");
-        let conf = d.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  keepalive_requests 100000000;
-  keepalive_timeout 300s;
-  server {{
+        let conf = write_nginx_conf(
+            &d,
+            &format!(
+                r#"  server {{
     listen {addr} backlog=4096;
     default_type application/fhir+json;
     location / {{ return 200 '{BODY}'; }}
   }}
-}}
 "#,
-                d = d.display(),
                 addr = self.upstream
             ),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let mut cmd = Command::new("taskset");
-        cmd.args(["-c", "1"])
-            .arg(&nginx)
-            .arg("-e")
-            .arg(d.join("error.log"))
-            .arg("-p")
-            .arg(&d)
-            .arg("-c")
-            .arg(&conf);
+        cmd.args(["-c", "1"]).arg(&nginx);
+        nginx_args(&mut cmd, &d, &conf);
         let mut p = Proc::spawn("upstream nginx", cmd, d.join("stderr.log"))?;
         wait_ready(&mut p, self.upstream, PUBLIC)
             .map_err(|e| format!("{e}\n{}", tail(&d.join("error.log"))))?;
@@ -1091,12 +1070,11 @@ fn start_envoy(env: &Env, label: &str) -> Result<Instance, String> {
     Ok(i)
 }
 
-fn start_nginx(env: &Env, label: &str) -> Result<Instance, String> {
-    let bin = env.nginx.clone().ok_or("nginx not installed")?;
-    let d = env.subdir(label);
-    let (plain, tls, h2c) = (free_addr(), free_addr(), free_addr());
+/// Write `d/nginx.conf`: one worker in the foreground, no access log,
+/// long-lived keep-alive, temp files in `d`, and `http` (server and upstream
+/// blocks) inside the `http` block.
+fn write_nginx_conf(d: &Path, http: &str) -> Result<PathBuf, String> {
     let conf = d.join("nginx.conf");
-    let location = "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }";
     std::fs::write(
         &conf,
         format!(
@@ -1111,7 +1089,34 @@ http {{
   proxy_temp_path {d}/proxy;
   keepalive_requests 100000000;
   keepalive_timeout 300s;
-  upstream backend {{
+{http}}}
+"#,
+            d = d.display(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(conf)
+}
+
+/// nginx's arguments for a config written by [`write_nginx_conf`] in `d`.
+fn nginx_args(cmd: &mut Command, d: &Path, conf: &Path) {
+    cmd.arg("-e")
+        .arg(d.join("error.log"))
+        .arg("-p")
+        .arg(d)
+        .arg("-c")
+        .arg(conf);
+}
+
+fn start_nginx(env: &Env, label: &str) -> Result<Instance, String> {
+    let bin = env.nginx.clone().ok_or("nginx not installed")?;
+    let d = env.subdir(label);
+    let (plain, tls, h2c) = (free_addr(), free_addr(), free_addr());
+    let location = "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }";
+    let conf = write_nginx_conf(
+        &d,
+        &format!(
+            r#"  upstream backend {{
     server {upstream};
     keepalive 64;
     keepalive_requests 100000000;
@@ -1128,22 +1133,14 @@ http {{
     listen {h2c} http2 backlog=4096;
     {location}
   }}
-}}
 "#,
-            d = d.display(),
             upstream = env.upstream,
             cert = env.cert.display(),
             key = env.key.display(),
         ),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let mut cmd = pinned(&bin);
-    cmd.arg("-e")
-        .arg(d.join("error.log"))
-        .arg("-p")
-        .arg(&d)
-        .arg("-c")
-        .arg(&conf);
+    nginx_args(&mut cmd, &d, &conf);
     let mut p = Proc::spawn(label, cmd, d.join("stderr.log"))?;
     wait_ready(&mut p, plain, PUBLIC).map_err(|e| format!("{e}\n{}", tail(&d.join("error.log"))))?;
     let mut i = Instance::new(label, System::Nginx, p, plain);
