@@ -43,6 +43,20 @@ pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Resu
     Ok(s)
 }
 
+/// The head of a `Connection: close` request: `Host`, the given headers,
+/// and `Content-Length` when there is a body (always for POST and PUT).
+pub fn request_head(method: &str, host: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> String {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req
+}
+
 /// As [`request`], from the loopback address `source`.
 pub fn request_from(
     source: std::net::IpAddr,
@@ -53,12 +67,7 @@ pub fn request_from(
 ) -> std::io::Result<Response> {
     let mut s = connect_from(source, addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
+    s.write_all(request_head(method, &addr.to_string(), target, headers, b"").as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse(&raw)
@@ -74,15 +83,7 @@ pub fn request(
 ) -> std::io::Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" || method == "PUT" {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
+    s.write_all(request_head(method, &addr.to_string(), target, headers, body).as_bytes())?;
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

@@ -448,17 +448,11 @@ impl TestEnv {
         let jwks = JwksServer::start(TestKey::jwks(&[&key]));
         let upstream = Upstream::start();
         let gw = Gateway::start(GatewayOptions {
-            jwks_uri: jwks.uri(),
-            upstream: upstream.addr,
-            policy,
             extra_issuer_yaml: issuer_yaml,
             audit_queue_size: queue,
             extra_yaml: top_yaml,
             audit_yaml,
-            upstream_yaml: "",
-            spool_dir: None,
-            network: None,
-            env: Vec::new(),
+            ..GatewayOptions::new(jwks.uri(), upstream.addr, policy)
         });
         gw.wait_ready();
         TestEnv {

@@ -134,6 +134,19 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
+    /// The record of a request with this head and body.
+    pub fn of(method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap, body: Bytes) -> Self {
+        RecordedRequest {
+            method: method.to_string(),
+            target: uri.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -155,16 +168,7 @@ impl Upstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let r = requests.clone();
         let (addr, connections) = serve(Arc::new(move |req: Request<Bytes>| {
-            let rec = RecordedRequest {
-                method: req.method().to_string(),
-                target: req.uri().to_string(),
-                headers: req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                    .collect(),
-                body: req.body().clone(),
-            };
+            let rec = RecordedRequest::of(req.method(), req.uri(), req.headers(), req.body().clone());
             r.lock().unwrap().push(rec);
             if req.method() == http::Method::POST {
                 // Echo the body byte for byte.

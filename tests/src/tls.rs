@@ -290,21 +290,12 @@ impl TlsUpstream {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let rec = TlsRecordedRequest {
-                                request: RecordedRequest {
-                                    method: parts.method.to_string(),
-                                    target: parts.uri.to_string(),
-                                    headers: parts
-                                        .headers
-                                        .iter()
-                                        .map(|(k, v)| {
-                                            (
-                                                k.to_string(),
-                                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                                            )
-                                        })
-                                        .collect(),
-                                    body: body.clone(),
-                                },
+                                request: RecordedRequest::of(
+                                    &parts.method,
+                                    &parts.uri,
+                                    &parts.headers,
+                                    body.clone(),
+                                ),
                                 client_cn: client_cn.clone(),
                                 client_cert,
                             };
@@ -462,18 +453,8 @@ impl<'a> TlsClient<'a> {
             .conn
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        let mut req = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n",
-            self.server_name,
-            self.addr.port()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if !body.is_empty() || method == "POST" || method == "PUT" {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
+        let host = format!("{}:{}", self.server_name, self.addr.port());
+        let req = crate::http::request_head(method, &host, target, headers, body);
         s.write_all(req.as_bytes())?;
         s.write_all(body)?;
         s.flush()?;

@@ -460,17 +460,8 @@ fn readyz_waits_for_keys_and_missing_keys_fail_closed_with_503() {
     jwks.set_up(false);
     let upstream = Upstream::start();
     let gw = Gateway::start(GatewayOptions {
-        jwks_uri: jwks.uri(),
-        upstream: upstream.addr,
-        policy: TEST_POLICY,
-        extra_issuer_yaml: "",
         audit_queue_size: 100,
-        extra_yaml: "",
-        audit_yaml: "",
-        upstream_yaml: "",
-        spool_dir: None,
-        network: None,
-        env: Vec::new(),
+        ..GatewayOptions::new(jwks.uri(), upstream.addr, TEST_POLICY)
     });
     // The JWKS server is answering 503: never ready.
     assert!(eventually(Duration::from_secs(5), || (jwks.fetches() >= 2).then_some(())).is_some());

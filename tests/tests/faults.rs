@@ -58,17 +58,10 @@ impl Env {
         let key = TestKey::es256("k1");
         let jwks = JwksServer::start(TestKey::jwks(&[&key]));
         let gw = Gateway::start(GatewayOptions {
-            jwks_uri: jwks.uri(),
-            upstream,
-            policy: POLICY,
-            extra_issuer_yaml: "",
-            audit_queue_size: 10_000,
-            extra_yaml: "",
             audit_yaml: audit,
             upstream_yaml,
             spool_dir: spool.map(std::path::Path::to_path_buf),
-            network: None,
-            env: Vec::new(),
+            ..GatewayOptions::new(jwks.uri(), upstream, POLICY)
         });
         gw.wait_ready();
         Env {
@@ -594,17 +587,10 @@ fn a_full_filesystem_refuses_before_forwarding_and_at_start() {
     let key = TestKey::es256("k1");
     let jwks = JwksServer::start(TestKey::jwks(&[&key]));
     let gw = Gateway::start(GatewayOptions {
-        jwks_uri: jwks.uri(),
-        upstream: up.addr,
-        policy: POLICY,
-        extra_issuer_yaml: "",
         audit_queue_size: 100,
-        extra_yaml: "",
         audit_yaml: "min_free_bytes: 1048576",
-        upstream_yaml: "",
         spool_dir: Some(spool.clone()),
-        network: None,
-        env: Vec::new(),
+        ..GatewayOptions::new(jwks.uri(), up.addr, POLICY)
     });
     let ready = http::get(gw.admin, "/readyz").unwrap();
     assert_eq!(ready.status, 503, "{}", ready.text());

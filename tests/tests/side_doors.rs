@@ -118,19 +118,7 @@ fn raw_env(mode: RawMode) -> (TestKey, JwksServer, RawUpstream, Gateway) {
     let key = TestKey::es256("k1");
     let jwks = JwksServer::start(TestKey::jwks(&[&key]));
     let upstream = RawUpstream::start(mode);
-    let gw = Gateway::start(GatewayOptions {
-        jwks_uri: jwks.uri(),
-        upstream: upstream.addr,
-        policy: POLICY,
-        extra_issuer_yaml: "",
-        audit_queue_size: 10_000,
-        extra_yaml: "",
-        audit_yaml: "",
-        upstream_yaml: "",
-        spool_dir: None,
-        network: None,
-        env: Vec::new(),
-    });
+    let gw = Gateway::start(GatewayOptions::new(jwks.uri(), upstream.addr, POLICY));
     gw.wait_ready();
     (key, jwks, upstream, gw)
 }
