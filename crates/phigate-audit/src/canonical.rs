@@ -560,21 +560,12 @@ impl<'a> ser::Serializer for Writer<'a> {
 mod tests {
     use super::*;
     use crate::record::{AccessRecord, Outcome, RecordBody};
+    use crate::spool::Unsealed;
     use crate::testing::{access, realistic};
     use std::collections::BTreeMap;
 
     fn via_value<T: Serialize>(v: &T) -> String {
         serde_json::to_string(&serde_json::to_value(v).unwrap()).unwrap()
-    }
-
-    #[derive(serde::Serialize)]
-    struct Unsealed<'a> {
-        v: u32,
-        seq: u64,
-        event_id: &'a str,
-        prev_hash: &'a str,
-        #[serde(flatten)]
-        body: &'a RecordBody,
     }
 
     #[derive(serde::Serialize)]

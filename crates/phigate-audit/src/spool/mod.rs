@@ -43,6 +43,8 @@ mod recovery;
 #[cfg(test)]
 mod tests;
 mod writer;
+#[cfg(test)]
+pub(crate) use writer::Unsealed;
 
 use recovery::scan_tail;
 use writer::{lock_dir, Writer};

@@ -37,14 +37,17 @@ struct Entry {
     after: Chain,
 }
 
+/// What a spool line holds before its `hash` is added: the text the hash
+/// chain covers (in canonical form). The canonical serializer's tests use
+/// this very type.
 #[derive(Serialize)]
-struct Unsealed<'a> {
-    v: u32,
-    seq: u64,
-    event_id: &'a str,
-    prev_hash: &'a str,
+pub(crate) struct Unsealed<'a> {
+    pub(crate) v: u32,
+    pub(crate) seq: u64,
+    pub(crate) event_id: &'a str,
+    pub(crate) prev_hash: &'a str,
     #[serde(flatten)]
-    body: &'a RecordBody,
+    pub(crate) body: &'a RecordBody,
 }
 
 #[derive(Debug)]
