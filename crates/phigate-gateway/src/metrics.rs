@@ -379,10 +379,17 @@ impl Metrics {
 
     /// Count one finished request (`phigate_requests_total`,
     /// `phigate_request_duration_seconds`, break-glass and shadow counters).
-    pub fn count_request(&self, decision: &phigate_policy::Decision, elapsed: std::time::Duration) {
+    /// Count a decided request; `reason` is the decision's own, or the
+    /// failure of an allowed request that failed afterwards.
+    pub fn count_request(
+        &self,
+        decision: &phigate_policy::Decision,
+        reason: phigate_policy::Reason,
+        elapsed: std::time::Duration,
+    ) {
         let route = decision.route.as_deref().unwrap_or("none");
         self.requests
-            .with_label_values(&[decision.outcome.as_str(), decision.reason.as_str(), route])
+            .with_label_values(&[decision.outcome.as_str(), reason.as_str(), route])
             .inc();
         self.request_duration
             .with_label_values(&[decision.outcome.as_str()])
@@ -399,7 +406,7 @@ impl Metrics {
 
     /// Count a request refused before the proxy phases (by the HTTP front).
     pub fn record_refusal(&self, decision: &phigate_policy::Decision) {
-        self.count_request(decision, std::time::Duration::ZERO);
+        self.count_request(decision, decision.reason, std::time::Duration::ZERO);
     }
 
     /// The `status_class` label value for a status code.

@@ -944,18 +944,18 @@ impl ProxyHttp for Gateway {
         // An outcome slot nobody needed is released.
         ctx.outcome = None;
         ctx.in_flight = None;
+        ctx.count(ctx.failure);
         let Some(decision) = ctx.verdict.decision() else {
             // Nothing was decided (the request ended while being read).
             tracing::debug!(request_id = %ctx.info.request_id, "request ended before a decision");
             return;
         };
-        let mut counted = decision.clone();
-        if let Some(f) = ctx.failure.filter(|_| decision.is_allow()) {
-            counted.reason = f;
-        }
-        ctx.count(ctx.failure);
-        let route = counted.route.as_deref().unwrap_or("none");
-        if counted.break_glass {
+        let reason = ctx
+            .failure
+            .filter(|_| decision.is_allow())
+            .unwrap_or(decision.reason);
+        let route = decision.route.as_deref().unwrap_or("none");
+        if decision.break_glass {
             tracing::warn!(request_id = %ctx.info.request_id, route, "break-glass access");
         }
         // The audit record and the metrics carry every request; this line is
@@ -963,11 +963,11 @@ impl ProxyHttp for Gateway {
         // level it cost ~4 % of the CPU per request.
         tracing::debug!(
             request_id = %ctx.info.request_id,
-            decision = counted.outcome.as_str(),
-            reason = counted.reason.as_str(),
+            decision = decision.outcome.as_str(),
+            reason = reason.as_str(),
             status,
             route,
-            detail = counted.detail.as_deref(),
+            detail = decision.detail.as_deref(),
             error = e.map(|e| e.to_string()),
             "request"
         );

@@ -396,11 +396,8 @@ impl RequestCtx {
         let Some(d) = self.verdict.decision() else {
             return;
         };
-        let mut counted = d.clone();
-        if let Some(f) = failure.filter(|_| d.is_allow()) {
-            counted.reason = f;
-        }
-        self.shared.metrics.count_request(&counted, self.start.elapsed());
+        let reason = failure.filter(|_| d.is_allow()).unwrap_or(d.reason);
+        self.shared.metrics.count_request(d, reason, self.start.elapsed());
         self.counted = true;
     }
 }
