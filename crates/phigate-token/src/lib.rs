@@ -10,8 +10,18 @@
 //! sources for changes). Fetches are single-flight per issuer: an unknown
 //! `kid` triggers at most one shared refetch per cooldown, and a request never
 //! waits longer than [`IssuerConfig::fetch_wait`] for a fetch it needs.
+//!
+//! Also here: DPoP proof validation ([`dpop::verify_proof`], pure code) and
+//! OIDC Back-Channel Logout token validation
+//! ([`Validator::validate_logout_token`], through the same key path).
+//!
+//! Opaque (non-JWT) access tokens are checked by RFC 7662 introspection at
+//! the one issuer that sets [`IssuerConfig::introspection`]
+//! ([`IntrospectionConfig`]); answers are cached briefly and an unreachable
+//! endpoint fails closed ([`TokenError::IntrospectionUnavailable`]).
 #![forbid(unsafe_code)]
 
+pub mod dpop;
 mod jwks;
 
 mod validator;
@@ -22,9 +32,18 @@ mod test_keys;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use dpop::{DpopError, DpopPolicy, DpopProof, NonceCheck, ProofRequest};
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{parse_jwks, JwksError, Key, KeyKind, KeySet, MAX_JWKS_BYTES};
 pub use validator::{CacheStats, Validator, DEFAULT_CACHE_ENTRIES, FILE_POLL_INTERVAL};
+pub use validator::{
+    ClientAuth, IntrospectionConfig, DEFAULT_INTROSPECTION_CACHE_TTL,
+    DEFAULT_INTROSPECTION_NEGATIVE_CACHE_TTL, DEFAULT_INTROSPECTION_TIMEOUT,
+    MAX_INTROSPECTION_RESPONSE_BYTES,
+};
+pub use validator::{
+    LogoutError, LogoutRules, LogoutToken, BACKCHANNEL_LOGOUT_EVENT, DEFAULT_LOGOUT_MAX_AGE,
+};
 
 /// Default for [`IssuerConfig::fetch_wait`]: the longest a request waits for a
 /// key fetch it needs before it is answered with the keys already at hand.
@@ -96,6 +115,14 @@ pub struct IssuerConfig {
     pub require_typ: bool,
     /// Size cap applied before any decoding.
     pub max_token_bytes: usize,
+    /// RFC 7662 introspection for this issuer's opaque (non-JWT) tokens; at
+    /// most one issuer may set it. JWTs are still verified locally.
+    pub introspection: Option<IntrospectionConfig>,
+    /// Longest lifetime (`exp - iat`) accepted for this issuer's access
+    /// tokens; a longer one is refused with [`TokenError::LifetimeExceeded`].
+    /// When set, a token without `iat` is refused the same way: its lifetime
+    /// cannot be established. `None` (the default): no limit.
+    pub max_token_lifetime: Option<Duration>,
 }
 
 impl IssuerConfig {
@@ -119,6 +146,8 @@ impl IssuerConfig {
             allowed_typ: vec!["at+jwt".into(), "JWT".into()],
             require_typ: false,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            introspection: None,
+            max_token_lifetime: None,
         }
     }
 }
@@ -163,6 +192,14 @@ pub enum TokenError {
     MissingClaim(&'static str),
     #[error("issuer keys are unavailable")]
     KeysUnavailable,
+    #[error("token lifetime exceeds the issuer's maximum")]
+    LifetimeExceeded,
+    /// The issuer's introspection endpoint says the opaque token is not active.
+    #[error("token is not active")]
+    Inactive,
+    /// Introspection failed (down, timeout, non-200, unusable answer): fail closed.
+    #[error("the issuer's introspection endpoint is unavailable")]
+    IntrospectionUnavailable,
 }
 
 /// Result of one key-set fetch, for metrics (`result` label).
@@ -213,4 +250,10 @@ pub enum ConfigError {
     ForbiddenAlgorithm { issuer: String, alg: Algorithm },
     #[error("cannot build HTTP client: {0}")]
     Http(String),
+    #[error("issuer `{issuer}`: introspection: {reason}")]
+    Introspection { issuer: String, reason: String },
+    /// An opaque token names no issuer; sending it to several would disclose
+    /// it to issuers that did not mint it.
+    #[error("issuers {} all configure introspection; at most one may (opaque tokens name no issuer)", .0.join(", "))]
+    MultipleIntrospectionIssuers(Vec<String>),
 }

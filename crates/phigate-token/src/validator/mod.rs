@@ -7,6 +7,9 @@
 //! - `fetch`: key fetching (single flight per issuer), per-issuer key state,
 //!   and the background refresher that also watches `jwks_file` sources.
 //!
+//! Opaque (non-JWT) tokens go to `introspect` instead: RFC 7662 introspection
+//! at the one issuer that configures it, with its own cache.
+//!
 //! When `verify` reports a `kid` the snapshot does not hold, the validator
 //! asks `fetch` for the keys to retry against (the current set if it has
 //! changed meanwhile, else after a cooldown-limited, shared refetch waited
@@ -14,6 +17,8 @@
 
 mod cache;
 mod fetch;
+mod introspect;
+mod logout;
 mod verify;
 
 use std::collections::HashMap;
@@ -27,6 +32,13 @@ use cache::TokenCache;
 pub use cache::{CacheStats, DEFAULT_CACHE_ENTRIES};
 pub use fetch::FILE_POLL_INTERVAL;
 use fetch::{Fetcher, Issuer};
+use introspect::Introspector;
+pub use introspect::{
+    ClientAuth, IntrospectionConfig, DEFAULT_INTROSPECTION_CACHE_TTL,
+    DEFAULT_INTROSPECTION_NEGATIVE_CACHE_TTL, DEFAULT_INTROSPECTION_TIMEOUT,
+    MAX_INTROSPECTION_RESPONSE_BYTES,
+};
+pub use logout::{LogoutError, LogoutRules, LogoutToken, BACKCHANNEL_LOGOUT_EVENT, DEFAULT_LOGOUT_MAX_AGE};
 use verify::Unverified;
 
 use crate::{ConfigError, FetchObserver, IssuerConfig, TokenError, VerifiedToken};
@@ -37,6 +49,8 @@ pub struct Validator {
     order: Vec<Arc<Issuer>>,
     fetcher: Fetcher,
     cache: TokenCache,
+    /// For opaque tokens: the one issuer that configures introspection.
+    introspector: Option<Introspector>,
 }
 
 impl Validator {
@@ -48,6 +62,7 @@ impl Validator {
         }
         let mut map = HashMap::new();
         let mut order = Vec::new();
+        let mut introspectors = Vec::new();
         for c in issuers {
             if c.audiences.is_empty() {
                 return Err(ConfigError::NoAudience(c.issuer));
@@ -61,11 +76,18 @@ impl Validator {
                     alg: *alg,
                 });
             }
+            if let Some(ic) = &c.introspection {
+                introspectors.push(Introspector::new(&c, ic)?);
+            }
             let issuer = Arc::new(Issuer::new(c));
             if map.insert(issuer.config.issuer.clone(), issuer.clone()).is_some() {
                 return Err(ConfigError::DuplicateIssuer(issuer.config.issuer.clone()));
             }
             order.push(issuer);
+        }
+        if introspectors.len() > 1 {
+            let names = introspectors.iter().map(|i| i.issuer().to_string()).collect();
+            return Err(ConfigError::MultipleIntrospectionIssuers(names));
         }
         let fetcher = Fetcher::new(observer)?;
         Ok(Self {
@@ -73,6 +95,7 @@ impl Validator {
             order,
             fetcher,
             cache: TokenCache::new(DEFAULT_CACHE_ENTRIES),
+            introspector: introspectors.pop(),
         })
     }
 
@@ -136,15 +159,27 @@ impl Validator {
         fetch::run_refresher(&self.fetcher, &self.order, shutdown).await
     }
 
-    /// Validate a compact JWS bearer token.
+    /// Validate a bearer token: a compact JWS locally, an opaque token by
+    /// introspection.
     ///
-    /// A token validated before is answered from the verified-token cache
+    /// A JWT validated before is answered from the verified-token cache
     /// (keyed by its SHA-256) as long as it has not expired and the key that
     /// verified it is still in the issuer's current, usable key set.
+    ///
+    /// A token that is not a JWT (see `introspect`) goes to the issuer that
+    /// configures [`crate::IssuerConfig::introspection`] (answers cached, see
+    /// [`IntrospectionConfig`]); [`TokenError::Inactive`] if it says the token
+    /// is not active, [`TokenError::IntrospectionUnavailable`] if it cannot
+    /// answer. Without such an issuer it is [`TokenError::Malformed`].
     pub async fn validate(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
         let cap = self.max_token_bytes();
         if token.is_empty() || token.len() > cap {
             return Err(TokenError::Malformed);
+        }
+        if let Some(introspector) = &self.introspector {
+            if !introspect::is_jwt(token) {
+                return introspector.validate(token).await;
+            }
         }
         let digest = self.cache.digest(token);
         if let Some(d) = &digest {
@@ -158,6 +193,30 @@ impl Validator {
             self.cache.put(d, verified.clone(), issuer, key);
         }
         Ok(verified)
+    }
+
+    /// Validate an OpenID Connect Back-Channel Logout token (§2.4–2.6), as
+    /// posted to the back-channel logout endpoint.
+    ///
+    /// The token is verified with its issuer's keys through the same fetch
+    /// path as [`Validator::validate`] (an unknown `kid` may trigger a
+    /// cooldown-limited refetch; without usable keys it fails closed with
+    /// [`LogoutError::KeysUnavailable`]), with an algorithm the issuer
+    /// allows. Then: `aud` names one of `rules.client_ids`; `iat` is at most
+    /// `rules.max_age` old and at most the issuer's `leeway` ahead; `exp`, if
+    /// present, has not passed (with `leeway`); `jti` is present; `sid`
+    /// and/or `sub` is present; `events` holds [`BACKCHANNEL_LOGOUT_EVENT`]
+    /// with an object value; `nonce` is absent. `typ`, if present, is
+    /// `logout+jwt` or `JWT`; the issuer's access-token `typ` rules and
+    /// [`crate::IssuerConfig::max_token_lifetime`] do not apply. The
+    /// verified-token cache is not used. `jti` replay is the caller's to
+    /// check.
+    pub async fn validate_logout_token(
+        &self,
+        token: &str,
+        rules: &LogoutRules<'_>,
+    ) -> Result<LogoutToken, LogoutError> {
+        logout::validate(self, token, rules).await
     }
 
     fn max_token_bytes(&self) -> usize {

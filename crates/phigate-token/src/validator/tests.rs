@@ -16,14 +16,14 @@ use super::*;
 use crate::test_keys::{forge_raw, jwks, TestKey};
 use crate::{KeySource, NoopObserver};
 
-const ISS: &str = "https://idp.test";
+pub(super) const ISS: &str = "https://idp.test";
 const AUD: &str = "phigate-test";
 
 mod key_changes;
 
 /// A real HTTP JWKS server on an ephemeral loopback port.
-struct JwksServer {
-    uri: String,
+pub(super) struct JwksServer {
+    pub(super) uri: String,
     body: Arc<StdMutex<(u16, String)>>,
     fetches: Arc<AtomicUsize>,
     /// Answer this many milliseconds late; [`HANG`]: never answer.
@@ -34,7 +34,7 @@ struct JwksServer {
 const HANG: u64 = u64::MAX;
 
 impl JwksServer {
-    async fn start(body: String) -> Self {
+    pub(super) async fn start(body: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri = format!("http://{}/jwks.json", listener.local_addr().unwrap());
         let state = Arc::new(StdMutex::new((200u16, body)));
@@ -81,14 +81,14 @@ impl JwksServer {
             delay_ms,
         }
     }
-    fn set(&self, status: u16, body: String) {
+    pub(super) fn set(&self, status: u16, body: String) {
         *self.body.lock().unwrap() = (status, body);
     }
     /// Answer requests read from now on `ms` late ([`HANG`]: never).
     fn set_delay(&self, ms: u64) {
         self.delay_ms.store(ms, Ordering::SeqCst);
     }
-    fn fetches(&self) -> usize {
+    pub(super) fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
     }
 }
@@ -104,7 +104,7 @@ fn claims() -> Value {
     json!({"iss": ISS, "aud": AUD, "sub": "u1", "client_id": "app", "scope": "a b a", "iat": now, "exp": now + 300})
 }
 
-async fn setup(keys: &[&TestKey]) -> (JwksServer, Validator) {
+pub(super) async fn setup(keys: &[&TestKey]) -> (JwksServer, Validator) {
     let server = JwksServer::start(jwks(keys)).await;
     let v = Validator::new(vec![config(&server.uri)], Arc::new(NoopObserver)).unwrap();
     assert!(v.refresh_all().await);
@@ -634,6 +634,46 @@ async fn typ_can_be_required_to_be_at_jwt() {
         v.validate(&k.sign_with_header(&h, &claims())).await,
         Err(TokenError::Malformed)
     );
+}
+
+#[tokio::test]
+async fn tokens_living_longer_than_the_issuers_maximum_are_refused() {
+    let k = TestKey::es256("k1");
+    let server = JwksServer::start(jwks(&[&k])).await;
+    let mut c = config(&server.uri);
+    c.max_token_lifetime = Some(Duration::from_secs(3600));
+    let v = Validator::new(vec![c], Arc::new(NoopObserver)).unwrap();
+    assert!(v.refresh_all().await);
+    let now = jsonwebtoken::get_current_timestamp();
+    let lifetime = |iat: u64, exp: u64| {
+        let mut c = claims();
+        c["iat"] = json!(iat);
+        c["exp"] = json!(exp);
+        k.sign(&c)
+    };
+    assert!(
+        v.validate(&lifetime(now, now + 3600)).await.is_ok(),
+        "exactly the maximum"
+    );
+    assert_eq!(
+        v.validate(&lifetime(now, now + 3601)).await,
+        Err(TokenError::LifetimeExceeded)
+    );
+    assert_eq!(
+        v.validate(&lifetime(now - 3000, now + 86_400)).await,
+        Err(TokenError::LifetimeExceeded)
+    );
+    let mut no_iat = claims();
+    no_iat.as_object_mut().unwrap().remove("iat");
+    assert_eq!(
+        v.validate(&k.sign(&no_iat)).await,
+        Err(TokenError::LifetimeExceeded),
+        "without iat the lifetime cannot be established"
+    );
+    // Without a maximum (the default) the same tokens pass.
+    let (_s, unlimited) = setup(&[&k]).await;
+    assert!(unlimited.validate(&lifetime(now, now + 86_400)).await.is_ok());
+    assert!(unlimited.validate(&k.sign(&no_iat)).await.is_ok());
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {

@@ -25,10 +25,10 @@ use crate::{IssuerConfig, TokenError, VerifiedToken};
 
 /// A token that passed the issuer-independent structural checks ([`parse`]).
 pub(super) struct Parsed {
-    header: Map<String, Value>,
-    alg: Algorithm,
-    kid: Option<String>,
-    payload: Map<String, Value>,
+    pub(super) header: Map<String, Value>,
+    pub(super) alg: Algorithm,
+    pub(super) kid: Option<String>,
+    pub(super) payload: Map<String, Value>,
 }
 
 /// A token that passed every structural check for its issuer
@@ -172,7 +172,8 @@ impl Parsed {
 
 /// Verify `pre` (the checked form of `token`) with the issuer's key set
 /// `keys`: select the key by `kid`, check that it fits the algorithm, check
-/// the signature and registered claims, and build the verified identity.
+/// the signature and registered claims (and the issuer's
+/// `max_token_lifetime`), and build the verified identity.
 /// Returns the key that verified the token along with it.
 pub(super) fn verify(
     token: &str,
@@ -204,6 +205,9 @@ pub(super) fn verify(
             return Err(TokenError::NotYetValid.into());
         }
     }
+    if let Some(max) = c.max_token_lifetime {
+        check_lifetime(&claims, max)?;
+    }
     let expires_at = claims
         .get("exp")
         .and_then(Value::as_u64)
@@ -229,6 +233,23 @@ pub(super) fn verify(
     Ok((verified, key))
 }
 
+/// [`IssuerConfig::max_token_lifetime`]: `exp - iat` must not exceed `max`.
+/// Without `iat` the lifetime cannot be established, so the token is refused.
+fn check_lifetime(claims: &Map<String, Value>, max: std::time::Duration) -> Result<(), TokenError> {
+    let iat = claims
+        .get("iat")
+        .and_then(Value::as_f64)
+        .ok_or(TokenError::LifetimeExceeded)?;
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .ok_or(TokenError::Malformed)?;
+    if exp - iat > max.as_secs_f64() {
+        return Err(TokenError::LifetimeExceeded);
+    }
+    Ok(())
+}
+
 fn decode_object(segment: &str) -> Result<Map<String, Value>, TokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
@@ -239,7 +260,7 @@ fn decode_object(segment: &str) -> Result<Map<String, Value>, TokenError> {
     }
 }
 
-fn extract_scopes(claims: &Map<String, Value>, claim: Option<&str>) -> Vec<String> {
+pub(super) fn extract_scopes(claims: &Map<String, Value>, claim: Option<&str>) -> Vec<String> {
     let names: &[&str] = match claim {
         Some(c) => &[c][..],
         None => &["scope", "scp"][..],
