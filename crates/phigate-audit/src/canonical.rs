@@ -561,7 +561,7 @@ mod tests {
     use super::*;
     use crate::record::{AccessRecord, Outcome, RecordBody};
     use crate::spool::Unsealed;
-    use crate::testing::{access, realistic};
+    use crate::testing::{access, logout, realistic};
     use std::collections::BTreeMap;
 
     fn via_value<T: Serialize>(v: &T) -> String {
@@ -602,6 +602,29 @@ mod tests {
             let u = Unsealed {
                 v: 1,
                 seq: 42,
+                event_id: "e",
+                prev_hash: "p",
+                body: &body,
+            };
+            assert_eq!(to_canonical_string(&u).unwrap(), via_value(&u));
+        }
+        let mut odd = logout(3);
+        odd.source = crate::record::LogoutSource::Admin;
+        odd.actor = Some("officer \"K\" \\ ops\u{7f}\u{1}".into());
+        odd.truncated.insert(
+            "sub".into(),
+            crate::record::Truncation {
+                length: 600,
+                sha256: "aa".into(),
+            },
+        );
+        let mut bare = logout(0);
+        (bare.issuer, bare.sid, bare.sub, bare.jti, bare.client_ip) = (None, None, None, None, None);
+        for l in [logout(0), logout(1), odd, bare] {
+            let body = RecordBody::Logout(l);
+            let u = Unsealed {
+                v: 1,
+                seq: 43,
                 event_id: "e",
                 prev_hash: "p",
                 body: &body,
@@ -673,6 +696,28 @@ mod tests {
             let outcome = Outcome::of(&r);
             let body = RecordBody::Access(AccessRecord { record: r, outcome });
             proptest::prop_assert_eq!(to_canonical_string(&body).unwrap(), via_value(&body));
+        }
+
+        #[test]
+        fn equals_the_value_route_on_random_logout_records(
+            i in 0usize..100_000,
+            admin in proptest::bool::ANY,
+            status in 0u16..600,
+            reason in "[a-z_]{0,30}",
+            sid in proptest::option::of(".{0,40}"),
+            sub in proptest::option::of(".{0,40}"),
+            actor in proptest::option::of(".{0,40}"),
+            detail in proptest::option::of(".{0,80}"),
+        ) {
+            let mut l = logout(i);
+            if admin {
+                l.source = crate::record::LogoutSource::Admin;
+            }
+            (l.status, l.reason, l.sid, l.sub, l.actor, l.detail) = (status, reason, sid, sub, actor, detail);
+            l.enforce_bounds();
+            let body = RecordBody::Logout(l);
+            let u = Unsealed { v: 1, seq: i as u64 + 1, event_id: "e", prev_hash: "p", body: &body };
+            proptest::prop_assert_eq!(to_canonical_string(&u).unwrap(), via_value(&u));
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Audit records for every allowed or denied PHI access: the durable
-//! hash-chained spool that stores them, the verifier that proves the spool
-//! unaltered, and the scope-use report.
+//! Audit records for every allowed or denied PHI access and every session
+//! logout (accepted or refused): the durable hash-chained spool that stores
+//! them, the verifier that proves the spool unaltered, and the scope-use
+//! report.
 //!
 //! The gateway [`Spool::reserve`]s a place *before* it lets a request
 //! through: if none can be had (queue full, writer failing, spool full) the
@@ -10,6 +11,8 @@
 //! it its `seq`, `event_id` and place in the SHA-256 hash chain, appends it
 //! to the current JSONL segment and resolves the commit per [`Durability`].
 //! A record is never dropped silently: every failure reaches the committer.
+//! A session logout takes the same path ([`Slot::commit_logout`]), so it is
+//! refused, ordered and made durable exactly as an access is.
 //!
 //! The file format is a contract (`docs/audit.md`,
 //! `docs/audit-record.schema.json`): the streaming sinks and
@@ -34,8 +37,9 @@ mod tests;
 pub use checkpoint::{SigningKey, VerifyKey};
 pub use error::AuditError;
 pub use record::{
-    now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, ClientCert, Outcome, Phase,
-    RecordBody, RecoveryRecord, SpoolRecord, Truncation, Tunnel, TunnelPhase, SCHEMA_VERSION,
+    now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, ClientCert, LogoutDecision,
+    LogoutRecord, LogoutSource, Outcome, Phase, RecordBody, RecoveryRecord, SpoolRecord, Truncation, Tunnel,
+    TunnelPhase, SCHEMA_VERSION,
 };
 #[doc(hidden)]
 pub use spool::FreeSpaceProbe;

@@ -207,24 +207,6 @@ impl AuditRecord {
     /// enough to fill the spool: anyone can send a 64 KiB path without a
     /// token. Applied by [`crate::Slot::commit`] to every record.
     pub fn enforce_bounds(&mut self) {
-        fn cut(field: &str, value: &mut String, max: usize, truncated: &mut BTreeMap<String, Truncation>) {
-            if value.len() <= max {
-                return;
-            }
-            use sha2::{Digest, Sha256};
-            truncated.insert(
-                field.to_string(),
-                Truncation {
-                    length: value.len(),
-                    sha256: hex::encode(Sha256::digest(value.as_bytes())),
-                },
-            );
-            let mut end = max;
-            while !value.is_char_boundary(end) {
-                end -= 1;
-            }
-            value.truncate(end);
-        }
         let t = &mut self.truncated;
         cut("path", &mut self.path, MAX_PATH_BYTES, t);
         cut("method", &mut self.method, MAX_METHOD_BYTES, t);
@@ -343,6 +325,9 @@ pub enum RecordBody {
     Recovery(RecoveryRecord),
     /// A signature over the chain so far.
     Checkpoint(CheckpointRecord),
+    /// A session ended: an OpenID Connect Back-Channel Logout token or a
+    /// security officer's revocation, accepted or refused.
+    Logout(LogoutRecord),
 }
 
 /// The body of an `access` line: the [`AuditRecord`] fields plus `outcome`.
@@ -387,6 +372,224 @@ pub struct CheckpointRecord {
     /// base64url (no padding) Ed25519 signature over the ASCII bytes of
     /// `covers_hash`.
     pub signature: String,
+}
+
+/// The body of a `logout` line: one OpenID Connect Back-Channel Logout
+/// request or one security officer's revocation, accepted or refused, with
+/// what was (or would have been) logged out.
+///
+/// Never contains a token (the logout token included): `jti` identifies it.
+/// `issuer`, `sid`, `sub` and `jti` of a refused logout token were not
+/// verified — they are what the sender claimed. Every string a caller
+/// controls is bounded when the record is committed
+/// ([`LogoutRecord::enforce_bounds`]). Fields without a value are left out.
+/// Field names are a contract with SIEM rules: add fields, never rename.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogoutRecord {
+    /// When the logout was decided, RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    /// Request id (the caller's `X-Request-Id` if well-formed, else generated).
+    pub request_id: String,
+    /// `backchannel` (a logout token from an identity provider) or `admin`
+    /// (a revocation asked for by a security officer).
+    pub source: LogoutSource,
+    /// `allow`: the logout was carried out; `deny`: it was refused.
+    pub decision: LogoutDecision,
+    /// The stable reason vocabulary (`logged_out`, `revoked`,
+    /// `logout_token_bad_signature`, `session_store_unavailable`, ...).
+    pub reason: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// The logout token's `iss` (unverified when refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The session id (`sid`) logged out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The subject (`sub`) logged out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The logout token's `jti` (replay detection), never the token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The address the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    /// `admin`: who asked for the revocation (free text from the command line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Detail for operators (e.g. why a token was refused; how many sessions ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Fields that were cut to their bound ([`LogoutRecord::enforce_bounds`]):
+    /// field name → original length and SHA-256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub truncated: BTreeMap<String, Truncation>,
+}
+
+/// Where a logout came from (see [`LogoutRecord::source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogoutSource {
+    /// An OpenID Connect Back-Channel Logout token POSTed by an identity provider.
+    Backchannel,
+    /// A revocation asked for by a security officer (`phigate` admin command).
+    Admin,
+}
+
+/// Whether a logout was carried out (see [`LogoutRecord::decision`]). Written
+/// as `allow`/`deny`, the words of an access record's `decision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogoutDecision {
+    /// Accepted: the sessions are logged out (or revoked).
+    Allow,
+    /// Refused: nothing was logged out.
+    Deny,
+}
+
+impl LogoutDecision {
+    /// `allow` or `deny`, as written to the spool.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogoutDecision::Allow => "allow",
+            LogoutDecision::Deny => "deny",
+        }
+    }
+}
+
+impl From<phigate_policy::Outcome> for LogoutDecision {
+    fn from(o: phigate_policy::Outcome) -> Self {
+        match o {
+            phigate_policy::Outcome::Allow => LogoutDecision::Allow,
+            phigate_policy::Outcome::Deny => LogoutDecision::Deny,
+        }
+    }
+}
+
+/// Bound of `issuer`, `sid`, `sub` and `jti` in a `logout` record.
+pub const MAX_LOGOUT_CLAIM_BYTES: usize = 512;
+/// Bound of `reason` in a `logout` record.
+pub const MAX_REASON_BYTES: usize = 64;
+/// Bound of `client_ip` in a `logout` record.
+pub const MAX_CLIENT_IP_BYTES: usize = 64;
+/// Bound of `actor` in a `logout` record.
+pub const MAX_ACTOR_BYTES: usize = 256;
+/// Bound of `detail` in a `logout` record.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
+impl LogoutRecord {
+    /// A record made now (`ts`), without the optional fields.
+    pub fn new(
+        request_id: impl Into<String>,
+        source: LogoutSource,
+        decision: LogoutDecision,
+        reason: impl Into<String>,
+        status: u16,
+    ) -> LogoutRecord {
+        LogoutRecord {
+            ts: now_rfc3339(),
+            request_id: request_id.into(),
+            source,
+            decision,
+            reason: reason.into(),
+            status,
+            issuer: None,
+            sid: None,
+            sub: None,
+            jti: None,
+            client_ip: None,
+            actor: None,
+            detail: None,
+            truncated: BTreeMap::new(),
+        }
+    }
+
+    /// Cut every string a caller controls to its bound (on a UTF-8
+    /// character boundary) and note each cut in `truncated`: a refused
+    /// logout token's claims come from whoever sent it, unauthenticated.
+    /// Also replaces anything shaped like a JWT in the free-text `actor`
+    /// and `detail` with `[token removed]`, so an error message that quotes
+    /// a token cannot put it in the spool. Applied by
+    /// [`crate::Slot::commit_logout`] to every record.
+    pub fn enforce_bounds(&mut self) {
+        for text in [&mut self.actor, &mut self.detail].into_iter().flatten() {
+            if let Some(clean) = without_jwts(text) {
+                *text = clean;
+            }
+        }
+        let t = &mut self.truncated;
+        cut("request_id", &mut self.request_id, MAX_REQUEST_ID_BYTES, t);
+        cut("reason", &mut self.reason, MAX_REASON_BYTES, t);
+        for (field, value, max) in [
+            ("issuer", &mut self.issuer, MAX_LOGOUT_CLAIM_BYTES),
+            ("sid", &mut self.sid, MAX_LOGOUT_CLAIM_BYTES),
+            ("sub", &mut self.sub, MAX_LOGOUT_CLAIM_BYTES),
+            ("jti", &mut self.jti, MAX_LOGOUT_CLAIM_BYTES),
+            ("client_ip", &mut self.client_ip, MAX_CLIENT_IP_BYTES),
+            ("actor", &mut self.actor, MAX_ACTOR_BYTES),
+            ("detail", &mut self.detail, MAX_DETAIL_BYTES),
+        ] {
+            if let Some(v) = value {
+                cut(field, v, max, t);
+            }
+        }
+    }
+}
+
+/// `text` with every JWT-shaped run (`eyJ…` + two more base64url parts
+/// joined by `.`, as a compact JWS or JWE begins) replaced by
+/// `[token removed]`; `None` when there is none.
+fn without_jwts(text: &str) -> Option<String> {
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(found) = text[i..].find("eyJ") {
+        let start = i + found;
+        // A run of base64url parts separated by dots, from `start`.
+        let mut end = start;
+        let mut parts = 1;
+        while end < bytes.len() && (is_b64(bytes[end]) || bytes[end] == b'.') {
+            if bytes[end] == b'.' {
+                parts += 1;
+            }
+            end += 1;
+        }
+        let preceded = start > 0 && is_b64(bytes[start - 1]);
+        if parts >= 3 && !preceded {
+            let o = out.get_or_insert_with(String::new);
+            o.push_str(&text[copied..start]);
+            o.push_str("[token removed]");
+            copied = end;
+        }
+        i = end.max(start + 3);
+    }
+    let mut o = out?;
+    o.push_str(&text[copied..]);
+    Some(o)
+}
+
+/// Cut `value` to `max` bytes (on a character boundary), noting the
+/// original length and SHA-256 under `field` in `truncated`.
+fn cut(field: &str, value: &mut String, max: usize, truncated: &mut BTreeMap<String, Truncation>) {
+    if value.len() <= max {
+        return;
+    }
+    use sha2::{Digest, Sha256};
+    truncated.insert(
+        field.to_string(),
+        Truncation {
+            length: value.len(),
+            sha256: hex::encode(Sha256::digest(value.as_bytes())),
+        },
+    );
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value.truncate(end);
 }
 
 /// The JSON Schema of a spool line (committed as
@@ -514,6 +717,79 @@ mod tests {
         assert!(!r.truncated.contains_key("justification"));
         let line = serde_json::to_string(&r).unwrap();
         assert!(line.len() < 4096, "{} bytes", line.len());
+    }
+
+    #[test]
+    fn logout_fields_are_bounded_and_tokens_removed_from_free_text() {
+        let mut l = crate::testing::logout(1);
+        let long_sid = "é".repeat(1_000);
+        l.sid = Some(long_sid.clone());
+        l.client_ip = Some("1".repeat(100));
+        l.actor = Some(format!("officer {}", "a".repeat(500)));
+        l.reason = "r".repeat(100);
+        l.request_id = "q".repeat(200);
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lkcCJ9.MEUCIQ-_x";
+        l.detail = Some(format!("{jwt} and ({jwt}) but not xeyJa.b.c nor eyJonly.two"));
+        l.enforce_bounds();
+        let sid = l.sid.as_deref().unwrap();
+        assert!(sid.len() <= MAX_LOGOUT_CLAIM_BYTES && long_sid.starts_with(sid));
+        assert_eq!(l.client_ip.as_ref().map(String::len), Some(MAX_CLIENT_IP_BYTES));
+        assert_eq!(l.actor.as_ref().map(String::len), Some(MAX_ACTOR_BYTES));
+        assert_eq!(l.reason.len(), MAX_REASON_BYTES);
+        assert_eq!(l.request_id.len(), MAX_REQUEST_ID_BYTES);
+        assert_eq!(
+            l.detail.as_deref(),
+            Some("[token removed] and ([token removed]) but not xeyJa.b.c nor eyJonly.two")
+        );
+        let keys: Vec<&str> = l.truncated.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["actor", "client_ip", "reason", "request_id", "sid"]);
+        use sha2::Digest;
+        assert_eq!(l.truncated["sid"].length, long_sid.len());
+        assert_eq!(
+            l.truncated["sid"].sha256,
+            hex::encode(sha2::Sha256::digest(long_sid.as_bytes()))
+        );
+        // Within bounds and without tokens: untouched.
+        let mut ok = crate::testing::logout(0);
+        let before = ok.clone();
+        ok.enforce_bounds();
+        assert_eq!(ok, before);
+    }
+
+    #[test]
+    fn logout_lines_leave_out_empty_fields_and_read_back() {
+        let mut l = LogoutRecord::new("r1", LogoutSource::Admin, LogoutDecision::Allow, "revoked", 200);
+        l.sub = Some("alice".into());
+        l.actor = Some("K. Jones".into());
+        let body = RecordBody::Logout(l.clone());
+        let v = serde_json::to_value(&body).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "actor",
+                "decision",
+                "kind",
+                "reason",
+                "request_id",
+                "source",
+                "status",
+                "sub",
+                "ts"
+            ]
+        );
+        assert_eq!(v["kind"], "logout");
+        assert_eq!(v["source"], "admin");
+        assert_eq!(v["decision"], "allow");
+        assert_eq!(serde_json::from_value::<RecordBody>(v).unwrap(), body);
+        assert_eq!(LogoutDecision::Deny.as_str(), "deny");
+        assert_eq!(
+            LogoutDecision::from(phigate_policy::Outcome::Deny),
+            LogoutDecision::Deny
+        );
+        let schema = record_schema();
+        assert!(schema.contains("\"logout\"") && schema.contains("backchannel"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use crate::record::{RecordBody, SpoolRecord};
 use crate::segment::open_segment;
 use crate::verify::segment_files;
-use crate::{AuditError, AuditRecord, Phase};
+use crate::{AuditError, AuditRecord, LogoutDecision, LogoutRecord, LogoutSource, Phase};
 
 /// The report. Its JSON form is a stable structure (fields are only added).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -61,6 +61,22 @@ pub struct UsageReport {
     /// records read: still in flight when the spool was read, or cut off by
     /// a crash (`kill -9`, power loss) — the upstream may have executed them.
     pub open_intents: Vec<OpenIntent>,
+    /// Session logouts (`logout` records): back-channel logouts and
+    /// administrators' revocations.
+    pub logouts: LogoutSummary,
+}
+
+/// The `logout` records read (see [`UsageReport::logouts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LogoutSummary {
+    /// Logouts carried out (`decision: allow`).
+    pub accepted: u64,
+    /// Logouts refused (`decision: deny`).
+    pub refused: u64,
+    /// Of all logouts, those asked for by an administrator (`source: admin`).
+    pub admin: u64,
+    /// Every refusal, by reason (`logout_token_bad_signature`, …).
+    pub refused_by_reason: BTreeMap<String, u64>,
 }
 
 /// An `intent` record without its `outcome` (see [`UsageReport::open_intents`]).
@@ -147,18 +163,25 @@ pub fn report(paths: &[PathBuf], since: Option<OffsetDateTime>) -> Result<UsageR
                     continue;
                 }
             };
-            if let RecordBody::Access(a) = record.body {
-                if let Some(since) = since {
-                    match OffsetDateTime::parse(&a.record.ts, &Rfc3339) {
-                        Ok(ts) if ts >= since => {}
-                        Ok(_) => continue,
-                        Err(_) => {
-                            b.report.unreadable_lines += 1;
-                            continue;
-                        }
+            let ts = match &record.body {
+                RecordBody::Access(a) => &a.record.ts,
+                RecordBody::Logout(l) => &l.ts,
+                RecordBody::Recovery(_) | RecordBody::Checkpoint(_) => continue,
+            };
+            if let Some(since) = since {
+                match OffsetDateTime::parse(ts, &Rfc3339) {
+                    Ok(ts) if ts >= since => {}
+                    Ok(_) => continue,
+                    Err(_) => {
+                        b.report.unreadable_lines += 1;
+                        continue;
                     }
                 }
-                b.add(record.seq, &record.event_id, &a.record);
+            }
+            match &record.body {
+                RecordBody::Access(a) => b.add(record.seq, &record.event_id, &a.record),
+                RecordBody::Logout(l) => b.add_logout(l),
+                RecordBody::Recovery(_) | RecordBody::Checkpoint(_) => {}
             }
         }
     }
@@ -305,6 +328,20 @@ impl Builder {
                     acc.used.insert((*g).clone());
                 }
             }
+        }
+    }
+
+    fn add_logout(&mut self, l: &LogoutRecord) {
+        let s = &mut self.report.logouts;
+        match l.decision {
+            LogoutDecision::Allow => s.accepted += 1,
+            LogoutDecision::Deny => {
+                s.refused += 1;
+                *s.refused_by_reason.entry(l.reason.clone()).or_default() += 1;
+            }
+        }
+        if l.source == LogoutSource::Admin {
+            s.admin += 1;
         }
     }
 
@@ -469,6 +506,17 @@ impl UsageReport {
                     o.method,
                     o.path
                 );
+            }
+        }
+        let l = &self.logouts;
+        if l.accepted + l.refused > 0 {
+            let _ = writeln!(
+                out,
+                "\nLogouts: {} accepted, {} refused ({} by an administrator)",
+                l.accepted, l.refused, l.admin
+            );
+            for (reason, n) in &l.refused_by_reason {
+                let _ = writeln!(out, "  refused {reason:<24} {n}");
             }
         }
         if !self.over_granted_clients.is_empty() {

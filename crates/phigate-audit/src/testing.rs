@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::{AuditRecord, CommitInfo, Spool, SpoolOptions};
+use crate::{AuditRecord, CommitInfo, LogoutDecision, LogoutRecord, LogoutSource, Spool, SpoolOptions};
 
 pub fn access(i: usize) -> AuditRecord {
     AuditRecord {
@@ -31,6 +31,35 @@ pub fn access(i: usize) -> AuditRecord {
         justification: None,
         shadow_decision: None,
         ..AuditRecord::default()
+    }
+}
+
+/// A back-channel logout record: accepted for even `i`, refused (bad
+/// signature) for odd ones.
+pub fn logout(i: usize) -> LogoutRecord {
+    let accepted = i.is_multiple_of(2);
+    LogoutRecord {
+        issuer: Some("https://idp.example.org/realms/clinic".into()),
+        sid: Some(format!("sid-{i}")),
+        sub: Some(format!("Practitioner/pr-{i:05}")),
+        jti: Some(format!("jti-{i}")),
+        client_ip: Some("10.0.0.7".into()),
+        detail: (!accepted).then(|| "signature does not verify with any key of the issuer".into()),
+        ..LogoutRecord::new(
+            format!("logout-{i}"),
+            LogoutSource::Backchannel,
+            if accepted {
+                LogoutDecision::Allow
+            } else {
+                LogoutDecision::Deny
+            },
+            if accepted {
+                "logged_out"
+            } else {
+                "logout_token_bad_signature"
+            },
+            if accepted { 200 } else { 400 },
+        )
     }
 }
 
@@ -170,6 +199,11 @@ impl Running {
     /// Commit one record and await it.
     pub async fn commit_record(&self, record: AuditRecord) -> CommitInfo {
         self.spool.reserve().unwrap().commit(record).await.unwrap()
+    }
+
+    /// Commit one logout record and await it.
+    pub async fn commit_logout(&self, record: LogoutRecord) -> CommitInfo {
+        self.spool.reserve().unwrap().commit_logout(record).await.unwrap()
     }
 }
 

@@ -724,3 +724,220 @@ async fn report_counts_requests_once_and_lists_failures_and_open_intents() {
     );
     assert!(text.contains("upstream_timeout"), "{text}");
 }
+
+// ------------------------------------------------------------------ logout
+
+/// The logout line of `lines` with request id `id`.
+fn line_of<'a>(lines: &'a [String], id: &str) -> serde_json::Value {
+    let found: Vec<&'a String> = lines.iter().filter(|l| parse(l)["request_id"] == id).collect();
+    assert_eq!(found.len(), 1, "{id}");
+    parse(found[0])
+}
+
+#[tokio::test]
+async fn logout_records_are_chained_between_access_records_in_every_durability_mode() {
+    for durability in [Durability::PerRequest, Durability::default(), Durability::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Running::start(dir.path(), opts(durability));
+        let a1 = run.commit(0, 1).await;
+        let accepted = run.commit_logout(testing::logout(0)).await;
+        let a2 = run.commit(1, 1).await;
+        let refused = run.commit_logout(testing::logout(1)).await;
+        let a3 = run.commit(2, 1).await;
+        let seqs: Vec<u64> = [&a1[0], &accepted, &a2[0], &refused, &a3[0]]
+            .iter()
+            .map(|i| i.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5], "{durability:?}");
+        assert_eq!(run.spool.stats().records_written, 5);
+        run.stop().await;
+
+        let lines = &segments(dir.path())[0].1;
+        let l = line_of(lines, "logout-0");
+        assert_eq!(l["kind"], "logout");
+        assert_eq!(l["seq"], 2);
+        assert_eq!(l["event_id"], accepted.event_id.as_str());
+        assert_eq!(l["hash"], accepted.hash.as_str());
+        assert_eq!(l["prev_hash"], a1[0].hash.as_str());
+        assert_eq!(
+            (&l["source"], &l["decision"], &l["reason"], &l["status"]),
+            (
+                &serde_json::json!("backchannel"),
+                &serde_json::json!("allow"),
+                &serde_json::json!("logged_out"),
+                &serde_json::json!(200)
+            )
+        );
+        assert_eq!(l["sid"], "sid-0");
+        assert_eq!(l["jti"], "jti-0");
+        assert_eq!(l["issuer"], "https://idp.example.org/realms/clinic");
+        assert!(l.get("actor").is_none() && l.get("detail").is_none() && l.get("truncated").is_none());
+        assert!(l.get("outcome").is_none(), "access fields stay on access lines");
+        let r = line_of(lines, "logout-1");
+        assert_eq!(
+            (&r["decision"], &r["status"]),
+            (&serde_json::json!("deny"), &serde_json::json!(400))
+        );
+        assert_eq!(r["reason"], "logout_token_bad_signature");
+        assert_eq!(parse(&lines[2])["prev_hash"], accepted.hash.as_str());
+        // Every line parses as the published record type.
+        for line in lines {
+            let _: SpoolRecord = serde_json::from_str(line).unwrap();
+        }
+        let rep = verify_dir(dir.path());
+        assert!(rep.ok, "{durability:?}: {}", rep.to_text());
+        assert_eq!((rep.records, rep.last_seq), (5, Some(5)));
+    }
+}
+
+#[tokio::test]
+async fn a_logout_survives_reopen_and_torn_tail_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::PerRequest));
+    run.commit(0, 2).await;
+    let logout = run.commit_logout(testing::logout(0)).await;
+    run.stop().await;
+    let seg = dir.path().join("segment-00000000000000000001.jsonl");
+
+    // Reopen: the chain continues from the logout line (the last one).
+    let run = Running::start(dir.path(), opts(Durability::PerRequest));
+    let next = run.commit(2, 1).await;
+    assert_eq!(next[0].seq, 4);
+    run.stop().await;
+    assert_eq!(
+        parse(&segments(dir.path())[0].1[3])["prev_hash"],
+        logout.hash.as_str()
+    );
+
+    // A crash in the middle of writing a logout line: the torn half is cut,
+    // a recovery record follows, and a logout after it still chains.
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let logout_line = text.lines().nth(2).unwrap().to_owned();
+    let before = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &logout_line.as_bytes()[..logout_line.len() / 2]))
+        .unwrap();
+    let run = Running::start(dir.path(), opts(Durability::PerRequest));
+    let mut admin = testing::logout(2);
+    admin.source = LogoutSource::Admin;
+    admin.actor = Some("security officer K. Jones (ticket SEC-42)".into());
+    admin.reason = "revoked".into();
+    let after = run.commit_logout(admin).await;
+    run.stop().await;
+    assert_eq!(after.seq, 6);
+    let lines = &segments(dir.path())[0].1;
+    assert_eq!(lines.len(), 6);
+    let rec = parse(&lines[4]);
+    assert_eq!(
+        (&rec["kind"], &rec["truncated_from"]),
+        (&serde_json::json!("recovery"), &serde_json::json!(before))
+    );
+    let admin = parse(&lines[5]);
+    assert_eq!(
+        (&admin["kind"], &admin["source"]),
+        (&serde_json::json!("logout"), &serde_json::json!("admin"))
+    );
+    assert_eq!(admin["actor"], "security officer K. Jones (ticket SEC-42)");
+    let r = verify_dir(dir.path());
+    assert!(r.ok, "{}", r.to_text());
+    assert_eq!((r.records, r.recoveries.len()), (6, 1));
+}
+
+#[tokio::test]
+async fn logouts_count_toward_checkpoints_and_verify_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(Durability::PerRequest);
+    o.checkpoint = Some(CheckpointOptions { every: 2, key: key() });
+    let run = Running::start(dir.path(), o);
+    run.commit(0, 1).await;
+    run.commit_logout(testing::logout(0)).await; // seq 2, then checkpoint 3
+    run.commit_logout(testing::logout(1)).await;
+    run.stop().await; // final checkpoint
+    let kinds: Vec<String> = segments(dir.path())[0]
+        .1
+        .iter()
+        .map(|l| parse(l)["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["access", "logout", "checkpoint", "logout", "checkpoint"]);
+    let r = verify(&[dir.path().to_path_buf()], &[key().verify_key()]).unwrap();
+    assert!(r.ok, "{}", r.to_text());
+    assert_eq!(r.checkpoints.verified, 2);
+}
+
+#[tokio::test]
+async fn a_logout_needs_a_reservation_and_is_bounded_when_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(Durability::default());
+    o.queue = 1;
+    let run = Running::start(dir.path(), o);
+    let held = run.spool.reserve().unwrap();
+    // Fail closed as for an access: no slot, no logout.
+    assert!(matches!(run.spool.reserve(), Err(AuditError::QueueFull)));
+    let mut big = testing::logout(1);
+    big.sub = Some("s".repeat(10_000));
+    big.detail = Some("bad token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln, refused".into());
+    let info = held.commit_logout(big).await.unwrap();
+    assert_eq!(
+        run.spool.stats().queue_depth,
+        0,
+        "the slot is released once written"
+    );
+    run.stop().await;
+    let line = &segments(dir.path())[0].1[0];
+    assert!(line.len() < 4096, "{} bytes", line.len());
+    assert!(!line.contains("eyJ"), "{line}");
+    let v = parse(line);
+    assert_eq!(v["event_id"], info.event_id.as_str());
+    assert_eq!(v["truncated"]["sub"]["length"], 10_000);
+    assert_eq!(v["detail"], "bad token [token removed], refused");
+    assert!(verify_dir(dir.path()).ok);
+}
+
+#[tokio::test]
+async fn report_counts_accepted_and_refused_logouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::None));
+    run.commit(0, 2).await;
+    for i in 0..5 {
+        run.commit_logout(testing::logout(i)).await;
+    }
+    let mut admin = testing::logout(6);
+    admin.source = LogoutSource::Admin;
+    admin.reason = "revoked".into();
+    run.commit_logout(admin).await;
+    let mut unavailable = testing::logout(7);
+    unavailable.reason = "session_store_unavailable".into();
+    unavailable.status = 503;
+    run.commit_logout(unavailable).await;
+    run.stop().await;
+
+    let r = report::report(&[dir.path().to_path_buf()], None).unwrap();
+    assert_eq!(r.records, 2, "access records only");
+    assert_eq!(r.unreadable_lines, 0);
+    assert_eq!(
+        (r.logouts.accepted, r.logouts.refused, r.logouts.admin),
+        (4, 3, 1)
+    );
+    assert_eq!(r.logouts.refused_by_reason["logout_token_bad_signature"], 2);
+    assert_eq!(r.logouts.refused_by_reason["session_store_unavailable"], 1);
+    let text = r.to_text();
+    assert!(
+        text.contains("Logouts: 4 accepted, 3 refused (1 by an administrator)"),
+        "{text}"
+    );
+    assert!(text.contains("session_store_unavailable"), "{text}");
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let r = report::report(&[dir.path().to_path_buf()], Some(later)).unwrap();
+    assert_eq!(r.logouts, report::LogoutSummary::default());
+    // Without logouts the text has no logout section.
+    let dir = tempfile::tempdir().unwrap();
+    let run = Running::start(dir.path(), opts(Durability::None));
+    run.commit(0, 1).await;
+    run.stop().await;
+    let text = report::report(&[dir.path().to_path_buf()], None)
+        .unwrap()
+        .to_text();
+    assert!(!text.contains("Logouts"), "{text}");
+}

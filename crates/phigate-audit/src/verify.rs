@@ -342,7 +342,7 @@ impl Walk<'_> {
         }
 
         match &record.body {
-            RecordBody::Access(_) => {}
+            RecordBody::Access(_) | RecordBody::Logout(_) => {}
             RecordBody::Recovery(r) => self.report.recoveries.push(RecoveryGap {
                 at: format!("{file}:{line}"),
                 seq,

@@ -26,6 +26,18 @@
 //! - break-glass → `purposeOfEvent` v3-ActReason `ETREAT` + `BTG`, the
 //!   justification in `purposeOfEvent.text`.
 //!
+//! Mapping of a `logout` record (a back-channel logout or an administrator's
+//! revocation; BALP has no logout pattern, so DICOM's): `type` DCM 110114
+//! "User Authentication", `subtype` DCM 110123 "Logout", `action` E,
+//! `outcome` 0 (carried out), 4 (refused: 4xx) or 8 (gateway could not
+//! carry it out: 5xx), `outcomeDesc` = reason, status and detail. Agents:
+//! the subject logged out (`sub` with `issuer` as identifier system,
+//! v3-ParticipationType SBJ), the requestor (the identity provider `issuer`
+//! with `client_ip`, or the administrator `actor`; DCM 110153) and the
+//! gateway. Entities: the session (`sid`, [`SID_SYSTEM`]) and the logout
+//! token (`jti`, [`LOGOUT_JTI_SYSTEM`]) as security resources, the request
+//! id, the event id.
+//!
 //! (Over 600 lines on purpose: the whole BALP mapping reads top to bottom in
 //! one place, next to the sink that sends it; splitting it would scatter one
 //! table across files.)
@@ -44,6 +56,10 @@ use crate::spool::SpoolRecord;
 pub const EVENT_ID_SYSTEM: &str = "urn:phigate:event-id";
 /// `agent.who.identifier.system` of the client application agent.
 pub const CLIENT_ID_SYSTEM: &str = "urn:phigate:client-id";
+/// `entity.what.identifier.system` of the session (`sid`) a logout ended.
+pub const SID_SYSTEM: &str = "urn:phigate:sid";
+/// `entity.what.identifier.system` of a logout token's `jti`.
+pub const LOGOUT_JTI_SYSTEM: &str = "urn:phigate:logout-token-jti";
 const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const AUDIT_EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
@@ -219,12 +235,13 @@ fn host_of(addr: &str) -> &str {
     }
 }
 
-/// The BALP/FHIR R4 AuditEvent for one spool record (`access` or
+/// The BALP/FHIR R4 AuditEvent for one spool record (`access`, `logout` or
 /// `recovery`); `Value::Null` for kinds that are not audit events
 /// (`checkpoint`: a signature over the chain, checked by `phigate audit verify`).
 pub fn to_audit_event(record: &Value) -> Value {
     match record.get("kind").and_then(Value::as_str) {
         Some("access") => access_event(record),
+        Some("logout") => logout_event(record),
         Some("recovery") => recovery_event(record),
         _ => Value::Null,
     }
@@ -453,15 +470,116 @@ fn access_event(r: &Value) -> Value {
             }
         }
     }
-    if let Some(rid) = str_field(r, "request_id") {
-        entities.push(json!({
-            "what": { "identifier": { "value": rid } },
-            "type": coding("https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "XrequestId", "X-Request-Id"),
-        }));
+    if let Some(e) = request_id_entity(r) {
+        entities.push(e);
     }
     entities.push(event_id_entity(r));
     ev.insert("entity".into(), json!(entities));
     Value::Object(ev)
+}
+
+/// The AuditEvent of a `logout` record (see the module documentation).
+fn logout_event(r: &Value) -> Value {
+    let allow = str_field(r, "decision") == Some("allow");
+    let admin = str_field(r, "source") == Some("admin");
+    let status = r.get("status").and_then(Value::as_u64);
+    let outcome = match (allow, status) {
+        (true, _) => "0",
+        (false, Some(s)) if s >= 500 => "8",
+        (false, _) => "4",
+    };
+    let mut desc = str_field(r, "reason").unwrap_or("unknown").to_owned();
+    if let Some(s) = status {
+        desc.push_str(&format!(" (HTTP {s})"));
+    }
+    if let Some(d) = str_field(r, "detail") {
+        desc.push_str(&format!(": {d}"));
+    }
+
+    let mut ev = Map::new();
+    ev.insert("resourceType".into(), json!("AuditEvent"));
+    ev.insert("type".into(), coding(DCM, "110114", "User Authentication"));
+    ev.insert("subtype".into(), json!([coding(DCM, "110123", "Logout")]));
+    ev.insert("action".into(), json!("E"));
+    if let Some(ts) = str_field(r, "ts") {
+        ev.insert("recorded".into(), json!(ts));
+    }
+    ev.insert("outcome".into(), json!(outcome));
+    ev.insert("outcomeDesc".into(), json!(desc));
+
+    // Agents: the subject logged out, who asked for it, the gateway.
+    let mut agents = Vec::new();
+    let issuer = str_field(r, "issuer");
+    if let Some(sub) = str_field(r, "sub") {
+        let mut identifier = json!({ "value": sub });
+        if let Some(iss) = issuer {
+            identifier["system"] = json!(iss);
+        }
+        agents.push(json!({
+            "type": { "coding": [coding(PARTICIPATION_TYPE, "SBJ", "subject")] },
+            "who": { "identifier": identifier },
+            "requestor": false,
+        }));
+    }
+    let mut requestor = json!({
+        "type": { "coding": [coding(DCM, "110153", "Source Role ID")] },
+        "requestor": true,
+    });
+    requestor["who"] = match (admin, str_field(r, "actor"), issuer) {
+        (true, Some(actor), _) => json!({ "display": actor }),
+        (true, None, _) => json!({ "display": "administrator" }),
+        (false, _, Some(iss)) => json!({ "identifier": { "value": iss }, "display": "identity provider" }),
+        (false, _, None) => json!({ "display": "unidentified logout token sender" }),
+    };
+    if let Some(ip) = str_field(r, "client_ip") {
+        requestor["network"] = json!({ "address": host_of(ip), "type": NETWORK_TYPE_IP });
+    }
+    agents.push(requestor);
+    agents.push(json!({
+        "type": { "coding": [coding(DCM, "110152", "Destination Role ID")] },
+        "who": { "identifier": { "value": "phigate" }, "display": "phigate" },
+        "requestor": false,
+    }));
+    ev.insert("agent".into(), json!(agents));
+    ev.insert(
+        "source".into(),
+        source(if allow {
+            ("4", "Application Server")
+        } else {
+            ("6", "Security Server")
+        }),
+    );
+
+    // Entities: the session, the logout token, request id, event id.
+    let mut entities = Vec::new();
+    for (field, system, description) in [
+        ("sid", SID_SYSTEM, "OpenID Connect session id (sid)"),
+        ("jti", LOGOUT_JTI_SYSTEM, "logout token id (jti)"),
+    ] {
+        if let Some(value) = str_field(r, field) {
+            entities.push(json!({
+                "what": { "identifier": { "system": system, "value": value } },
+                "type": coding(AUDIT_ENTITY_TYPE, "2", "System Object"),
+                "role": coding(OBJECT_ROLE, "13", "Security Resource"),
+                "description": description,
+            }));
+        }
+    }
+    if let Some(e) = request_id_entity(r) {
+        entities.push(e);
+    }
+    entities.push(event_id_entity(r));
+    ev.insert("entity".into(), json!(entities));
+    Value::Object(ev)
+}
+
+/// BALP `XrequestId` entity of the record's `request_id`.
+fn request_id_entity(r: &Value) -> Option<Value> {
+    let rid = str_field(r, "request_id")?;
+    Some(json!({
+        "what": { "identifier": { "value": rid } },
+        "type": coding("https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "XrequestId", "X-Request-Id"),
+    }))
 }
 
 fn source((code, display): (&str, &str)) -> Value {

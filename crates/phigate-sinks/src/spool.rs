@@ -112,7 +112,8 @@ pub struct SpoolRecord {
     pub seq: u64,
     /// Unique id of the record: the de-duplication key for receivers.
     pub event_id: String,
-    /// `access`, `recovery` or `checkpoint`.
+    /// `access`, `logout`, `recovery` or `checkpoint` (readers pass on
+    /// kinds they do not know).
     pub kind: String,
     /// The line without its terminating `\n`.
     pub line: String,

@@ -30,9 +30,9 @@ use crate::spool::SpoolRecord;
 
 /// Syslog facility `authpriv` (10): security/authorization messages.
 pub const FACILITY_AUTHPRIV: u8 = 10;
-/// Severity `warning`: denials, break-glass access, spool recovery.
+/// Severity `warning`: denials, break-glass access, refused logouts, spool recovery.
 pub const SEVERITY_WARNING: u8 = 4;
-/// Severity `notice`: allowed access.
+/// Severity `notice`: allowed access, logouts carried out.
 pub const SEVERITY_NOTICE: u8 = 5;
 /// Severity `informational`: checkpoints.
 pub const SEVERITY_INFO: u8 = 6;
@@ -166,6 +166,9 @@ pub fn severity(record: &Value) -> u8 {
                 SEVERITY_NOTICE
             }
         }
+        // A logout carried out is routine; a refused one (a forged or
+        // replayed token, or sessions that could not be ended) is not.
+        Some("logout") if record.get("decision").and_then(Value::as_str) == Some("allow") => SEVERITY_NOTICE,
         Some("checkpoint") => SEVERITY_INFO,
         _ => SEVERITY_WARNING,
     }
@@ -193,14 +196,15 @@ fn timestamp(record: &Value) -> String {
 /// `<PRI>1 TIMESTAMP HOSTNAME phigate PROCID MSGID [phigate@PEN event_id=… kind=… seq=… decision=…] JSON`.
 ///
 /// PRI = authpriv × 8 + severity (notice for allow; warning for deny,
-/// break-glass and recovery; info for checkpoints). MSGID is the `reason`
-/// of access records (e.g. `insufficient_scope`), else the `kind`. MSG is the
-/// spool line itself (JSON, UTF-8, without BOM).
+/// break-glass and recovery; info for checkpoints — for access and logout
+/// records alike). MSGID is the `reason` of access and logout records (e.g.
+/// `insufficient_scope`, `logged_out`), else the `kind`. MSG is the spool
+/// line itself (JSON, UTF-8, without BOM).
 pub fn format_message(record: &SpoolRecord, hostname: &str, enterprise_id: u32, procid: u32) -> String {
     let v = &record.value;
     let pri = FACILITY_AUTHPRIV * 8 + severity(v);
     let msgid = match record.kind.as_str() {
-        "access" => v.get("reason").and_then(Value::as_str).unwrap_or("access"),
+        kind @ ("access" | "logout") => v.get("reason").and_then(Value::as_str).unwrap_or(kind),
         other => other,
     };
     let msgid = printable(msgid, 32);
@@ -408,6 +412,33 @@ mod tests {
         let rec =
             record(json!({"v":1,"kind":"recovery","seq":3,"event_id":"e3","ts":"2026-01-01T00:00:00Z"}));
         assert!(format_message(&rec, "h", 1, 1).starts_with("<84>1 "));
+    }
+
+    #[test]
+    fn logouts_use_their_reason_as_msgid_and_refusals_are_warnings() {
+        let logout = |decision: &str, reason: &str| {
+            record(json!({
+                "v": 1, "kind": "logout", "seq": 7, "event_id": "e7", "ts": "2026-01-01T00:00:00.000Z",
+                "source": "backchannel", "decision": decision, "reason": reason, "status": 200,
+                "sid": "s1", "prev_hash": "0".repeat(64), "hash": "1".repeat(64)
+            }))
+        };
+        let ok = logout("allow", "logged_out");
+        let m = format_message(&ok, "h", 1, 1);
+        assert!(
+            m.starts_with(
+                "<85>1 2026-01-01T00:00:00.000Z h phigate 1 logged_out \
+                 [phigate@1 event_id=\"e7\" kind=\"logout\" seq=\"7\" decision=\"allow\"] {"
+            ),
+            "{m}"
+        );
+        assert!(m.ends_with(&ok.line), "MSG is the spool line byte for byte");
+        let refused = format_message(&logout("deny", "logout_token_bad_signature"), "h", 1, 1);
+        assert!(refused.starts_with("<84>1 "), "{refused}");
+        assert!(
+            refused.contains(" logout_token_bad_signature [phigate@1 "),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -72,6 +72,33 @@ impl TestSpool {
         r
     }
 
+    /// A `logout` record for `seq` (a back-channel logout): accepted for odd
+    /// seqs, refused (bad signature) for even ones.
+    pub fn logout_record(seq: u64) -> Value {
+        let accepted = seq % 2 == 1;
+        json!({
+            "v": 1, "kind": "logout", "seq": seq, "event_id": Self::event_id(seq),
+            "ts": "2026-11-25T10:08:36.001Z", "prev_hash": format!("{:064x}", seq - 1), "hash": format!("{seq:064x}"),
+            "request_id": format!("01900000-0000-7000-9000-{seq:012x}"),
+            "source": "backchannel",
+            "decision": if accepted { "allow" } else { "deny" },
+            "reason": if accepted { "logged_out" } else { "logout_token_bad_signature" },
+            "status": if accepted { 200 } else { 400 },
+            "issuer": "https://idp.test", "sid": format!("sid-{seq}"), "sub": "alice", "jti": format!("jti-{seq}"),
+            "client_ip": "127.0.0.1",
+        })
+    }
+
+    /// Append `n` logout records; returns their seqs.
+    pub fn append_logouts(&mut self, n: u64) -> std::io::Result<std::ops::RangeInclusive<u64>> {
+        let first = self.next_seq;
+        for _ in 0..n {
+            let seq = self.next_seq;
+            self.append(Self::logout_record(seq))?;
+        }
+        Ok(first..=self.next_seq - 1)
+    }
+
     fn file(&mut self) -> std::io::Result<File> {
         if self.segment.is_none() || self.in_segment >= self.lines_per_segment {
             self.segment = Some(self.dir.join(segment_file_name(self.next_seq)));

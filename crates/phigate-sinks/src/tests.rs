@@ -362,3 +362,42 @@ async fn stdout_sink_writes_one_json_line_per_record() {
         assert_eq!(*line, r.line);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_records_are_forwarded_in_order_with_access_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = TestSpool::new(dir.path(), 4).unwrap();
+    w.append_access(3).unwrap();
+    w.append_logouts(2).unwrap();
+    w.append_access(1).unwrap();
+    w.append_logouts(1).unwrap();
+    let records = SpoolReader::new(dir.path(), 0)
+        .read_available(100)
+        .unwrap()
+        .records;
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["access", "access", "access", "logout", "logout", "access", "logout"]
+    );
+    assert_eq!(records[3].event_id, TestSpool::event_id(4));
+
+    // The stdout sink (like NATS and syslog) passes the line on byte for byte.
+    let mut sink = StdoutSink::new(Vec::new());
+    sink.send(&records).await.unwrap();
+    let out = String::from_utf8(sink.into_inner()).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[4], records[4].line);
+    assert!(lines[4].contains("\"kind\":\"logout\""));
+
+    // The forwarder acknowledges every kind; nothing is skipped.
+    let mock = MockSink::default();
+    let fwd = Forwarder::new("mixed", Box::new(mock.clone()), fast_settings(3));
+    let status = fwd.status();
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(fwd.run(dir.path().to_owned(), rx));
+    wait_for(Duration::from_secs(10), || status.snapshot().cursor == 7).await;
+    tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(*mock.received.lock().unwrap(), (1..=7).collect::<Vec<_>>());
+}

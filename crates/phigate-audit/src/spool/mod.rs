@@ -36,7 +36,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::checkpoint::SigningKey;
 use crate::segment::list_segments;
-use crate::{AuditError, AuditRecord};
+use crate::{AuditError, AuditRecord, LogoutRecord};
 
 mod compress;
 mod recovery;
@@ -184,7 +184,7 @@ pub struct CommitInfo {
 /// A snapshot of the spool's counters, for metrics and `/readyz`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SpoolStats {
-    /// Lines appended since start (access, recovery and checkpoint records).
+    /// Lines appended since start (access, logout, recovery and checkpoint records).
     pub records_written: u64,
     /// Bytes appended to segments since start.
     pub bytes_written: u64,
@@ -233,8 +233,16 @@ enum Msg {
 }
 
 struct Job {
-    record: AuditRecord,
+    body: JobBody,
     reply: oneshot::Sender<Result<CommitInfo, AuditError>>,
+}
+
+/// The record a [`Job`] carries. A logout is boxed so that a job stays the
+/// size of an access record, which is what nearly every job holds.
+#[allow(clippy::large_enum_variant)] // boxing the access record would add an allocation per request
+enum JobBody {
+    Access(AuditRecord),
+    Logout(Box<LogoutRecord>),
 }
 
 #[derive(Debug)]
@@ -372,8 +380,9 @@ pub struct Spool {
     shared: Arc<Shared>,
 }
 
-/// A reserved place for one record. [`Slot::commit`] it once the record is
-/// known; dropping it unused frees the place.
+/// A reserved place for one record. [`Slot::commit`] it (or
+/// [`Slot::commit_logout`]) once the record is known; dropping it unused
+/// frees the place.
 #[derive(Debug)]
 pub struct Slot {
     shared: Option<Arc<Shared>>,
@@ -413,13 +422,30 @@ impl Slot {
     /// `event_id` and its place in the hash chain. The returned future
     /// resolves after the record is written (`Interval`, `None`) or written
     /// and `fsync`ed (`PerRequest`); an error means it is not durable.
-    pub fn commit(mut self, mut record: AuditRecord) -> Commit {
+    pub fn commit(self, mut record: AuditRecord) -> Commit {
         record.enforce_bounds();
+        self.send(JobBody::Access(record))
+    }
+
+    /// Hand a `logout` record to the writer: [`Slot::commit`] for a session
+    /// logout (OpenID Connect Back-Channel Logout, or an administrator's
+    /// revocation), accepted or refused. The same chain, the same `seq` and
+    /// `event_id`, the same [`Durability`]: the returned future resolves once
+    /// the record is written (and `fsync`ed for `PerRequest`); an error
+    /// means it is not durable, and the logout must be answered as failed.
+    /// The record's caller-controlled strings are bounded first
+    /// ([`LogoutRecord::enforce_bounds`]).
+    pub fn commit_logout(self, mut record: LogoutRecord) -> Commit {
+        record.enforce_bounds();
+        self.send(JobBody::Logout(Box::new(record)))
+    }
+
+    fn send(mut self, body: JobBody) -> Commit {
         let Some(shared) = self.shared.take() else {
             return Commit(CommitState::Failed(Some(AuditError::Closed)));
         };
         let (reply, rx) = oneshot::channel();
-        let job = Job { record, reply };
+        let job = Job { body, reply };
         if shared.inline {
             // Sealed and written here: `rx` is answered before this returns.
             let mut writer = shared.writer();

@@ -31,7 +31,10 @@ fn job(spool: &Spool, record: AuditRecord) -> Job {
     let mut slot = spool.reserve().unwrap();
     slot.shared.take(); // the reservation now belongs to the job
     let (reply, _rx) = oneshot::channel();
-    Job { record, reply }
+    Job {
+        body: JobBody::Access(record),
+        reply,
+    }
 }
 
 /// A spool of `n` gateway-like records in segments of `segment_max_bytes`,

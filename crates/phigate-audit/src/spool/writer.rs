@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::compress::Compressor;
 use super::recovery::Tail;
-use super::{CheckpointOptions, CommitInfo, Durability, Job, Msg, Shared, SpoolOptions, RETRY};
+use super::{CheckpointOptions, CommitInfo, Durability, Job, JobBody, Msg, Shared, SpoolOptions, RETRY};
 use crate::chain;
 use crate::record::{AccessRecord, CheckpointRecord, Outcome, RecordBody, RecoveryRecord, SCHEMA_VERSION};
 use crate::segment::{list_segment_files, parse_segment_name, segment_file_name};
@@ -25,7 +25,7 @@ use crate::{now_rfc3339, AuditError};
 pub(super) struct Chain {
     pub(super) seq: u64,
     pub(super) hash: String,
-    /// Access/recovery records since the last checkpoint.
+    /// Access/logout/recovery records since the last checkpoint.
     pub(super) since_checkpoint: u64,
 }
 
@@ -268,12 +268,16 @@ impl Writer {
         let mut entries = Vec::with_capacity(n + 1);
         let mut chain = self.chain.clone();
         for job in jobs.drain(..) {
-            let mut record = job.record;
-            if !record.duration_ms.is_finite() {
-                record.duration_ms = 0.0;
-            }
-            let outcome = Outcome::of(&record);
-            let body = RecordBody::Access(AccessRecord { record, outcome });
+            let body = match job.body {
+                JobBody::Access(mut record) => {
+                    if !record.duration_ms.is_finite() {
+                        record.duration_ms = 0.0;
+                    }
+                    let outcome = Outcome::of(&record);
+                    RecordBody::Access(AccessRecord { record, outcome })
+                }
+                JobBody::Logout(record) => RecordBody::Logout(*record),
+            };
             self.push_entry(&mut chain, body, Some(job.reply), &mut entries);
         }
         let durable = self.options.durability == Durability::PerRequest;
@@ -633,7 +637,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         (
             Job {
-                record: access(i),
+                body: JobBody::Access(access(i)),
                 reply,
             },
             rx,

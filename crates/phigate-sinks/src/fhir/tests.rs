@@ -373,3 +373,138 @@ fn intent_and_outcome_records_map_to_linked_events_with_honest_outcomes() {
         assert!(desc.starts_with("outcome of event ev-1"), "{desc}");
     }
 }
+
+/// A spool `logout` record like the gateway writes, with `extra` merged in.
+fn logout(extra: Value) -> Value {
+    let mut r = json!({
+        "v": 1, "kind": "logout", "seq": 8, "event_id": EVENT_ID, "ts": "2026-11-25T10:09:00.001Z",
+        "prev_hash": "0".repeat(64), "hash": "1".repeat(64),
+        "request_id": "01a2122d-b73a-775a-bb68-07399dabb2f4", "source": "backchannel",
+        "decision": "allow", "reason": "logged_out", "status": 200,
+        "issuer": "https://idp.example", "sid": "08a5019c-17e1", "sub": "alice",
+        "jti": "bWJq", "client_ip": "10.9.8.7"
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        r[k] = v;
+    }
+    r
+}
+
+fn entity_with_system<'a>(ev: &'a Value, system: &str) -> Option<&'a Value> {
+    ev["entity"]
+        .as_array()?
+        .iter()
+        .find(|e| e["what"]["identifier"]["system"] == system)
+}
+
+#[test]
+fn accepted_backchannel_logout_maps_to_a_dicom_logout_event() {
+    let ev = to_audit_event(&logout(json!({})));
+    assert_eq!(ev["resourceType"], "AuditEvent");
+    assert_eq!(
+        ev["type"],
+        json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"})
+    );
+    assert_eq!(
+        ev["subtype"],
+        json!([{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110123", "display": "Logout"}])
+    );
+    assert_eq!(ev["action"], "E");
+    assert_eq!(ev["outcome"], "0");
+    assert_eq!(ev["outcomeDesc"], "logged_out (HTTP 200)");
+    assert_eq!(ev["recorded"], "2026-11-25T10:09:00.001Z");
+    assert!(ev.get("meta").is_none(), "BALP has no logout profile");
+    // Agents: the subject (sub @ issuer), the identity provider that asked, the gateway.
+    let subject = agent_of_type(&ev, "SBJ").unwrap();
+    assert_eq!(
+        subject["who"]["identifier"],
+        json!({"system": "https://idp.example", "value": "alice"})
+    );
+    assert_eq!(subject["requestor"], false);
+    let idp = agent_of_type(&ev, "110153").unwrap();
+    assert_eq!(idp["requestor"], true);
+    assert_eq!(idp["who"]["identifier"]["value"], "https://idp.example");
+    assert_eq!(idp["network"], json!({"address": "10.9.8.7", "type": "2"}));
+    assert_eq!(agent_of_type(&ev, "110152").unwrap()["who"]["display"], "phigate");
+    assert_eq!(ev["agent"].as_array().unwrap().len(), 3);
+    assert_eq!(ev["source"]["observer"]["display"], "phigate");
+    assert_eq!(ev["source"]["type"][0]["code"], "4");
+    // Entities: the session and the logout token as security resources, request id, event id.
+    let sid = entity_with_system(&ev, SID_SYSTEM).unwrap();
+    assert_eq!(sid["what"]["identifier"]["value"], "08a5019c-17e1");
+    assert_eq!(sid["role"]["code"], "13");
+    let jti = entity_with_system(&ev, LOGOUT_JTI_SYSTEM).unwrap();
+    assert_eq!(jti["what"]["identifier"]["value"], "bWJq");
+    assert_eq!(event_id_of(&ev), Some(EVENT_ID));
+    assert!(ev["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"]["code"] == "XrequestId"
+            && e["what"]["identifier"]["value"] == "01a2122d-b73a-775a-bb68-07399dabb2f4"));
+}
+
+#[test]
+fn refused_logouts_fail_with_their_reason_and_a_gateway_failure_is_serious() {
+    let ev = to_audit_event(&logout(json!({
+        "decision": "deny", "reason": "logout_token_bad_signature", "status": 400,
+        "detail": "no key of the issuer verifies the signature"
+    })));
+    assert_eq!(ev["subtype"][0]["code"], "110123");
+    assert_eq!(ev["outcome"], "4");
+    assert_eq!(
+        ev["outcomeDesc"],
+        "logout_token_bad_signature (HTTP 400): no key of the issuer verifies the signature"
+    );
+    assert_eq!(ev["source"]["type"][0]["code"], "6");
+    let ev = to_audit_event(&logout(json!({
+        "decision": "deny", "reason": "session_store_unavailable", "status": 503
+    })));
+    assert_eq!(ev["outcome"], "8", "the sessions may still be active");
+    // An unverified token without claims: no subject, no session, still an event.
+    let ev = to_audit_event(&logout(json!({
+        "decision": "deny", "reason": "logout_token_malformed", "status": 400,
+        "issuer": null, "sid": null, "sub": null, "jti": null, "client_ip": null
+    })));
+    assert!(agent_of_type(&ev, "SBJ").is_none());
+    let sender = agent_of_type(&ev, "110153").unwrap();
+    assert_eq!(sender["who"]["display"], "unidentified logout token sender");
+    assert!(sender.get("network").is_none());
+    assert!(entity_with_system(&ev, SID_SYSTEM).is_none());
+    assert_eq!(event_id_of(&ev), Some(EVENT_ID));
+}
+
+#[test]
+fn admin_revocation_names_the_officer_as_requestor() {
+    let ev = to_audit_event(&logout(json!({
+        "source": "admin", "reason": "revoked", "actor": "K. Jones (SEC-42)",
+        "issuer": "https://idp.example", "client_ip": null, "jti": null
+    })));
+    assert_eq!(ev["outcome"], "0");
+    let officer = agent_of_type(&ev, "110153").unwrap();
+    assert_eq!(officer["who"], json!({"display": "K. Jones (SEC-42)"}));
+    assert_eq!(officer["requestor"], true);
+    assert_eq!(
+        agent_of_type(&ev, "SBJ").unwrap()["who"]["identifier"]["value"],
+        "alice"
+    );
+    assert!(entity_with_system(&ev, LOGOUT_JTI_SYSTEM).is_none());
+    let anonymous = to_audit_event(&logout(json!({"source": "admin", "reason": "revoked"})));
+    assert_eq!(
+        agent_of_type(&anonymous, "110153").unwrap()["who"]["display"],
+        "administrator"
+    );
+}
+
+#[test]
+fn export_includes_logouts() {
+    let records = [
+        access("GET", "/fhir/Patient/123", json!({"patient": "123"})),
+        logout(json!({})),
+        json!({"kind":"checkpoint","seq":9,"event_id":"x"}),
+    ];
+    let b = export_fhir(&records);
+    assert_eq!(b["total"], 2);
+    assert_eq!(b["entry"][1]["resource"]["subtype"][0]["code"], "110123");
+    assert_eq!(b["entry"][1]["fullUrl"], format!("urn:uuid:{EVENT_ID}"));
+}
