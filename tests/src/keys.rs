@@ -76,3 +76,79 @@ pub fn hs256(header_kid: &str, payload: &Value, secret: &[u8]) -> String {
     h.kid = Some(header_kid.to_string());
     jsonwebtoken::encode(&h, payload, &EncodingKey::from_secret(secret)).unwrap()
 }
+
+/// A DPoP key pair of a client (ES256), and the proofs it signs (RFC 9449).
+pub struct DpopKey {
+    encoding: EncodingKey,
+    /// The public JWK (`kty`, `crv`, `x`, `y`).
+    pub jwk: Value,
+}
+
+impl DpopKey {
+    pub fn generate() -> Self {
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).unwrap();
+        let point = pair.public_key().as_ref();
+        DpopKey {
+            encoding: EncodingKey::from_ec_der(doc.as_ref()),
+            jwk: json!({
+                "kty": "EC", "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+            }),
+        }
+    }
+
+    /// The RFC 7638 thumbprint: a bound token's `cnf.jkt`.
+    pub fn jkt(&self) -> String {
+        use sha2_free::sha256;
+        let j = &self.jwk;
+        let canonical = format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            j["crv"].as_str().unwrap(),
+            j["x"].as_str().unwrap(),
+            j["y"].as_str().unwrap()
+        );
+        URL_SAFE_NO_PAD.encode(sha256(canonical.as_bytes()))
+    }
+
+    /// A fresh proof for `method htu` bound to `access_token` (`ath`), with
+    /// an optional server nonce.
+    pub fn proof(&self, method: &str, htu: &str, access_token: &str, nonce: Option<&str>) -> String {
+        let mut claims = json!({
+            "jti": format!("{:032x}", rand_u128()),
+            "htm": method,
+            "htu": htu,
+            "iat": now(),
+            "ath": URL_SAFE_NO_PAD.encode(sha2_free::sha256(access_token.as_bytes())),
+        });
+        if let Some(n) = nonce {
+            claims["nonce"] = json!(n);
+        }
+        self.sign_proof(&claims)
+    }
+
+    /// Sign arbitrary proof claims with this key and its `jwk` in the header.
+    pub fn sign_proof(&self, claims: &Value) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.typ = Some("dpop+jwt".into());
+        h.jwk = Some(serde_json::from_value(self.jwk.clone()).unwrap());
+        jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
+    }
+}
+
+fn rand_u128() -> u128 {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    u128::from_be_bytes(b)
+}
+
+/// SHA-256 via aws-lc-rs (no extra dependency).
+mod sha2_free {
+    pub fn sha256(data: &[u8]) -> Vec<u8> {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+            .as_ref()
+            .to_vec()
+    }
+}

@@ -35,6 +35,14 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Re
     r
 }
 
+fn json_error(status: StatusCode, message: String) -> Response<Vec<u8>> {
+    reply(
+        status,
+        "application/json",
+        serde_json::json!({ "error": message }).to_string(),
+    )
+}
+
 impl Admin {
     /// Readiness: policy loaded (always true once serving: start-up fails
     /// without one), every issuer's keys usable, audit spool accepting, not
@@ -109,6 +117,133 @@ impl Admin {
         )
     }
 
+    /// `POST /sessions/revoke?sid=…|sub=…[&issuer=…][&actor=…]`: end a
+    /// session (`sid`) or every session of a subject issued before now
+    /// (`sub`) on every replica, audited as a `logout` record (source
+    /// `admin`). `issuer` may be left out when one issuer is configured.
+    async fn revoke(
+        &self,
+        method: &http::Method,
+        query: Option<&str>,
+        peer: Option<String>,
+    ) -> Response<Vec<u8>> {
+        if method != http::Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n");
+        }
+        let (mut sid, mut sub, mut issuer, mut actor) = (None, None, None, None);
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if v.is_empty() || v.len() > 1024 {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{k}` must be 1 to 1024 characters"),
+                );
+            }
+            let slot = match k.as_ref() {
+                "sid" => &mut sid,
+                "sub" => &mut sub,
+                "issuer" => &mut issuer,
+                "actor" => &mut actor,
+                other => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter `{other}` (known: sid, sub, issuer, actor)"),
+                    )
+                }
+            };
+            *slot = Some(v.into_owned());
+        }
+        if sid.is_some() == sub.is_some() {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of `sid` or `sub`".into(),
+            );
+        }
+        let issuers: Vec<String> = self
+            .shared
+            .validator
+            .issuers()
+            .map(|i| i.issuer.clone())
+            .collect();
+        let issuer = match issuer {
+            Some(i) if issuers.contains(&i) => i,
+            Some(i) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{i}` is not a configured issuer"),
+                )
+            }
+            None if issuers.len() == 1 => issuers[0].clone(),
+            None => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "several issuers are configured: give `issuer` (one of {})",
+                        issuers.join(", ")
+                    ),
+                )
+            }
+        };
+        if self.shared.access.sessions().is_none() {
+            return json_error(
+                StatusCode::CONFLICT,
+                "sessions are not configured (gateway.yaml `sessions`): nothing to revoke".into(),
+            );
+        }
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let slot = match self.shared.audit.reserve() {
+            Ok(s) => s,
+            Err(e) => {
+                self.shared.note_audit_failure(&e);
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit unavailable; nothing was changed".into(),
+                );
+            }
+        };
+        let result = self.shared.revoke(&issuer, sid.as_deref(), sub.as_deref()).await;
+        let outcome = crate::proxy::LogoutOutcome {
+            reason: Some(result.err().unwrap_or(phigate_policy::Reason::Revoked)),
+            issuer: Some(issuer.clone()),
+            sid: sid.clone(),
+            sub: sub.clone(),
+            jti: None,
+            detail: None,
+        };
+        let reason = outcome.reason.unwrap_or(phigate_policy::Reason::Revoked);
+        let status = if reason == phigate_policy::Reason::Revoked {
+            200
+        } else {
+            503
+        };
+        let mut record = outcome.record(phigate_audit::LogoutSource::Admin, &request_id, status);
+        record.client_ip = peer;
+        record.actor = actor.clone();
+        let audited = self.shared.audit_logout(slot, record).await;
+        let reason = if audited {
+            reason
+        } else {
+            phigate_policy::Reason::AuditUnavailable
+        };
+        self.shared
+            .metrics
+            .logouts
+            .with_label_values(&["admin", reason.as_str()])
+            .inc();
+        if reason != phigate_policy::Reason::Revoked {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, reason.as_str().to_string());
+        }
+        tracing::warn!(issuer = %issuer, sid = sid.as_deref(), sub = sub.as_deref(), actor = actor.as_deref(), "sessions revoked by an administrator");
+        reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({
+                "revoked": { "issuer": issuer, "sid": sid, "sub": sub },
+                "request_id": request_id,
+            })
+            .to_string(),
+        )
+    }
+
     fn route(&self, method: &http::Method, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
         #[cfg(not(feature = "dev"))]
         let _ = query; // only the dev issuer's /dev/token reads it
@@ -123,6 +258,9 @@ impl Admin {
             "/metrics" => {
                 self.shared.metrics.observe_validator(&self.shared.validator);
                 self.shared.metrics.observe_sinks(&self.shared.sinks);
+                if let Some(store) = self.shared.access.sessions() {
+                    self.shared.metrics.observe_sessions(&store.stats());
+                }
                 self.shared
                     .metrics
                     .observe_upstreams(&self.shared.upstreams.health());
@@ -142,9 +280,15 @@ impl Admin {
                 reply(status, "application/json", detail.to_string())
             }
             #[cfg(feature = "dev")]
-            "/dev/jwks.json" | "/dev/token" => match &self.dev {
+            "/dev/jwks.json" | "/dev/token" | "/dev/logout-token" => match &self.dev {
                 Some(dev) if path == "/dev/jwks.json" => {
                     reply(StatusCode::OK, "application/json", dev.jwks_json())
+                }
+                Some(dev) if path == "/dev/logout-token" => {
+                    match dev.logout_token_from_query(query.unwrap_or("")) {
+                        Ok(t) => reply(StatusCode::OK, "text/plain", t),
+                        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                    }
                 }
                 Some(dev) => match dev.token_from_query(query.unwrap_or("")) {
                     Ok(t) => reply(StatusCode::OK, "text/plain", t),
@@ -164,6 +308,10 @@ impl ServeHttp for Admin {
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
+        if path == "/sessions/revoke" {
+            let peer = session.client_addr().map(|a| a.to_string());
+            return self.revoke(&method, query.as_deref(), peer).await;
+        }
         self.route(&method, &path, query.as_deref())
     }
 }

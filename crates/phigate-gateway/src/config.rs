@@ -11,6 +11,7 @@
 //! of its parts; dev mode builds its configuration through the same
 //! constructors.
 
+mod access;
 mod file;
 mod network;
 mod validate;
@@ -41,6 +42,11 @@ pub enum IntentMode {
     /// Every allowed request (two records per request).
     All,
 }
+pub use access::{
+    BackchannelLogoutFile, DpopFile, DpopSettings, IssuerRules, IssuerSessionsFile, LogoutSettings,
+    NatsStoreFile, NatsTlsFile, SessionKeyMode, SessionSettings, SessionsFile, StoreKind, StoreSettings,
+    DEFAULT_LOGOUT_PATH,
+};
 pub use validate::{load, parse, parse_with_env};
 
 /// `log.format`.
@@ -87,6 +93,15 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<crate::limiter::Cidr>,
     pub limits: Limits,
     pub paging: crate::paging::PagingConfig,
+    /// Automatic log-off, logout and revocation (`None`: not configured —
+    /// DPoP `jti`s are then remembered in this process only).
+    pub sessions: Option<SessionSettings>,
+    /// DPoP proof checking (RFC 9449).
+    pub dpop: DpopSettings,
+    /// The OpenID Connect Back-Channel Logout receiver.
+    pub backchannel_logout: Option<LogoutSettings>,
+    /// Per-issuer rules (`require_dpop`, idle timeout), by exact issuer.
+    pub issuer_rules: std::collections::BTreeMap<String, IssuerRules>,
 }
 
 impl GatewayConfig {
@@ -119,6 +134,10 @@ impl GatewayConfig {
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
             paging: crate::paging::PagingConfig::default(),
+            sessions: None,
+            dpop: DpopSettings::default(),
+            backchannel_logout: None,
+            issuer_rules: std::collections::BTreeMap::new(),
         }
     }
 }

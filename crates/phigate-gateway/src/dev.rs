@@ -27,6 +27,8 @@ use crate::GatewayError;
 /// The issuer name and audience the dev gateway trusts.
 pub const DEV_ISSUER: &str = "phigate-dev";
 pub const DEV_AUDIENCE: &str = "phigate-dev";
+/// The client id the dev issuer addresses back-channel logout tokens to.
+pub const DEV_LOGOUT_CLIENT_ID: &str = "phigate-dev";
 
 /// The dev issuer: an ES256 (P-256) key, its JWKS, and a token minter.
 pub struct DevIssuer {
@@ -74,6 +76,12 @@ pub struct TokenParams {
     pub acr: Option<String>,
     pub amr: Vec<String>,
     pub auth_age: i64,
+    /// `sid`: the session the token belongs to.
+    pub sid: Option<String>,
+    /// `cnf.jkt`: binds the token to a DPoP key (RFC 9449).
+    pub jkt: Option<String>,
+    /// `cnf.x5t#S256`: binds the token to a client certificate (RFC 8705).
+    pub x5t: Option<String>,
 }
 
 impl Default for TokenParams {
@@ -88,6 +96,9 @@ impl Default for TokenParams {
             acr: None,
             amr: Vec::new(),
             auth_age: 0,
+            sid: None,
+            jkt: None,
+            x5t: None,
         }
     }
 }
@@ -122,9 +133,12 @@ impl TokenParams {
                 "acr" => p.acr = Some(v.into_owned()),
                 "amr" => p.amr = list(&v),
                 "auth_age" => p.auth_age = int("auth_age", &v)?,
+                "sid" => p.sid = Some(v.into_owned()),
+                "jkt" => p.jkt = Some(v.into_owned()),
+                "x5t" => p.x5t = Some(v.into_owned()),
                 other => {
                     return Err(format!(
-                        "unknown parameter `{other}` (known: scope, sub, client_id, patient, ttl, roles, acr, amr, auth_age)"
+                        "unknown parameter `{other}` (known: scope, sub, client_id, patient, ttl, roles, acr, amr, auth_age, sid, jkt, x5t)"
                     ))
                 }
             }
@@ -218,10 +232,64 @@ impl DevIssuer {
             if !p.amr.is_empty() {
                 obj.insert("amr".into(), json!(p.amr));
             }
+            if let Some(sid) = &p.sid {
+                obj.insert("sid".into(), Value::String(sid.clone()));
+            }
+            let mut cnf = serde_json::Map::new();
+            if let Some(jkt) = &p.jkt {
+                cnf.insert("jkt".into(), Value::String(jkt.clone()));
+            }
+            if let Some(x5t) = &p.x5t {
+                cnf.insert("x5t#S256".into(), Value::String(x5t.clone()));
+            }
+            if !cnf.is_empty() {
+                obj.insert("cnf".into(), Value::Object(cnf));
+            }
         }
         let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         header.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| format!("signing failed: {e}"))
+    }
+
+    /// A signed OpenID Connect Back-Channel Logout token for the dev client
+    /// id [`DEV_LOGOUT_CLIENT_ID`]: `GET /dev/logout-token?sid=…&sub=…`
+    /// (at least one of them).
+    pub fn logout_token_from_query(&self, query: &str) -> Result<String, String> {
+        let (mut sid, mut sub) = (None, None);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if v.is_empty() || v.len() > 1024 {
+                return Err(format!("`{k}` must be 1 to 1024 characters"));
+            }
+            match k.as_ref() {
+                "sid" => sid = Some(v.into_owned()),
+                "sub" => sub = Some(v.into_owned()),
+                other => return Err(format!("unknown parameter `{other}` (known: sid, sub)")),
+            }
+        }
+        if sid.is_none() && sub.is_none() {
+            return Err("give `sid`, `sub` or both".into());
+        }
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let mut claims = json!({
+            "iss": DEV_ISSUER,
+            "aud": DEV_LOGOUT_CLIENT_ID,
+            "iat": now,
+            "exp": now + 120,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        });
+        if let Some(obj) = claims.as_object_mut() {
+            if let Some(s) = sid {
+                obj.insert("sid".into(), Value::String(s));
+            }
+            if let Some(s) = sub {
+                obj.insert("sub".into(), Value::String(s));
+            }
+        }
+        let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("logout+jwt".into());
         jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| format!("signing failed: {e}"))
     }
 

@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod config;
 #[cfg(feature = "dev")]
@@ -66,6 +67,8 @@ pub enum GatewayError {
     Upstream(#[from] crate::upstreams::UpstreamError),
     #[error("dev key: {0}")]
     DevKey(String),
+    #[error("session store: {0}")]
+    Sessions(#[from] phigate_sessions::SessionError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -58,6 +58,12 @@ pub struct Metrics {
     pub token_cache_misses: IntCounter,
     pub jwks_age: GaugeVec,
     pub shadow_denials: IntCounterVec,
+    /// Back-channel logouts and admin revocations by source and reason.
+    pub logouts: IntCounterVec,
+    pub session_store_writes: IntCounter,
+    pub session_store_reads: IntCounter,
+    pub sessions_local: IntGauge,
+    pub session_store_up: IntGauge,
 }
 
 fn build<T: prometheus::core::Collector + Clone + 'static>(
@@ -240,6 +246,41 @@ impl Metrics {
                         "1 when the upstream address may receive requests (health checks pass, not cooling down after a connect failure)",
                     ),
                     &["upstream", "address"],
+                ),
+            ),
+            logouts: build(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "phigate_logouts_total",
+                        "Back-channel logouts (source=backchannel) and revocations (source=admin) by reason",
+                    ),
+                    &["source", "reason"],
+                ),
+            ),
+            session_store_writes: build(
+                &r,
+                IntCounter::new(
+                    "phigate_session_store_writes_total",
+                    "Writes to the session store (coalesced activity, ends, revocations, jti claims)",
+                ),
+            ),
+            session_store_reads: build(
+                &r,
+                IntCounter::new(
+                    "phigate_session_store_reads_total",
+                    "Reads from the session store (sessions not yet known to this replica)",
+                ),
+            ),
+            sessions_local: build(
+                &r,
+                IntGauge::new("phigate_sessions_local", "Sessions held in this replica's memory"),
+            ),
+            session_store_up: build(
+                &r,
+                IntGauge::new(
+                    "phigate_session_store_up",
+                    "1 while the session store answers (always 1 for the memory store; absent without sessions)",
                 ),
             ),
             tls_reloads: build(
@@ -477,6 +518,15 @@ impl Metrics {
     }
 
     /// Copy the sinks' status into the registry (called before a scrape).
+    /// Session store counters and gauges (at each scrape).
+    pub fn observe_sessions(&self, stats: &phigate_sessions::SessionStats) {
+        advance(&self.session_store_writes, stats.writes);
+        advance(&self.session_store_reads, stats.reads);
+        self.sessions_local
+            .set(i64::try_from(stats.local_entries).unwrap_or(i64::MAX));
+        self.session_store_up.set(i64::from(stats.healthy));
+    }
+
     pub fn observe_sinks(&self, sinks: &[std::sync::Arc<phigate_sinks::SinkStatus>]) {
         for s in sinks {
             let s = s.snapshot();

@@ -95,6 +95,25 @@ pub fn serve(
         Validator::new(config.issuers.clone(), observer)?.with_cache_capacity(config.token_cache_entries),
     );
     let (audit, worker) = open_spool(&config.audit)?;
+    // The session store's connection and background work (watch, coalesced
+    // writes) live on their own small runtime for the life of the server:
+    // pingora's runtimes start only in `server.run`.
+    let sessions_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("phigate-sessions")
+        .enable_all()
+        .build()?;
+    let access = Arc::new(sessions_rt.block_on(crate::access::AccessControl::start(
+        config.sessions.clone(),
+        config.dpop.clone(),
+        config.issuer_rules.clone(),
+        config.backchannel_logout.clone(),
+    ))?);
+    let (sessions_stop, sessions_stop_rx) = tokio::sync::watch::channel(false);
+    let sessions_task = {
+        let store = access.replay_store().clone();
+        sessions_rt.spawn(async move { store.run(sessions_stop_rx).await })
+    };
     let forwarders = phigate_sinks::config::build_forwarders(&config.sinks).map_err(|e| {
         GatewayError::Config(vec![phigate_yaml::Diagnostic::new("sinks", None, e.to_string())])
     })?;
@@ -139,6 +158,7 @@ pub fn serve(
     let shared = Arc::new(Shared {
         policy: ArcSwap::from_pointee(policy),
         validator: validator.clone(),
+        access: access.clone(),
         audit,
         metrics,
         upstreams,
@@ -244,6 +264,10 @@ pub fn serve(
     shared
         .shutting_down
         .store(true, std::sync::atomic::Ordering::Release);
+    // Queued session writes (coalesced activity) are flushed.
+    let _ = sessions_stop.send(true);
+    let _ = sessions_rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), sessions_task).await });
+    sessions_rt.shutdown_timeout(Duration::from_secs(1));
     let drained = shared.audit.close(config.audit.drain_timeout);
     if drained {
         tracing::info!("audit spool drained; exiting");
@@ -336,6 +360,8 @@ pub struct DevOptions {
     /// A second, TLS listener (HTTP/2 and HTTP/1.1 by ALPN) with this
     /// certificate and key (PEM).
     pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
+    /// Automatic log-off after this idle time (memory session store).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// The bundled development policy (`policies/dev/`), embedded so that
@@ -392,6 +418,14 @@ pub fn dev(opts: DevOptions) -> Result<(), GatewayError> {
             ..crate::config::ListenerConfig::plain(*address)
         });
     }
+    // Sessions (memory store) and the back-channel logout receiver for the
+    // dev issuer's logout tokens (`/dev/logout-token`).
+    config.sessions = Some(crate::config::SessionSettings::memory(opts.idle_timeout));
+    config.backchannel_logout = Some(crate::config::LogoutSettings {
+        path: crate::config::DEFAULT_LOGOUT_PATH.to_string(),
+        client_ids: vec![crate::dev::DEV_LOGOUT_CLIENT_ID.to_string()],
+        max_age: Duration::from_secs(300),
+    });
     // Dev mode differs only here: readable logs and a quick Ctrl-C.
     config.log_format = LogFormat::Pretty;
     config.shutdown_grace = Duration::from_secs(1);

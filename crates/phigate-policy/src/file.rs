@@ -132,6 +132,15 @@ pub struct RouteSpec {
     /// subscription channels). Every other route refuses `Upgrade` requests.
     #[serde(default)]
     pub upgrade: Option<UpgradeSpec>,
+    /// Automatic log-off for this route: a shorter session idle timeout than
+    /// the gateway's `sessions.idle_timeout` (e.g. `5m` for writes). A
+    /// request after a longer idle period ends the session
+    /// (`session_idle_timeout`). Needs `sessions` in the gateway config.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Only DPoP-bound tokens (RFC 9449) with a valid proof may use this route.
+    #[serde(default)]
+    pub require_dpop: bool,
 }
 
 /// A protocol upgrade a route opts into.

@@ -108,6 +108,78 @@ pub enum Reason {
     /// Allowed, but no address of the request's upstream is healthy (active
     /// health checks, or every address cooling down after connect failures). (503)
     UpstreamUnavailable,
+    /// The session (`sid`, else issuer + subject + client) was idle longer than `sessions.idle_timeout` (or the route's `idle_timeout`): automatic log-off. Tokens issued before that moment stay refused. (401)
+    SessionIdleTimeout,
+    /// The session or subject was logged out (back-channel logout) or revoked (`phigate sessions revoke`) after this token was issued. (401)
+    SessionRevoked,
+    /// The shared session store (NATS JetStream KV) cannot be reached and the local view may not be trusted (an unknown session, a DPoP `jti`, beyond `sessions.stale_grace`). (503)
+    SessionStoreUnavailable,
+    /// `exp - iat` exceeds the issuer's `max_token_lifetime` (or `iat` is absent while one is set). (401)
+    TokenLifetimeExceeded,
+    /// The issuer's introspection endpoint (RFC 7662) says the opaque token is not active. (401)
+    TokenInactive,
+    /// The issuer's introspection endpoint failed (down, timeout, non-200, unreadable answer). (503)
+    IntrospectionUnavailable,
+    /// The token is bound to a client certificate (`cnf.x5t#S256`, RFC 8705) other than the one presented on this connection, or none was presented. (401)
+    CertificateBindingMismatch,
+    /// The issuer or route requires DPoP (`require_dpop`) and the request is not DPoP-bound. (401)
+    DpopRequired,
+    /// A DPoP-bound token (`cnf.jkt`) presented with the `Bearer` scheme. (401)
+    DpopBoundTokenAsBearer,
+    /// `Authorization: DPoP` without exactly one `DPoP` proof header. (401)
+    DpopProofMissing,
+    /// The DPoP proof is not a well-formed compact JWS with JSON header and claims. (401)
+    DpopProofMalformed,
+    /// The DPoP proof has no usable `jti`. (401)
+    DpopProofMissingJti,
+    /// The DPoP proof's `typ` is not `dpop+jwt`. (401)
+    DpopProofWrongTyp,
+    /// The DPoP proof's `alg` is symmetric, `none` or not in `dpop.algorithms`. (401)
+    DpopProofBadAlg,
+    /// The DPoP proof's `jwk` is missing, holds private key members, or does not fit `alg`. (401)
+    DpopProofBadJwk,
+    /// The DPoP proof's signature does not verify with its `jwk`. (401)
+    DpopProofBadSignature,
+    /// The DPoP proof's `htm` is not the request method. (401)
+    DpopProofHtmMismatch,
+    /// The DPoP proof's `htu` is not the URI the client addressed (`dpop.public_base_url` + path). (401)
+    DpopProofHtuMismatch,
+    /// The DPoP proof's `iat` is older than `dpop.max_age` or in the future. (401)
+    DpopProofIatOutOfWindow,
+    /// The DPoP proof's `ath` is missing or is not the hash of the access token. (401)
+    DpopProofAthMismatch,
+    /// The DPoP proof's `jti` was already used (on any replica) within its window. (401)
+    DpopProofReplayed,
+    /// The DPoP proof key's thumbprint is not the token's `cnf.jkt`. (401)
+    DpopKeyMismatch,
+    /// `dpop.nonce` is on and the proof carries no valid, fresh server nonce (`use_dpop_nonce`; a new one is in `DPoP-Nonce`). (401)
+    DpopNonceRequired,
+    /// A back-channel logout token was accepted; its sessions are ended on every replica. (200, audit kind `logout`)
+    LoggedOut,
+    /// A security officer revoked sessions (`phigate sessions revoke`). (200, audit kind `logout`)
+    Revoked,
+    /// The logout token is not a well-formed signed JWT, or the request carries no single `logout_token`. (400)
+    LogoutTokenMalformed,
+    /// The logout token's `iss` is not a configured issuer. (400)
+    LogoutTokenUnknownIssuer,
+    /// The logout token's signature does not verify with the issuer's keys (or its `alg` is not allowed). (400)
+    LogoutTokenBadSignature,
+    /// The logout token's `aud` does not name a configured `backchannel_logout.client_ids` entry. (400)
+    LogoutTokenWrongAudience,
+    /// The logout token's `iat` is missing, too old or in the future. (400)
+    LogoutTokenIatOutOfWindow,
+    /// The logout token's `exp` is past. (400)
+    LogoutTokenExpired,
+    /// The logout token's `events` lacks the back-channel logout event. (400)
+    LogoutTokenMissingEvent,
+    /// The logout token names neither `sid` nor `sub`. (400)
+    LogoutTokenMissingSubject,
+    /// The logout token carries a `nonce` (forbidden by the spec). (400)
+    LogoutTokenHasNonce,
+    /// The logout token has no `jti`. (400)
+    LogoutTokenMissingJti,
+    /// The logout token's `jti` was already used. (400)
+    LogoutTokenReplayed,
 }
 
 impl Reason {
@@ -155,6 +227,42 @@ impl Reason {
         Reason::AbortedShutdown,
         Reason::NoUpstream,
         Reason::UpstreamUnavailable,
+        Reason::SessionIdleTimeout,
+        Reason::SessionRevoked,
+        Reason::SessionStoreUnavailable,
+        Reason::TokenLifetimeExceeded,
+        Reason::TokenInactive,
+        Reason::IntrospectionUnavailable,
+        Reason::CertificateBindingMismatch,
+        Reason::DpopRequired,
+        Reason::DpopBoundTokenAsBearer,
+        Reason::DpopProofMissing,
+        Reason::DpopProofMalformed,
+        Reason::DpopProofMissingJti,
+        Reason::DpopProofWrongTyp,
+        Reason::DpopProofBadAlg,
+        Reason::DpopProofBadJwk,
+        Reason::DpopProofBadSignature,
+        Reason::DpopProofHtmMismatch,
+        Reason::DpopProofHtuMismatch,
+        Reason::DpopProofIatOutOfWindow,
+        Reason::DpopProofAthMismatch,
+        Reason::DpopProofReplayed,
+        Reason::DpopKeyMismatch,
+        Reason::DpopNonceRequired,
+        Reason::LoggedOut,
+        Reason::Revoked,
+        Reason::LogoutTokenMalformed,
+        Reason::LogoutTokenUnknownIssuer,
+        Reason::LogoutTokenBadSignature,
+        Reason::LogoutTokenWrongAudience,
+        Reason::LogoutTokenIatOutOfWindow,
+        Reason::LogoutTokenExpired,
+        Reason::LogoutTokenMissingEvent,
+        Reason::LogoutTokenMissingSubject,
+        Reason::LogoutTokenHasNonce,
+        Reason::LogoutTokenMissingJti,
+        Reason::LogoutTokenReplayed,
     ];
 
     /// The snake_case name used in audit records, metric labels and deny bodies.
@@ -202,6 +310,42 @@ impl Reason {
             Reason::AbortedShutdown => "aborted_shutdown",
             Reason::NoUpstream => "no_upstream",
             Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::SessionIdleTimeout => "session_idle_timeout",
+            Reason::SessionRevoked => "session_revoked",
+            Reason::SessionStoreUnavailable => "session_store_unavailable",
+            Reason::TokenLifetimeExceeded => "token_lifetime_exceeded",
+            Reason::TokenInactive => "token_inactive",
+            Reason::IntrospectionUnavailable => "introspection_unavailable",
+            Reason::CertificateBindingMismatch => "certificate_binding_mismatch",
+            Reason::DpopRequired => "dpop_required",
+            Reason::DpopBoundTokenAsBearer => "dpop_bound_token_as_bearer",
+            Reason::DpopProofMissing => "dpop_proof_missing",
+            Reason::DpopProofMalformed => "dpop_proof_malformed",
+            Reason::DpopProofMissingJti => "dpop_proof_missing_jti",
+            Reason::DpopProofWrongTyp => "dpop_proof_wrong_typ",
+            Reason::DpopProofBadAlg => "dpop_proof_bad_alg",
+            Reason::DpopProofBadJwk => "dpop_proof_bad_jwk",
+            Reason::DpopProofBadSignature => "dpop_proof_bad_signature",
+            Reason::DpopProofHtmMismatch => "dpop_proof_htm_mismatch",
+            Reason::DpopProofHtuMismatch => "dpop_proof_htu_mismatch",
+            Reason::DpopProofIatOutOfWindow => "dpop_proof_iat_out_of_window",
+            Reason::DpopProofAthMismatch => "dpop_proof_ath_mismatch",
+            Reason::DpopProofReplayed => "dpop_proof_replayed",
+            Reason::DpopKeyMismatch => "dpop_key_mismatch",
+            Reason::DpopNonceRequired => "dpop_nonce_required",
+            Reason::LoggedOut => "logged_out",
+            Reason::Revoked => "revoked",
+            Reason::LogoutTokenMalformed => "logout_token_malformed",
+            Reason::LogoutTokenUnknownIssuer => "logout_token_unknown_issuer",
+            Reason::LogoutTokenBadSignature => "logout_token_bad_signature",
+            Reason::LogoutTokenWrongAudience => "logout_token_wrong_audience",
+            Reason::LogoutTokenIatOutOfWindow => "logout_token_iat_out_of_window",
+            Reason::LogoutTokenExpired => "logout_token_expired",
+            Reason::LogoutTokenMissingEvent => "logout_token_missing_event",
+            Reason::LogoutTokenMissingSubject => "logout_token_missing_subject",
+            Reason::LogoutTokenHasNonce => "logout_token_has_nonce",
+            Reason::LogoutTokenMissingJti => "logout_token_missing_jti",
+            Reason::LogoutTokenReplayed => "logout_token_replayed",
         }
     }
 
@@ -212,7 +356,10 @@ impl Reason {
 
     /// True for the reasons that let a request through.
     pub const fn is_allow(self) -> bool {
-        matches!(self, Reason::Allowed | Reason::PublicRoute | Reason::BreakGlass)
+        matches!(
+            self,
+            Reason::Allowed | Reason::PublicRoute | Reason::BreakGlass | Reason::LoggedOut | Reason::Revoked
+        )
     }
 
     /// The HTTP status a denial with this reason is answered with
@@ -252,6 +399,40 @@ impl Reason {
             Reason::NoUpstream => 404,
             Reason::UpstreamUnreachable | Reason::UpstreamInvalidResponse => 502,
             Reason::UpstreamTimeout => 504,
+            Reason::SessionIdleTimeout
+            | Reason::SessionRevoked
+            | Reason::TokenLifetimeExceeded
+            | Reason::TokenInactive
+            | Reason::CertificateBindingMismatch
+            | Reason::DpopRequired
+            | Reason::DpopBoundTokenAsBearer
+            | Reason::DpopProofMissing
+            | Reason::DpopProofMalformed
+            | Reason::DpopProofMissingJti
+            | Reason::DpopProofWrongTyp
+            | Reason::DpopProofBadAlg
+            | Reason::DpopProofBadJwk
+            | Reason::DpopProofBadSignature
+            | Reason::DpopProofHtmMismatch
+            | Reason::DpopProofHtuMismatch
+            | Reason::DpopProofIatOutOfWindow
+            | Reason::DpopProofAthMismatch
+            | Reason::DpopProofReplayed
+            | Reason::DpopKeyMismatch
+            | Reason::DpopNonceRequired => 401,
+            Reason::SessionStoreUnavailable | Reason::IntrospectionUnavailable => 503,
+            Reason::LoggedOut | Reason::Revoked => 200,
+            Reason::LogoutTokenMalformed
+            | Reason::LogoutTokenUnknownIssuer
+            | Reason::LogoutTokenBadSignature
+            | Reason::LogoutTokenWrongAudience
+            | Reason::LogoutTokenIatOutOfWindow
+            | Reason::LogoutTokenExpired
+            | Reason::LogoutTokenMissingEvent
+            | Reason::LogoutTokenMissingSubject
+            | Reason::LogoutTokenHasNonce
+            | Reason::LogoutTokenMissingJti
+            | Reason::LogoutTokenReplayed => 400,
             // The response had already begun, or nobody was left to answer:
             // the status of the record is what was sent, if anything.
             Reason::UpstreamIncomplete | Reason::ClientAborted | Reason::AbortedShutdown => 0,

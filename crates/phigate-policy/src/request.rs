@@ -196,6 +196,16 @@ impl<'p> Prepared<'p> {
         self.route.as_ref().map(|m| &m.route.label)
     }
 
+    /// The matched route's own session idle timeout, if it sets one.
+    pub fn route_idle_timeout(&self) -> Option<std::time::Duration> {
+        self.route.as_ref().and_then(|m| m.route.idle_timeout)
+    }
+
+    /// True when the matched route only accepts DPoP-bound tokens.
+    pub fn route_requires_dpop(&self) -> bool {
+        self.route.as_ref().is_some_and(|m| m.route.require_dpop)
+    }
+
     /// Whether deciding needs a validated token: false for public routes
     /// and for requests refused by their shape, so the gateway skips token
     /// validation (and a possible key fetch) for them.

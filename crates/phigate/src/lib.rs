@@ -15,6 +15,7 @@ use phigate_gateway::DevOptions;
 pub mod alloc;
 mod audit_cmd;
 mod policy_cmd;
+mod sessions_cmd;
 
 pub use audit_cmd::AuditCommand;
 
@@ -99,6 +100,16 @@ pub enum Command {
         /// PEM private key for `--tls-listen`.
         #[arg(long, requires = "tls_listen")]
         tls_key: Option<PathBuf>,
+        /// Automatic log-off: end sessions idle longer than this (e.g.
+        /// `30s`), with the memory session store. Sessions (logout,
+        /// revocation) are on in dev mode either way.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        idle_timeout: Option<std::time::Duration>,
+    },
+    /// Session tools: end a workforce member's access now.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
     },
     /// Policy tools.
     Policy {
@@ -179,6 +190,30 @@ pub enum PolicyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Revoke a session (`--sid`) or every session of a subject issued
+    /// before now (`--sub`) on every replica, through a running gateway's
+    /// admin listener (`POST /sessions/revoke`). Audited as a `logout`
+    /// record (source `admin`). Later requests with those tokens get 401
+    /// `session_revoked`.
+    Revoke {
+        #[arg(long, conflicts_with = "sub", required_unless_present = "sub")]
+        sid: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+        /// The issuer (needed when the gateway trusts several).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Who is asking, for the audit record (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+        /// The gateway's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a gateway configuration file (and the policies it names).
     Check {
@@ -254,6 +289,7 @@ pub fn main_entry() -> ExitCode {
             tls_listen,
             tls_cert,
             tls_key,
+            idle_timeout,
         } => {
             init_tracing(forced.unwrap_or(LogFormat::Pretty));
             finish(phigate_gateway::dev(DevOptions {
@@ -277,8 +313,19 @@ pub fn main_entry() -> ExitCode {
                     (Some(a), Some(c), Some(k)) => Some((a, c, k)),
                     _ => None,
                 },
+                idle_timeout,
             }))
         }
+        Command::Sessions {
+            command:
+                SessionsCommand::Revoke {
+                    sid,
+                    sub,
+                    issuer,
+                    actor,
+                    admin,
+                },
+        } => crate::sessions_cmd::revoke(&admin, sid, sub, issuer, actor),
         Command::Policy { command } => crate::policy_cmd::run(command),
         Command::Audit { command } => crate::audit_cmd::run(command),
         Command::Config {

@@ -73,6 +73,15 @@ pub struct GatewayFile {
     /// Paging links of allowed FHIR searches (see `crate::paging`).
     #[serde(default)]
     pub paging: Option<PagingFile>,
+    /// Automatic log-off, logout and revocation, shared by replicas.
+    #[serde(default)]
+    pub sessions: Option<super::SessionsFile>,
+    /// DPoP proof checking (RFC 9449).
+    #[serde(default)]
+    pub dpop: Option<super::DpopFile>,
+    /// OpenID Connect Back-Channel Logout receiver on the proxy listeners.
+    #[serde(default)]
+    pub backchannel_logout: Option<super::BackchannelLogoutFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +299,59 @@ pub struct IssuerFile {
     /// Claim holding roles, dotted path (default `roles`; e.g. `realm_access.roles`).
     #[serde(default)]
     pub roles_claim: Option<String>,
+    /// Only DPoP-bound tokens (RFC 9449) with a valid proof are accepted.
+    #[serde(default)]
+    pub require_dpop: Option<bool>,
+    /// Tokens whose `exp - iat` exceeds this are refused (`token_lifetime_exceeded`).
+    #[serde(default, with = "humantime_serde")]
+    pub max_token_lifetime: Option<Duration>,
+    /// This issuer's session settings (overrides `sessions`).
+    #[serde(default)]
+    pub sessions: Option<super::IssuerSessionsFile>,
+    /// RFC 7662 introspection of this issuer's opaque tokens.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionFile>,
+}
+
+/// `issuers[].introspection`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionFile {
+    /// The introspection endpoint (required).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// phigate's client id at the authorization server (required).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `client_secret_basic` authentication (this or `private_key_jwt`).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// `private_key_jwt` authentication (RFC 7523).
+    #[serde(default)]
+    pub private_key_jwt: Option<PrivateKeyJwtFile>,
+    /// Longest an active answer is cached (default 60s; never past `exp`).
+    #[serde(default, with = "humantime_serde")]
+    pub cache_ttl: Option<Duration>,
+    /// How long an inactive answer is cached (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub negative_cache_ttl: Option<Duration>,
+    /// Request timeout (default 2s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// `issuers[].introspection.private_key_jwt`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateKeyJwtFile {
+    /// PKCS#8 PEM private key (required).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Signing algorithm (default ES256).
+    #[serde(default)]
+    pub alg: Option<String>,
+    #[serde(default)]
+    pub kid: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -193,6 +193,51 @@ pub fn parse_with_env(
             paging.max_links = n;
         }
     }
+    let sessions = file
+        .sessions
+        .as_ref()
+        .and_then(|s| super::access::sessions(&mut p, s, base));
+    let dpop = file
+        .dpop
+        .as_ref()
+        .map(|d| super::access::dpop(&mut p, d))
+        .unwrap_or_default();
+    let backchannel_logout = file
+        .backchannel_logout
+        .as_ref()
+        .and_then(|l| super::access::backchannel_logout(&mut p, l));
+    if backchannel_logout.is_some() && sessions.is_none() {
+        p.at(
+            &[PathSeg::Key("backchannel_logout")],
+            "back-channel logout ends sessions: configure `sessions` too",
+        );
+    }
+    let mut issuer_rules = std::collections::BTreeMap::new();
+    for (i, f) in file.issuers.as_deref().unwrap_or_default().iter().enumerate() {
+        let idle = f.sessions.as_ref().and_then(|s| s.idle_timeout);
+        if let Some(t) = idle {
+            let at = [
+                PathSeg::Key("issuers"),
+                PathSeg::Index(i),
+                PathSeg::Key("sessions"),
+                PathSeg::Key("idle_timeout"),
+            ];
+            if sessions.is_none() {
+                p.at(&at, "a per-issuer idle_timeout needs the global `sessions` block");
+            } else if t < Duration::from_secs(1) || t > Duration::from_secs(24 * 3600) {
+                p.at(&at, "idle_timeout must be between 1s and 24h");
+            }
+        }
+        if let Some(iss) = &f.issuer {
+            issuer_rules.insert(
+                iss.clone(),
+                super::IssuerRules {
+                    require_dpop: f.require_dpop.unwrap_or(false),
+                    idle_timeout: idle,
+                },
+            );
+        }
+    }
     if file.threads == Some(0) {
         p.at(&[PathSeg::Key("threads")], "threads must be at least 1");
     }
@@ -234,6 +279,10 @@ pub fn parse_with_env(
             c.sinks = sinks;
             c.limits = limits;
             c.paging = paging;
+            c.sessions = sessions;
+            c.dpop = dpop;
+            c.backchannel_logout = backchannel_logout;
+            c.issuer_rules = issuer_rules;
             Ok(c)
         }
         _ => Err(p.errors),
@@ -356,6 +405,18 @@ fn issuers(p: &mut Problems<'_>, files: Option<&[IssuerFile]>, base: &Path) -> V
         }
         if let Some(r) = &f.roles_claim {
             c.roles_claim = r.clone();
+        }
+        if let Some(m) = f.max_token_lifetime {
+            if m < Duration::from_secs(10) || m > Duration::from_secs(30 * 24 * 3600) {
+                p.at(
+                    &at("max_token_lifetime"),
+                    "max_token_lifetime must be between 10s and 30d",
+                );
+            }
+            c.max_token_lifetime = Some(m);
+        }
+        if let Some(intro) = &f.introspection {
+            c.introspection = super::access::introspection(p, intro, i, base);
         }
         issuers.push(c);
     }

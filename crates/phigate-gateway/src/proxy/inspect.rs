@@ -27,6 +27,9 @@ pub fn token_reason(e: &TokenError) -> Reason {
         TokenError::WrongAudience => Reason::WrongAudience,
         TokenError::MissingClaim(_) => Reason::MissingClaim,
         TokenError::KeysUnavailable => Reason::KeysUnavailable,
+        TokenError::LifetimeExceeded => Reason::TokenLifetimeExceeded,
+        TokenError::Inactive => Reason::TokenInactive,
+        TokenError::IntrospectionUnavailable => Reason::IntrospectionUnavailable,
     }
 }
 
@@ -35,6 +38,8 @@ pub fn token_reason(e: &TokenError) -> Reason {
 pub enum BearerHeader<'a> {
     Absent,
     Token(&'a str),
+    /// `Authorization: DPoP <token>` (RFC 9449 §7.1).
+    Dpop(&'a str),
     /// Two or more `Authorization` headers, or a non-ASCII one.
     Ambiguous,
     /// A scheme other than Bearer, or `Bearer` without a usable token.
@@ -58,7 +63,8 @@ pub fn bearer_token(headers: &HeaderMap) -> BearerHeader<'_> {
     let Some((scheme, token)) = value.trim().split_once(' ') else {
         return BearerHeader::NotBearer;
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let dpop = scheme.eq_ignore_ascii_case("dpop");
+    if !dpop && !scheme.eq_ignore_ascii_case("bearer") {
         return BearerHeader::NotBearer;
     }
     let token = token.trim_start_matches(' ');
@@ -67,7 +73,11 @@ pub fn bearer_token(headers: &HeaderMap) -> BearerHeader<'_> {
     if token.is_empty() || !token.bytes().all(b64token) {
         return BearerHeader::NotBearer;
     }
-    BearerHeader::Token(token)
+    if dpop {
+        BearerHeader::Dpop(token)
+    } else {
+        BearerHeader::Token(token)
+    }
 }
 
 /// Accept a caller's `X-Request-Id` only if it is short and plain; otherwise
@@ -230,6 +240,12 @@ mod tests {
             BearerHeader::NotBearer
         );
         assert_eq!(bearer_token(&headers(&["Bearer"])), BearerHeader::NotBearer);
+        assert_eq!(
+            bearer_token(&headers(&["DPoP abc.def"])),
+            BearerHeader::Dpop("abc.def")
+        );
+        assert_eq!(bearer_token(&headers(&["dpop abc"])), BearerHeader::Dpop("abc"));
+        assert_eq!(bearer_token(&headers(&["DPoP"])), BearerHeader::NotBearer);
         assert_eq!(bearer_token(&headers(&["Bearer a b"])), BearerHeader::NotBearer);
         assert_eq!(bearer_token(&headers(&["Bearer a\"b"])), BearerHeader::NotBearer);
     }

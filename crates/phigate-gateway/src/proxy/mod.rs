@@ -10,6 +10,7 @@
 //! place a ticket is committed.
 
 mod inspect;
+mod logout;
 mod ticket;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use phigate_policy::{Authn, BodyKind, Claims, Decision, HttpVersion, PolicySet, 
 use phigate_token::{TokenError, Validator};
 
 pub use inspect::{bearer_token, claims_of, deny_response, token_reason, BearerHeader};
+pub use logout::{logout_reason, LogoutOutcome};
 pub use ticket::{AuditTicket, Permit, RecordKind, RequestCtx, RequestInfo, Verdict};
 
 use crate::config::{Limits, UpstreamConfig};
@@ -42,6 +44,8 @@ pub struct Shared {
     /// The current policy; a reload swaps it atomically.
     pub policy: ArcSwap<PolicySet>,
     pub validator: Arc<Validator>,
+    /// Sender constraints and sessions (checked after the token verified).
+    pub access: Arc<crate::access::AccessControl>,
     pub audit: Spool,
     pub metrics: Arc<Metrics>,
     /// The upstreams: routing, balancing, health.
@@ -183,7 +187,7 @@ fn caller(c: &Claims) -> crate::paging::Caller {
     }
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -202,8 +206,61 @@ impl Gateway {
         )
     }
 
+    /// What the request presented, for the access checks.
+    fn presented<'s>(
+        &self,
+        session: &'s Session,
+        ctx: &'s RequestCtx,
+        scheme: crate::access::Scheme,
+        token: &'s str,
+        raw: &'s [u8],
+    ) -> crate::access::Presented<'s> {
+        let headers = &session.req_header().headers;
+        let proofs = headers
+            .get_all("dpop")
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        let target = std::str::from_utf8(raw).unwrap_or("");
+        let path = match target.find("://") {
+            // absolute-form: scheme://authority/path?query
+            Some(i) if !target.starts_with('/') => {
+                let rest = &target[i + 3..];
+                rest.find('/').map_or("/", |j| &rest[j..])
+            }
+            _ => target,
+        };
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let host = session
+            .req_header()
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        crate::access::Presented {
+            scheme,
+            token,
+            proofs,
+            method: &ctx.info.method,
+            path,
+            host,
+            listener_scheme: self.listener.scheme,
+            client_cert_sha256: ctx.info.client_cert.as_ref().map(|c| c.sha256.as_str()),
+        }
+    }
+
     async fn respond_deny(&self, session: &mut Session, ctx: &RequestCtx, decision: &Decision) -> Result<()> {
-        let (resp, body) = deny_response(decision, &ctx.info.request_id)?;
+        let (mut resp, body) = deny_response(decision, &ctx.info.request_id)?;
+        // The access checks' challenge goes only with the refusal it was
+        // made for (not with a later `audit_unavailable`).
+        if matches!(&ctx.verdict, Verdict::Denied(d) if d.reason == decision.reason) {
+            if let Some(c) = &ctx.info.challenge {
+                resp.insert_header("www-authenticate", c.as_str())?;
+            }
+            if let Some(n) = &ctx.info.dpop_nonce {
+                resp.insert_header("dpop-nonce", n.as_str())?;
+            }
+        }
         if matches!(decision.deny_status(), 400 | 408)
             || self
                 .shared
@@ -246,12 +303,18 @@ impl Gateway {
             return Verdict::Denied(refusal.clone());
         }
         let authn = if prepared.needs_token() {
-            match bearer_token(&session.req_header().headers) {
+            let bearer = bearer_token(&session.req_header().headers);
+            match bearer {
                 BearerHeader::Absent | BearerHeader::NotBearer => Authn::Missing,
                 BearerHeader::Ambiguous => {
                     return Verdict::Denied(Decision::deny(Reason::MalformedAuthorization))
                 }
-                BearerHeader::Token(t) => {
+                BearerHeader::Token(t) | BearerHeader::Dpop(t) => {
+                    let scheme = if matches!(bearer, BearerHeader::Dpop(_)) {
+                        crate::access::Scheme::Dpop
+                    } else {
+                        crate::access::Scheme::Bearer
+                    };
                     // Only token-carrying requests are rate limited, so only they
                     // need the client's identity.
                     let client_ip = self.client_ip(session);
@@ -260,9 +323,35 @@ impl Gateway {
                         return Verdict::Denied(Decision::deny(Reason::RateLimited));
                     }
                     match self.shared.validator.validate(t).await {
-                        Ok(v) => Authn::Valid(claims_of(&v)),
+                        Ok(v) => {
+                            let presented = self.presented(session, ctx, scheme, t, raw);
+                            if let Err(denial) = self
+                                .shared
+                                .access
+                                .check(
+                                    &presented,
+                                    &v,
+                                    prepared.route_idle_timeout(),
+                                    prepared.route_requires_dpop(),
+                                )
+                                .await
+                            {
+                                ctx.info.claims = Some(claims_of(&v));
+                                ctx.info.challenge = denial.challenge;
+                                ctx.info.dpop_nonce = denial.nonce;
+                                let mut d = Decision::deny(denial.reason);
+                                d.route = prepared.route_label().cloned();
+                                d.detail = denial.detail;
+                                return Verdict::Denied(d);
+                            }
+                            Authn::Valid(claims_of(&v))
+                        }
                         Err(e) => {
-                            if e != TokenError::KeysUnavailable {
+                            // Only the client's own failures count toward its limit.
+                            if !matches!(
+                                e,
+                                TokenError::KeysUnavailable | TokenError::IntrospectionUnavailable
+                            ) {
                                 if let Some(ip) = client_ip {
                                     self.shared.limiter.record_failure(ip);
                                 }
@@ -532,6 +621,9 @@ impl ProxyHttp for Gateway {
             .map(|s| s.version.to_string())
             .filter(|v| !v.is_empty());
 
+        if self.shared.access.is_logout_path(session.req_header().uri.path()) {
+            return self.backchannel_logout(session, ctx).await;
+        }
         ctx.verdict = self.decide_request(session, ctx).await;
         // Fail closed: without a place for the audit record, nothing is
         // served. The slot is taken only now, after the head and any

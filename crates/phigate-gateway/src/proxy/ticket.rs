@@ -49,6 +49,11 @@ pub struct RequestInfo {
     pub http_version: Option<String>,
     /// The client connection's TLS version; `None` for plaintext.
     pub tls_version: Option<String>,
+    /// `WWW-Authenticate` for a refusal by the access checks (DPoP,
+    /// sessions), replacing the decision's own.
+    pub challenge: Option<String>,
+    /// A `DPoP-Nonce` to send with the response.
+    pub dpop_nonce: Option<String>,
 }
 
 /// What was decided.

@@ -339,6 +339,10 @@ pub struct Route {
     /// `upgrade: websocket`: a WebSocket handshake may be forwarded (the
     /// tunnel is audited at open and close); every other route refuses upgrades.
     pub websocket: bool,
+    /// A session idle timeout shorter than the gateway's, for this route.
+    pub idle_timeout: Option<Duration>,
+    /// Only DPoP-bound tokens with a valid proof (RFC 9449).
+    pub require_dpop: bool,
     /// `file:line:column` of the route, for explanations.
     pub origin: String,
 }

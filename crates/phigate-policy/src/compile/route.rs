@@ -234,6 +234,22 @@ pub(super) fn compile_route(
         }
     }
     let step_up = (step_up != StepUp::default()).then_some(step_up);
+    let mut idle_timeout = None;
+    if let Some(t) = &spec.idle_timeout {
+        match humantime::parse_duration(t) {
+            Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(24 * 3600) => {
+                idle_timeout = Some(d)
+            }
+            Ok(_) => problems.push(("idle_timeout", "idle_timeout must be between 1s and 24h".into())),
+            Err(e) => problems.push(("idle_timeout", format!("`{t}` is not a duration like 5m: {e}"))),
+        }
+    }
+    if spec.public && (idle_timeout.is_some() || spec.require_dpop) {
+        problems.push((
+            "public",
+            "a public route takes no token, so it cannot have `idle_timeout` or `require_dpop`".into(),
+        ));
+    }
     let report_only = spec.mode.or(file_mode) == Some(Mode::ReportOnly);
     let websocket = match spec.upgrade {
         None => false,
@@ -268,6 +284,8 @@ pub(super) fn compile_route(
                 step_up,
                 report_only,
                 websocket,
+                idle_timeout,
+                require_dpop: spec.require_dpop,
                 origin,
             };
             Ok((route, pattern, methods))

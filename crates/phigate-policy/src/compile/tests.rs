@@ -128,3 +128,37 @@ fn scope_requirements() {
     let versioned = RequiredScopes::AllOf(g(&["v1.patient.records.read"]));
     assert!(!versioned.is_satisfied_by(&g(&["v1.patient", "v1", "v1.patient.records"])));
 }
+
+#[test]
+fn route_session_and_dpop_settings() {
+    let p = one(
+        "version: 1\nroutes:\n  - methods: [POST]\n    path: /fhir/Observation\n    scopes: { any_of: [user/Observation.c] }\n    idle_timeout: 5m\n    require_dpop: true\n  - methods: [GET]\n    path: /fhir/Observation\n    scopes: { any_of: [user/Observation.rs] }\n",
+    )
+    .unwrap();
+    let w = p.match_route("POST", "/fhir/Observation").unwrap();
+    assert_eq!(w.idle_timeout, Some(std::time::Duration::from_secs(300)));
+    assert!(w.require_dpop);
+    let r = p.match_route("GET", "/fhir/Observation").unwrap();
+    assert_eq!(r.idle_timeout, None);
+    assert!(!r.require_dpop);
+
+    let errors = one(
+        "version: 1\nroutes:\n  - methods: [GET]\n    path: /a\n    scopes: { any_of: [x] }\n    idle_timeout: soon\n  - methods: [GET]\n    path: /b\n    scopes: { any_of: [x] }\n    idle_timeout: 0s\n  - methods: [GET]\n    path: /c\n    public: true\n    require_dpop: true\n",
+    )
+    .unwrap_err();
+    let text: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("p.yaml:6:") && t.contains("not a duration")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("p.yaml:10:") && t.contains("between 1s and 24h")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("public route takes no token")),
+        "{text:?}"
+    );
+}
