@@ -44,6 +44,15 @@ impl TestKey {
         h.typ = Some("at+jwt".into());
         jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
     }
+
+    /// Sign `claims` with this key (ES256, kid set) and the header `typ`
+    /// given, e.g. `logout+jwt` for an OpenID Connect logout token.
+    pub fn sign_with_typ(&self, claims: &Value, typ: &str) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(self.kid.clone());
+        h.typ = Some(typ.into());
+        jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
+    }
 }
 
 pub fn now() -> i64 {

@@ -20,6 +20,7 @@ pub mod prom;
 pub mod realworld;
 pub mod rsyslog;
 pub mod servers;
+pub mod sessions;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
@@ -281,14 +282,15 @@ audit:
     }
 
     fn wait_healthy(&mut self, limit: Duration) -> bool {
-        let admin = self.admin;
+        let (admin, proxy) = (self.admin, self.proxy);
         let child = &mut self.child;
         eventually(limit, || {
             if let Ok(Some(_)) = child.try_wait() {
                 return Some(false);
             }
+            // The proxy listener too: pingora starts services in parallel.
             match http::get(admin, "/healthz") {
-                Ok(r) if r.status == 200 => Some(true),
+                Ok(r) if r.status == 200 && std::net::TcpStream::connect(proxy).is_ok() => Some(true),
                 _ => None,
             }
         })
@@ -534,8 +536,12 @@ impl DevProcess {
             log_file,
             _child: KillOnDrop(child),
         };
+        // Ready, and the proxy listener accepting: pingora starts its
+        // services in parallel, so the admin listener can answer first.
         let ready = eventually(limit, || {
-            matches!(http::get(admin, "/readyz"), Ok(r) if r.status == 200).then_some(())
+            (matches!(http::get(admin, "/readyz"), Ok(r) if r.status == 200)
+                && std::net::TcpStream::connect(proxy).is_ok())
+            .then_some(())
         });
         assert!(ready.is_some(), "dev mode never ready:\n{}", dev.log());
         dev

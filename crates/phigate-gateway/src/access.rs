@@ -325,11 +325,6 @@ impl AccessControl {
         issued <= now + 5 && now - issued <= self.dpop.nonce_lifetime.as_secs() as i64
     }
 
-    /// Whether allowed DPoP responses should carry a fresh `DPoP-Nonce`.
-    pub fn uses_nonces(&self) -> bool {
-        self.nonce_key.is_some()
-    }
-
     /// The URI the client addressed, as a DPoP proof's `htu` must name it.
     fn htu(&self, p: &Presented<'_>) -> Option<String> {
         match &self.dpop.public_base_url {

@@ -367,3 +367,291 @@ fn environment_variables_are_substituted() {
         "{joined}"
     );
 }
+
+/// Issue 14: sessions, DPoP, back-channel logout and the issuer's token
+/// rules load into their runtime values; relative paths resolve against the
+/// config file's directory.
+#[test]
+fn sessions_dpop_logout_and_issuer_token_rules_load_into_runtime_settings() {
+    let text = r#"
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+upstream:
+  address: 127.0.0.1:8081
+issuers:
+  - issuer: https://idp.example.com
+    audiences: [phigate]
+    jwks_uri: https://idp.example.com/jwks.json
+    require_dpop: true
+    max_token_lifetime: 1h
+    sessions:
+      idle_timeout: 5m
+    introspection:
+      endpoint: https://idp.example.com/introspect
+      client_id: phigate
+      client_secret: s3cret
+      cache_ttl: 30s
+      negative_cache_ttl: 5s
+      timeout: 1500ms
+  - issuer: https://partner.example.com
+    audiences: [phigate]
+    jwks_uri: https://partner.example.com/jwks.json
+policies: policies
+audit:
+  dir: audit
+sessions:
+  idle_timeout: 15m
+  key: subject
+  store: nats
+  nats:
+    url: "nats://nats-0:4222, tls://nats-1:4222"
+    bucket: phigate_sessions-2
+    credentials: nats/phigate.creds
+    tls: { ca: nats/ca.pem, cert: nats/client.pem, key: nats/client.key }
+    replicas: 3
+    connect_timeout: 2s
+  write_interval: 10s
+  stale_grace: 1m
+  max_local_entries: 5000
+dpop:
+  public_base_url: https://fhir.example.org/
+  algorithms: [ES256, EdDSA]
+  max_age: 2m
+  nonce: true
+  nonce_lifetime: 10m
+backchannel_logout:
+  client_ids: [ehr-web, ehr-mobile]
+  max_age: 2m
+"#;
+    let c = parse("g.yaml", text, Path::new("/etc/phigate")).unwrap_or_else(|e| panic!("{}", messages(&e)));
+    let etc = |p: &str| Some(Path::new("/etc/phigate").join(p));
+    assert_eq!(
+        c.sessions,
+        Some(SessionSettings {
+            idle_timeout: Some(Duration::from_secs(15 * 60)),
+            key: SessionKeyMode::Subject,
+            store: StoreSettings::Nats {
+                url: "nats://nats-0:4222, tls://nats-1:4222".into(),
+                bucket: "phigate_sessions-2".into(),
+                credentials: etc("nats/phigate.creds"),
+                tls_ca: etc("nats/ca.pem"),
+                tls_cert: etc("nats/client.pem"),
+                tls_key: etc("nats/client.key"),
+                replicas: 3,
+                connect_timeout: Duration::from_secs(2),
+            },
+            write_interval: Some(Duration::from_secs(10)),
+            stale_grace: Duration::from_secs(60),
+            max_local_entries: 5000,
+        })
+    );
+    assert_eq!(
+        c.dpop,
+        DpopSettings {
+            public_base_url: Some("https://fhir.example.org".into()),
+            algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
+            max_age: Duration::from_secs(120),
+            nonce: true,
+            nonce_lifetime: Duration::from_secs(600),
+        }
+    );
+    assert_eq!(
+        c.backchannel_logout,
+        Some(LogoutSettings {
+            path: DEFAULT_LOGOUT_PATH.into(),
+            client_ids: vec!["ehr-web".into(), "ehr-mobile".into()],
+            max_age: Duration::from_secs(120),
+        })
+    );
+    assert_eq!(c.issuer_rules.len(), 2);
+    assert_eq!(
+        c.issuer_rules["https://idp.example.com"],
+        IssuerRules {
+            require_dpop: true,
+            idle_timeout: Some(Duration::from_secs(300)),
+        }
+    );
+    assert_eq!(
+        c.issuer_rules["https://partner.example.com"],
+        IssuerRules::default()
+    );
+    assert_eq!(c.issuers[0].max_token_lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(c.issuers[1].max_token_lifetime, None);
+    assert!(c.issuers[1].introspection.is_none());
+    let intro = c.issuers[0].introspection.as_ref().unwrap();
+    assert_eq!(intro.endpoint, "https://idp.example.com/introspect");
+    assert_eq!(intro.client_id, "phigate");
+    assert!(
+        matches!(&intro.auth, phigate_token::ClientAuth::ClientSecretBasic { secret } if secret == "s3cret"),
+        "{:?}",
+        intro.auth
+    );
+    assert!(!format!("{intro:?}").contains("s3cret"), "the secret is redacted");
+    assert_eq!(
+        (intro.cache_ttl, intro.negative_cache_ttl, intro.timeout),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            Duration::from_millis(1500)
+        )
+    );
+
+    // Without the blocks: no sessions, no receiver, the documented DPoP defaults.
+    let c = parse("g.yaml", GOOD, Path::new(".")).unwrap();
+    assert_eq!(c.sessions, None);
+    assert_eq!(c.backchannel_logout, None);
+    assert_eq!(c.dpop, DpopSettings::default());
+    assert_eq!(c.issuers[0].max_token_lifetime, None);
+    assert!(c.issuers[0].introspection.is_none());
+    assert_eq!(c.issuer_rules["https://idp.example.com"], IssuerRules::default());
+
+    // A memory store needs nothing else; the nats defaults.
+    let minimal = GOOD.to_string()
+        + "sessions:\n  idle_timeout: 10m\n  store: nats\n  nats: { url: \"nats://n:4222\" }\n";
+    let c = parse("g.yaml", &minimal, Path::new(".")).unwrap_or_else(|e| panic!("{}", messages(&e)));
+    let s = c.sessions.unwrap();
+    assert_eq!(s.key, SessionKeyMode::Sid);
+    // Default: a tenth of the shortest idle timeout, at most 30s.
+    assert_eq!(s.write_interval, Some(Duration::from_secs(30)));
+    assert_eq!(
+        s.store,
+        StoreSettings::Nats {
+            url: "nats://n:4222".into(),
+            bucket: "phigate-sessions".into(),
+            credentials: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            replicas: 1,
+            connect_timeout: Duration::from_secs(5),
+        }
+    );
+}
+
+/// Issue 14: every problem of the `sessions`, `dpop`, `backchannel_logout`
+/// and per-issuer blocks in one run, each at its line:column. Three files,
+/// since some problems exclude each other (a `sessions` block is needed for
+/// some, its absence for others).
+#[test]
+fn session_dpop_logout_and_introspection_errors_are_all_reported_at_their_place() {
+    // Without a global `sessions` block.
+    let no_sessions = r#"listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+upstream:
+  address: 127.0.0.1:8081
+issuers:
+  - issuer: https://idp.example.com
+    audiences: [phigate]
+    jwks_uri: https://idp.example.com/jwks.json
+    sessions:
+      idle_timeout: 5m
+    introspection:
+      endpoint: https://idp.example.com/introspect
+      client_id: phigate
+      client_secret: s3cret
+      private_key_jwt: { key_file: phigate.key }
+policies: policies
+audit:
+  dir: audit
+dpop:
+  public_base_url: not a url
+  algorithms: [HS256]
+backchannel_logout:
+  max_age: 2m
+"#;
+    let errs = parse("g.yaml", no_sessions, Path::new(".")).unwrap_err();
+    let joined = messages(&errs);
+    for want in [
+        "g.yaml:10:21: a per-issuer idle_timeout needs the global `sessions` block",
+        "g.yaml:12:7: exactly one of `client_secret` or `private_key_jwt` is required",
+        "g.yaml:20:20: `not a url` must be an http(s) URL like https://fhir.example.org (no query)",
+        "g.yaml:21:15: algorithm `HS256` is never allowed (symmetric or unsigned)",
+        "g.yaml:23:3: `client_ids` is required in `backchannel_logout`",
+        "g.yaml:23:3: back-channel logout ends sessions: configure `sessions` too",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+    assert_eq!(errs.len(), 6, "{joined}");
+
+    // A `sessions` block with `store: nats` but no `nats`.
+    let no_nats = GOOD.to_string()
+        + r#"sessions:
+  idle_timeout: 0s
+  store: nats
+  cache_size: 10
+"#;
+    let errs = parse("g.yaml", &no_nats, Path::new(".")).unwrap_err();
+    let joined = messages(&errs);
+    for want in [
+        "g.yaml:17:15: unknown field `cache_size`",
+        "g.yaml:15:17: idle_timeout must be between 1s and 24h",
+        "g.yaml:16:10: `store: nats` needs a `sessions.nats` block with `url`",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+    assert_eq!(errs.len(), 3, "{joined}");
+
+    // A `nats` block with a bad URL and bucket; activity written too rarely.
+    let bad_nats = GOOD.to_string()
+        + r#"sessions:
+  idle_timeout: 10s
+  write_interval: 10s
+  store: nats
+  nats:
+    url: "nats://ok:4222,http://nats:4222"
+    bucket: sessions.v1
+"#;
+    let errs = parse("g.yaml", &bad_nats, Path::new(".")).unwrap_err();
+    let joined = messages(&errs);
+    for want in [
+        "g.yaml:16:19: write_interval must be shorter than idle_timeout",
+        "g.yaml:19:10: `http://nats:4222` must be a nats:// or tls:// URL",
+        "g.yaml:20:13: bucket `sessions.v1` may only hold letters, digits, `-` and `_`",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+    assert_eq!(errs.len(), 3, "{joined}");
+}
+
+/// DPoP proofs are signed with the client's private key: symmetric
+/// algorithms (and `none`) are refused like for access tokens, and an empty
+/// list is an error.
+#[test]
+fn dpop_algorithms_refuse_symmetric_unknown_and_empty_lists() {
+    for (list, want) in [
+        ("[HS256]", "algorithm `HS256` is never allowed"),
+        ("[hs512]", "algorithm `hs512` is never allowed"),
+        ("[none]", "algorithm `none` is never allowed"),
+        ("[ES257]", "unknown algorithm `ES257`"),
+        ("[]", "at least one algorithm is required"),
+    ] {
+        let text = GOOD.to_string() + &format!("dpop:\n  algorithms: {list}\n");
+        let errs = parse("g.yaml", &text, Path::new(".")).unwrap_err();
+        let joined = messages(&errs);
+        assert!(joined.contains("g.yaml:15:15: "), "{list}: {joined}");
+        assert_eq!(errs.len(), 1, "{list}: {joined}");
+        assert!(joined.contains(want), "{list}: missing {want:?} in\n{joined}");
+    }
+}
+
+#[test]
+fn write_interval_follows_the_shortest_issuer_idle_timeout() {
+    let text = GOOD.replace(
+        "    audiences: [phigate]\n",
+        "    audiences: [phigate]\n    sessions: { idle_timeout: 20s }\n",
+    ) + "sessions:\n  idle_timeout: 15m\n";
+    assert!(text.contains("idle_timeout: 20s"), "fixture changed: {text}");
+    let c = parse("g.yaml", &text, Path::new(".")).unwrap_or_else(|e| panic!("{}", messages(&e)));
+    assert_eq!(c.sessions.unwrap().write_interval, Some(Duration::from_secs(2)));
+
+    let bad = text.replace(
+        "sessions:\n  idle_timeout: 15m\n",
+        "sessions:\n  idle_timeout: 15m\n  write_interval: 30s\n",
+    );
+    let e = parse("g.yaml", &bad, Path::new(".")).unwrap_err();
+    assert!(
+        messages(&e).contains("idle_timeout must be longer than sessions.write_interval"),
+        "{}",
+        messages(&e)
+    );
+}

@@ -238,6 +238,42 @@ pub fn parse_with_env(
             );
         }
     }
+    // Activity is written at most once per `write_interval`: it must be well
+    // below every idle timeout an issuer sets, or another replica could end
+    // a live session early. The default follows the shortest one.
+    let mut sessions = sessions;
+    if let Some(s) = sessions.as_mut() {
+        let shortest = issuer_rules
+            .values()
+            .filter_map(|r| r.idle_timeout)
+            .chain(s.idle_timeout)
+            .min();
+        match (s.write_interval, shortest) {
+            (Some(w), Some(t)) if w >= t => {
+                for (i, f) in file.issuers.as_deref().unwrap_or_default().iter().enumerate() {
+                    if f.sessions
+                        .as_ref()
+                        .and_then(|x| x.idle_timeout)
+                        .is_some_and(|t| w >= t)
+                    {
+                        p.at(
+                            &[
+                                PathSeg::Key("issuers"),
+                                PathSeg::Index(i),
+                                PathSeg::Key("sessions"),
+                                PathSeg::Key("idle_timeout"),
+                            ],
+                            "idle_timeout must be longer than sessions.write_interval",
+                        );
+                    }
+                }
+            }
+            (None, Some(t)) => {
+                s.write_interval = Some((t / 10).clamp(Duration::from_millis(100), Duration::from_secs(30)));
+            }
+            _ => {}
+        }
+    }
     if file.threads == Some(0) {
         p.at(&[PathSeg::Key("threads")], "threads must be at least 1");
     }

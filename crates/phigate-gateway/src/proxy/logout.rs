@@ -44,6 +44,33 @@ impl LogoutOutcome {
         }
     }
 
+    /// For the audit record of a refused token: its `iss`, `sid`, `sub` and
+    /// `jti` as the payload states them, unverified (cut to their bounds
+    /// when the record is committed). Nothing when the payload is not a
+    /// base64url JSON object; never the token itself.
+    fn add_unverified_claims(&mut self, token: &str) {
+        use base64::Engine as _;
+        let Some(payload) = token.split('.').nth(1) else {
+            return;
+        };
+        let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+            return;
+        };
+        let Ok(serde_json::Value::Object(claims)) = serde_json::from_slice(&bytes) else {
+            return;
+        };
+        let claim = |k: &str| {
+            claims
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        self.issuer = claim("iss");
+        self.sid = claim("sid");
+        self.sub = claim("sub");
+        self.jti = claim("jti");
+    }
+
     fn reason(&self) -> Reason {
         self.reason.unwrap_or(Reason::LogoutTokenMalformed)
     }
@@ -254,7 +281,11 @@ impl Gateway {
         };
         let t = match shared.validator.validate_logout_token(&token, &rules).await {
             Ok(t) => t,
-            Err(e) => return LogoutOutcome::refused(logout_reason(e), e.to_string()),
+            Err(e) => {
+                let mut o = LogoutOutcome::refused(logout_reason(e), e.to_string());
+                o.add_unverified_claims(&token);
+                return o;
+            }
         };
         let mut o = LogoutOutcome {
             reason: None,
@@ -287,5 +318,43 @@ impl Gateway {
             },
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    #[test]
+    fn refused_logout_records_name_the_unverified_claims() {
+        let payload = URL_SAFE_NO_PAD.encode(r#"{"iss":"https://idp","sid":"s-1","jti":"j-1","nonce":"n"}"#);
+        let mut o = LogoutOutcome::refused(Reason::LogoutTokenHasNonce, "nonce");
+        o.add_unverified_claims(&format!("e30.{payload}.c2ln"));
+        let rec = o.record(LogoutSource::Backchannel, "r-1", 400);
+        assert_eq!(
+            (
+                rec.issuer.as_deref(),
+                rec.sid.as_deref(),
+                rec.sub.as_deref(),
+                rec.jti.as_deref()
+            ),
+            (Some("https://idp"), Some("s-1"), None, Some("j-1"))
+        );
+        for garbage in [
+            "",
+            "no-dots",
+            "a.!!!.b",
+            &format!("a.{}.b", URL_SAFE_NO_PAD.encode("[1]")),
+        ] {
+            let mut o = LogoutOutcome::refused(Reason::LogoutTokenMalformed, "malformed");
+            o.add_unverified_claims(garbage);
+            assert_eq!(
+                (o.issuer, o.sid, o.sub, o.jti),
+                (None, None, None, None),
+                "{garbage}"
+            );
+        }
     }
 }

@@ -344,6 +344,9 @@ impl Gateway {
                                 d.detail = denial.detail;
                                 return Verdict::Denied(d);
                             }
+                            if scheme == crate::access::Scheme::Dpop {
+                                ctx.info.dpop_nonce = self.shared.access.new_nonce();
+                            }
                             Authn::Valid(claims_of(&v))
                         }
                         Err(e) => {
@@ -889,6 +892,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+        // A fresh server nonce with every DPoP response (RFC 9449 §8.2), so
+        // clients need not take a 401 when theirs ages out.
+        if let Some(n) = ctx.info.dpop_nonce.take() {
+            upstream_response.insert_header("dpop-nonce", n)?;
+        }
         if self
             .shared
             .shutting_down
