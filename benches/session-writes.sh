@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-PHIGATE=${PHIGATE:-target/release/phigate}
+PHIGATE=$(realpath "${PHIGATE:-target/release/phigate}")
 NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 for b in "$PHIGATE" "$NATS" "$(command -v oha)"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -75,8 +75,16 @@ impl Conn {
 
     /// Send a request and read the whole response; returns the status.
     fn send(&mut self, req: &Req, token: Option<&str>) -> u16 {
+        // A bearer token, or (containing ": ") whole header lines, e.g.
+        // `Authorization: DPoP …` plus its `DPoP` proof.
         let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .map(|t| {
+                if t.contains(": ") {
+                    t.to_string()
+                } else {
+                    format!("Authorization: Bearer {t}\r\n")
+                }
+            })
             .unwrap_or_default();
         let body = if req.body.is_empty() {
             String::new()
@@ -329,6 +337,42 @@ fn main() {
         "uncached run: {misses:.0} signature verifications, {hits:.0} cache hits ({:.1}% hits)",
         100.0 * hits / (hits + misses).max(1.0)
     );
+    // DPoP (RFC 9449): a bound token (cached) with a fresh proof per request
+    // — proof signature, checks and the one-time `jti` (memory store in dev
+    // mode). Proofs are signed before the run, enough for it.
+    let client = phigate_benches::dpop::ClientKey::generate();
+    let bound = http_get(
+        admin,
+        &format!("/dev/token?scope=user/Patient.rs&ttl=3600&jkt={}", client.jkt()),
+    )
+    .1
+    .trim()
+    .to_string();
+    let n = (a.seconds as usize * 12_000).max(20_000);
+    let proofs: Arc<Vec<String>> = Arc::new(
+        (0..n)
+            .map(|i| {
+                format!(
+                    "Authorization: DPoP {bound}\r\nDPoP: {}\r\n",
+                    client.proof("GET", "http://bench/fhir/Patient/123", &bound, i)
+                )
+            })
+            .collect(),
+    );
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    results.push(run(
+        "phigate, DPoP-bound token (cached) + fresh proof",
+        proxy,
+        get("/fhir/Patient/123"),
+        Arc::new(move || {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            assert!(i < proofs.len(), "proof pool exhausted: raise its size");
+            Some(proofs[i].clone())
+        }),
+        &a,
+        200,
+        pid,
+    ));
     drop(dev);
     // Reads with an intent record too (`audit.intent: all`).
     if has_intent_flag(&a) {
