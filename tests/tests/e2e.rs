@@ -125,6 +125,11 @@ fn missing_token_is_401_without_error_attribute() {
     let r = http::get(e.gw.proxy, &format!("/fhir/Patient/123?access_token={token}")).unwrap();
     assert_deny(&r, 401, "missing_token");
     assert!(e.upstream.requests().is_empty());
+    // Nor recorded: the query is, without the token (RFC 6750 §2.3).
+    let recs = e.gw.wait_audit(2);
+    assert_eq!(recs[1]["query"], "access_token=[removed]", "{}", recs[1]);
+    assert!(recs[0].get("query").is_none());
+    assert!(!e.gw.audit_text().contains(token.split('.').nth(2).unwrap()));
 }
 
 #[test]

@@ -562,6 +562,7 @@ mod tests {
     use crate::record::{AccessRecord, Outcome, RecordBody};
     use crate::spool::Unsealed;
     use crate::testing::{access, logout, realistic};
+    use proptest::strategy::Strategy as _;
     use std::collections::BTreeMap;
 
     fn via_value<T: Serialize>(v: &T) -> String {
@@ -596,7 +597,25 @@ mod tests {
         full.complete = Some(false);
         full.bytes_to_client = Some(u64::MAX);
         full.upstream_attempts = Some(2);
-        for r in [access(0), access(1), realistic(3), full] {
+        full.query = Some("patient=Patient/1&_include=Observation:subject&x=%22\\q\"".into());
+        full.claims = Some(BTreeMap::from([
+            ("roles".to_string(), serde_json::json!(["nurse", "ward-3"])),
+            (
+                "acr".to_string(),
+                serde_json::json!("urn:mace:incommon:iap:silver"),
+            ),
+            ("amr".to_string(), serde_json::json!(["pwd", "otp"])),
+            ("auth_time".to_string(), serde_json::json!(1_764_466_800u64)),
+            ("ratio".to_string(), serde_json::json!(0.1 + 0.2)),
+            (
+                "realm_access.roles".to_string(),
+                serde_json::json!({"z": [1, {"b": null, "a": "\u{1F691}\n"}], "a": true}),
+            ),
+            ("tenant".to_string(), serde_json::json!("clinic \"north\"")),
+        ]));
+        let mut empty_claims = access(2);
+        empty_claims.claims = Some(BTreeMap::new());
+        for r in [access(0), access(1), realistic(3), full, empty_claims] {
             let outcome = Outcome::of(&r);
             let body = RecordBody::Access(AccessRecord { record: r, outcome });
             let u = Unsealed {
@@ -686,8 +705,23 @@ mod tests {
             status in 0u16..600,
             ms in proptest::num::f64::ANY,
             scopes in proptest::collection::vec("[a-zA-Z/.*]{1,12}", 0..4),
+            query in proptest::option::of("[ -~]{0,60}"),
+            claims in proptest::option::of(proptest::collection::btree_map(
+                "[a-z_.]{1,12}",
+                proptest::prop_oneof![
+                    ".{0,20}".prop_map(serde_json::Value::from),
+                    proptest::num::i64::ANY.prop_map(serde_json::Value::from),
+                    proptest::collection::vec(".{0,8}", 0..4).prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map("[a-z]{1,4}", ".{0,8}", 0..3)
+                        .prop_map(|m| serde_json::to_value(m).unwrap()),
+                ],
+                0..5,
+            )),
         ) {
             let mut r = realistic(i);
+            r.query = query;
+            r.claims = claims;
+            r.enforce_bounds();
             r.user_agent = ua;
             r.route = route;
             r.status = status;

@@ -21,8 +21,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// record after their first. Fields without a value are left out (readers
 /// treat a missing field as null/empty).
 ///
-/// Never contains the token, a request or response body, or the query string.
-/// Field names are a contract with SIEM rules: add fields, never rename.
+/// Never contains the token (an `access_token` query parameter is
+/// `[removed]`), a request or response body. Field names are a contract with
+/// SIEM rules: add fields, never rename.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditRecord {
     /// When the decision was made, RFC 3339 UTC with milliseconds.
@@ -39,6 +40,13 @@ pub struct AuditRecord {
     pub method: String,
     /// The canonical path (or the raw target, truncated, when it was rejected).
     pub path: String,
+    /// The request's query string as received, without the `?` (at most
+    /// 2048 bytes; see `truncated`). The value of an `access_token`
+    /// parameter (RFC 6750 §2.3) is replaced by `[removed]`. Absent when the
+    /// request had none, and in records written before this field existed
+    /// (`phigate policy replay` then cannot rebuild the request exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// The matched route's label, if a route matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
@@ -54,6 +62,15 @@ pub struct AuditRecord {
     /// The token's scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes_granted: Vec<String>,
+    /// The claims of the validated token the policy used for this decision
+    /// (never the token itself): `roles` (always, from the issuer's roles
+    /// claim, possibly empty), `acr`, `amr`, `auth_time`, `patient`, and
+    /// every claim a route condition reads, keyed by its dotted path
+    /// (`realm_access.roles`). Claims the token lacks are left out. At most
+    /// 4 KiB serialised: a claim beyond that is left out and noted in
+    /// `truncated` as `claims.<name>`. Absent without a validated token.
+    #[serde(default, skip_serializing_if = "no_claims")]
+    pub claims: Option<BTreeMap<String, serde_json::Value>>,
     /// The scopes that would satisfy the request: the route's scopes, or for
     /// FHIR-aware routes every SMART form that would (`patient/`, `user/`,
     /// `system/`, v2 and v1).
@@ -199,16 +216,44 @@ pub const MAX_JUSTIFICATION_BYTES: usize = 2048;
 pub const MAX_CERT_SUBJECT_BYTES: usize = 1024;
 /// See [`MAX_PATH_BYTES`].
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Bound of `query`, in bytes.
+pub const MAX_QUERY_BYTES: usize = 2048;
+/// Bound of `claims` (the serialised `name:value` pairs together), in bytes.
+pub const MAX_CLAIMS_BYTES: usize = 4096;
+
+fn no_claims(c: &Option<BTreeMap<String, serde_json::Value>>) -> bool {
+    c.as_ref().is_none_or(BTreeMap::is_empty)
+}
 
 impl AuditRecord {
-    /// Cut every client-controlled field to its bound (path, method, user
-    /// agent, justification, request id; on a UTF-8 character boundary) and
-    /// note each cut in `truncated`, so no request can make a record large
-    /// enough to fill the spool: anyone can send a 64 KiB path without a
-    /// token. Applied by [`crate::Slot::commit`] to every record.
+    /// Cut every client-controlled field to its bound (path, query, method,
+    /// user agent, justification, request id; on a UTF-8 character
+    /// boundary) and note each cut in `truncated`, so no request can make a
+    /// record large enough to fill the spool: anyone can send a 64 KiB path
+    /// without a token. Claims beyond [`MAX_CLAIMS_BYTES`] are left out
+    /// (noted as `claims.<name>`). Replaces the value of an `access_token`
+    /// query parameter (in `query`, or in a refused raw target in `path`)
+    /// with `[removed]` first, so a token sent in the URI never reaches the
+    /// spool. Applied by [`crate::Slot::commit`] to every record.
     pub fn enforce_bounds(&mut self) {
+        if let Some(q) = &mut self.query {
+            if let Some(clean) = without_access_token(q) {
+                *q = clean;
+            }
+        }
+        if let Some((p, q)) = self.path.split_once('?') {
+            if let Some(clean) = without_access_token(q) {
+                self.path = format!("{p}?{clean}");
+            }
+        }
         let t = &mut self.truncated;
         cut("path", &mut self.path, MAX_PATH_BYTES, t);
+        if let Some(q) = &mut self.query {
+            cut("query", q, MAX_QUERY_BYTES, t);
+        }
+        if let Some(c) = &mut self.claims {
+            bound_claims(c, t);
+        }
         cut("method", &mut self.method, MAX_METHOD_BYTES, t);
         cut("request_id", &mut self.request_id, MAX_REQUEST_ID_BYTES, t);
         if let Some(ua) = &mut self.user_agent {
@@ -537,6 +582,117 @@ impl LogoutRecord {
     }
 }
 
+/// The value RFC 6750 §2.3 `access_token` query parameters are recorded with.
+pub const REMOVED: &str = "[removed]";
+
+/// `query` with the value of every `access_token` parameter (`&`- or
+/// `;`-separated, the name compared after percent-decoding, any case)
+/// replaced by [`REMOVED`]; `None` when there is none (no allocation).
+pub fn without_access_token(query: &str) -> Option<String> {
+    const NAME: &[u8] = b"access_token";
+    let is_token_name = |name: &str| {
+        if name.len() == NAME.len() {
+            return name.as_bytes().eq_ignore_ascii_case(NAME);
+        }
+        // Percent-encoded (`access%5Ftoken`): decode only what could be it.
+        if !name.contains('%') || name.len() > NAME.len() * 3 {
+            return false;
+        }
+        let b = name.as_bytes();
+        let mut decoded = Vec::with_capacity(NAME.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+            match (
+                b[i],
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    decoded.push(h * 16 + l);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    decoded.push(c);
+                    i += 1;
+                }
+            }
+        }
+        decoded.eq_ignore_ascii_case(NAME)
+    };
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut start = 0;
+    for piece in query.split(['&', ';']) {
+        let end = start + piece.len();
+        if let Some((name, value)) = piece.split_once('=') {
+            if is_token_name(name) && value != REMOVED {
+                let o = out.get_or_insert_with(|| String::with_capacity(query.len()));
+                o.push_str(&query[copied..start]);
+                o.push_str(name);
+                o.push('=');
+                o.push_str(REMOVED);
+                copied = end;
+            }
+        }
+        start = end + 1;
+    }
+    let mut o = out?;
+    o.push_str(&query[copied..]);
+    Some(o)
+}
+
+/// Leave out the claims beyond [`MAX_CLAIMS_BYTES`] (in name order, each
+/// entry counted as its serialised `"name":value`), noting each in
+/// `truncated` as `claims.<name>` with the length and SHA-256 of its
+/// serialised value. Counting writes nothing: no allocation unless a claim
+/// is cut.
+fn bound_claims(
+    claims: &mut BTreeMap<String, serde_json::Value>,
+    truncated: &mut BTreeMap<String, Truncation>,
+) {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    fn size<T: Serialize + ?Sized>(v: &T) -> usize {
+        let mut c = Count(0);
+        let _ = serde_json::to_writer(&mut c, v);
+        c.0
+    }
+    // `{` and `}`, less the comma the last entry does not have.
+    let mut total = 1usize;
+    let mut over: Vec<String> = Vec::new();
+    for (k, v) in claims.iter() {
+        // `"name":value,`
+        let n = size(k.as_str()) + 2 + size(v);
+        if total + n > MAX_CLAIMS_BYTES {
+            over.push(k.clone());
+        } else {
+            total += n;
+        }
+    }
+    for k in over {
+        if let Some(v) = claims.remove(&k) {
+            use sha2::{Digest, Sha256};
+            let text = serde_json::to_string(&v).unwrap_or_default();
+            truncated.insert(
+                format!("claims.{k}"),
+                Truncation {
+                    length: text.len(),
+                    sha256: hex::encode(Sha256::digest(text.as_bytes())),
+                },
+            );
+        }
+    }
+}
+
 /// `text` with every JWT-shaped run (`eyJ…` + two more base64url parts
 /// joined by `.`, as a compact JWS or JWE begins) replaced by
 /// `[token removed]`; `None` when there is none.
@@ -717,6 +873,97 @@ mod tests {
         assert!(!r.truncated.contains_key("justification"));
         let line = serde_json::to_string(&r).unwrap();
         assert!(line.len() < 4096, "{} bytes", line.len());
+    }
+
+    #[test]
+    fn access_tokens_in_the_query_are_removed() {
+        for (query, want) in [
+            ("a=1&b=2", None),
+            ("access_token=eyJ.x.y", Some("access_token=[removed]")),
+            (
+                "_id=1&access_token=abc;ACCESS_TOKEN=def&x=access_token",
+                Some("_id=1&access_token=[removed];ACCESS_TOKEN=[removed]&x=access_token"),
+            ),
+            ("access%5Ftoken=abc&y=1", Some("access%5Ftoken=[removed]&y=1")),
+            ("access%5ftoken", None),
+            ("access_tokens=abc&my_access_token=1", None),
+            ("access_token=[removed]", None),
+            ("", None),
+        ] {
+            assert_eq!(without_access_token(query).as_deref(), want, "{query}");
+        }
+        let mut r = crate::testing::access(1);
+        r.query = Some(format!("access_token=secret{}", "x".repeat(3000)));
+        r.path = "/fhir/Patient?access_token=secret&_id=1".into();
+        r.enforce_bounds();
+        assert_eq!(r.query.as_deref(), Some("access_token=[removed]"));
+        assert_eq!(r.path, "/fhir/Patient?access_token=[removed]&_id=1");
+        assert!(!serde_json::to_string(&r).unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn query_and_claims_are_bounded() {
+        let mut r = crate::testing::access(1);
+        let long = format!("name={}", "é".repeat(2_000));
+        r.query = Some(long.clone());
+        let big_groups: Vec<String> = (0..400).map(|i| format!("group-{i:04}")).collect();
+        let claims = BTreeMap::from([
+            ("acr".to_string(), serde_json::json!("loa3")),
+            ("groups".to_string(), serde_json::json!(big_groups)),
+            ("roles".to_string(), serde_json::json!(["nurse"])),
+        ]);
+        r.claims = Some(claims.clone());
+        r.enforce_bounds();
+        let q = r.query.as_deref().unwrap();
+        assert!(q.len() <= MAX_QUERY_BYTES && long.starts_with(q));
+        assert_eq!(r.truncated["query"].length, long.len());
+        let kept = r.claims.as_ref().unwrap();
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["acr", "roles"]);
+        let t = &r.truncated["claims.groups"];
+        let text = serde_json::to_string(&claims["groups"]).unwrap();
+        assert_eq!(t.length, text.len());
+        use sha2::Digest;
+        assert_eq!(t.sha256, hex::encode(sha2::Sha256::digest(text.as_bytes())));
+        // Within bounds: untouched; no claims and no query: not written.
+        let mut small = crate::testing::access(2);
+        small.query = Some("_count=10".into());
+        small.claims = Some(BTreeMap::from([("roles".to_string(), serde_json::json!([]))]));
+        let before = small.clone();
+        small.enforce_bounds();
+        assert_eq!(small, before);
+        let v = serde_json::to_value(&small).unwrap();
+        assert_eq!(v["query"], "_count=10");
+        assert_eq!(v["claims"], serde_json::json!({"roles": []}));
+        small.claims = Some(BTreeMap::new());
+        small.query = None;
+        let v = serde_json::to_value(&small).unwrap();
+        assert!(v.get("claims").is_none() && v.get("query").is_none());
+        let back: AuditRecord = serde_json::from_value(v).unwrap();
+        assert_eq!((back.claims, back.query), (None, None));
+    }
+
+    #[test]
+    fn a_record_with_every_field_at_its_bound_stays_under_16_kib() {
+        let mut r = crate::testing::access(1);
+        r.path = "p".repeat(100_000);
+        r.query = Some("q".repeat(100_000));
+        r.method = "M".repeat(100);
+        r.request_id = "r".repeat(1_000);
+        r.user_agent = Some("u".repeat(1_000));
+        r.justification = Some("j".repeat(10_000));
+        r.client_cert = Some(ClientCert {
+            subject: "s".repeat(10_000),
+            sha256: "x".repeat(43),
+        });
+        r.claims = Some(
+            (0..10)
+                .map(|i| (format!("claim_{i:03}"), serde_json::json!("v".repeat(600))))
+                .collect(),
+        );
+        r.enforce_bounds();
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.len() < 16 * 1024, "{} bytes", line.len());
+        assert!(serde_json::to_string(&r.claims).unwrap().len() <= MAX_CLAIMS_BYTES);
     }
 
     #[test]

@@ -18,8 +18,8 @@
 //!   network address from `remote_addr`), the gateway (DCM 110152, policy
 //!   version in `agent.policy`). `source.observer` = `phigate`.
 //! - entities: the patient (`Patient/<id>`, role 1 "Patient") when known; the
-//!   data (`<Type>/<id>`, role 4) or the query (role 24, base64 request target
-//!   in `entity.query`); the request id (BALP `XrequestId`); and the
+//!   data (`<Type>/<id>`, role 4) or the query (role 24, base64 request
+//!   target — `path`, and `?query` when recorded — in `entity.query`); the request id (BALP `XrequestId`); and the
 //!   record's `event_id` as `entity.what.identifier` with system
 //!   [`EVENT_ID_SYSTEM`] — the de-duplication key (`AuditEvent.id` is left to
 //!   the server).
@@ -250,7 +250,13 @@ pub fn to_audit_event(record: &Value) -> Value {
 fn access_event(r: &Value) -> Value {
     let allow = str_field(r, "decision") == Some("allow");
     let method = str_field(r, "method").unwrap_or("");
-    let path = str_field(r, "path").unwrap_or("");
+    // The request target: the path and, when recorded, the query (BALP
+    // records a search's query).
+    let path = match (str_field(r, "path").unwrap_or(""), str_field(r, "query")) {
+        (p, Some(q)) => std::borrow::Cow::Owned(format!("{p}?{q}")),
+        (p, None) => std::borrow::Cow::Borrowed(p),
+    };
+    let path: &str = &path;
     let target = classify(method, path);
     let patient = str_field(r, "patient");
     let reason = str_field(r, "reason").unwrap_or("unknown");

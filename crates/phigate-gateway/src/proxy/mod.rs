@@ -30,7 +30,7 @@ use phigate_token::{TokenError, Validator};
 
 pub use inspect::{bearer_token, claims_of, deny_response, token_reason, BearerHeader};
 pub use logout::{logout_reason, LogoutOutcome};
-pub use ticket::{AuditTicket, Permit, RecordKind, RequestCtx, RequestInfo, Verdict};
+pub use ticket::{recorded_claims, AuditTicket, Permit, RecordKind, RequestCtx, RequestInfo, Verdict};
 
 use crate::config::{Limits, UpstreamConfig};
 use crate::forward::{self, HeaderView};
@@ -298,6 +298,9 @@ impl Gateway {
             },
         );
         ctx.info.path = prepared.path().to_string();
+        // The query as received (canonicalisation keeps it raw); the audit
+        // crate removes an `access_token` value and bounds it.
+        ctx.info.query = prepared.target().and_then(|t| t.query.clone());
         ctx.info.justification = prepared.justification_for_audit();
         if let Some(refusal) = prepared.refusal() {
             return Verdict::Denied(refusal.clone());
@@ -336,7 +339,9 @@ impl Gateway {
                                 )
                                 .await
                             {
-                                ctx.info.claims = Some(claims_of(&v));
+                                let claims = claims_of(&v);
+                                ctx.info.recorded_claims = Some(recorded_claims(&policy, &claims));
+                                ctx.info.claims = Some(claims);
                                 ctx.info.challenge = denial.challenge;
                                 ctx.info.dpop_nonce = denial.nonce;
                                 let mut d = Decision::deny(denial.reason);
@@ -368,6 +373,7 @@ impl Gateway {
             Authn::Missing
         };
         if let Authn::Valid(claims) = &authn {
+            ctx.info.recorded_claims = Some(recorded_claims(&policy, claims));
             ctx.info.claims = Some(claims.clone());
         }
         // Bundles and forms are authorised on their content, so the (bounded)

@@ -15,12 +15,14 @@
 //!   after an intent and for a WebSocket tunnel (at close), and after a read
 //!   whose response failed or was cut off.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use phigate_audit::{AuditError, AuditRecord, CommitInfo, Phase, Slot, Tunnel, TunnelPhase};
-use phigate_policy::{CanonicalTarget, Claims, Decision, Forward, Reason};
+use phigate_policy::{CanonicalTarget, Claims, Decision, Forward, PolicySet, Reason};
+use serde_json::Value;
 
 use super::Shared;
 use crate::limiter::InFlightGuard;
@@ -34,6 +36,9 @@ pub struct RequestInfo {
     /// Canonical path, or the raw target when it was refused (the audit
     /// crate bounds it).
     pub path: String,
+    /// The query string as received, without `?` (the audit crate removes
+    /// an `access_token` value and bounds it).
+    pub query: Option<String>,
     pub user_agent: Option<String>,
     /// The client's socket address.
     pub remote_addr: Option<String>,
@@ -43,6 +48,9 @@ pub struct RequestInfo {
     pub policy_version: String,
     /// From a validated token.
     pub claims: Option<Claims>,
+    /// The token's claims the policy can use, as recorded
+    /// ([`recorded_claims`]); set with `claims`.
+    pub recorded_claims: Option<BTreeMap<String, Value>>,
     /// The client certificate verified on the connection (mTLS).
     pub client_cert: Option<Arc<crate::tls::ClientCert>>,
     /// `HTTP/1.1`, `HTTP/2`, …
@@ -54,6 +62,29 @@ pub struct RequestInfo {
     pub challenge: Option<String>,
     /// A `DPoP-Nonce` to send with the response.
     pub dpop_nonce: Option<String>,
+}
+
+/// The claims of a validated token that a decision by `policy` can depend
+/// on, as the audit record keeps them (`AuditRecord::claims`): `roles` (the
+/// issuer's roles claim as the policy saw it, always present), `acr`,
+/// `amr`, `auth_time`, `patient`, and every claim path a route condition
+/// reads, by dotted name. Claims the token lacks are left out; the audit
+/// crate bounds the whole. `phigate policy replay` decides recorded
+/// requests again from these.
+pub fn recorded_claims(policy: &PolicySet, claims: &Claims) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for path in policy.claim_paths() {
+        if let Some(v) = claims.get_path(path) {
+            out.insert(path.join("."), v.clone());
+        }
+    }
+    for name in ["acr", "amr", "auth_time", "patient"] {
+        if let Some(v) = claims.claims.get(name) {
+            out.insert(name.to_string(), v.clone());
+        }
+    }
+    out.insert("roles".to_string(), Value::from(claims.roles.clone()));
+    out
 }
 
 /// What was decided.
@@ -287,11 +318,13 @@ impl RequestCtx {
             status,
             method: self.info.method.clone(),
             path: self.info.path.clone(),
+            query: self.info.query.clone(),
             route: decision.route.as_deref().map(str::to_string),
             sub: claims.subject,
             client_id: claims.client_id,
             iss: (!claims.issuer.is_empty()).then_some(claims.issuer),
             scopes_granted: claims.scopes,
+            claims: self.info.recorded_claims.clone(),
             scopes_required: decision.scopes_required.clone(),
             scope_used: if decision.is_allow() && decision.shadow.is_none() {
                 decision.scope_used.clone()
@@ -404,5 +437,50 @@ impl RequestCtx {
         let reason = failure.filter(|_| d.is_allow()).unwrap_or(d.reason);
         self.shared.metrics.count_request(d, reason, self.start.elapsed());
         self.counted = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_claims_keep_what_the_policy_can_read_and_nothing_else() {
+        let policy = phigate_policy::compile(&[phigate_policy::PolicySource::new(
+            "p.yaml",
+            "version: 1\nroutes:\n  - methods: [GET]\n    path: /a/{t}\n    scopes: { any_of: [a] }\n    when:\n      claims:\n        - { claim: realm_access.roles, contains: { value: doctor } }\n        - { claim: tenant, equals: { param: t } }\n",
+        )])
+        .unwrap();
+        let payload = serde_json::json!({
+            "sub": "alice", "email": "alice@example.org", "acr": "loa3", "amr": ["pwd", "otp"],
+            "auth_time": 1_764_466_800, "patient": "123",
+            "realm_access": { "roles": ["doctor"], "other": true },
+        });
+        let claims = Claims {
+            issuer: "https://idp".into(),
+            roles: vec!["doctor".into()],
+            claims: Arc::new(payload.as_object().cloned().unwrap()),
+            ..Claims::default()
+        };
+        let m = recorded_claims(&policy, &claims);
+        assert_eq!(
+            m.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "acr",
+                "amr",
+                "auth_time",
+                "patient",
+                "realm_access.roles",
+                "roles"
+            ],
+            "`tenant` is absent from the token; `email`, `sub` are not read by the policy"
+        );
+        assert_eq!(m["realm_access.roles"], serde_json::json!(["doctor"]));
+        assert_eq!(m["roles"], serde_json::json!(["doctor"]));
+        let bare = recorded_claims(&policy, &Claims::default());
+        assert_eq!(
+            bare,
+            BTreeMap::from([("roles".to_string(), serde_json::json!([]))])
+        );
     }
 }

@@ -274,7 +274,14 @@ pub fn compile(sources: &[PolicySource]) -> Result<PolicySet, Vec<Diagnostic>> {
         break_glass.as_ref().map(|b| &b.0),
         &mut warnings,
     );
+    let mut claim_paths: Vec<Vec<String>> = routes
+        .iter()
+        .flat_map(|r| r.conditions.iter().map(|c| c.claim.clone()))
+        .collect();
+    claim_paths.sort_by_key(|p| p.join("."));
+    claim_paths.dedup_by_key(|p| p.join("."));
     Ok(PolicySet {
+        claim_paths,
         routes,
         routers,
         version: policy_hash(sources),

@@ -367,9 +367,23 @@ pub struct PolicySet {
     pub(super) roles_mode: RolesMode,
     pub(super) break_glass: Option<BreakGlass>,
     pub(super) warnings: Vec<Diagnostic>,
+    /// Every claim path a route condition reads, ordered by dotted name,
+    /// each once (computed at compile time: the gateway records these
+    /// claims with every request).
+    pub(super) claim_paths: Vec<Vec<String>>,
 }
 
 impl PolicySet {
+    /// Every claim path a route condition (`when.claims[].claim`) reads, as
+    /// its segments (`realm_access.roles` → `["realm_access", "roles"]`),
+    /// ordered by dotted name, each once. With `roles`, `acr`, `amr`,
+    /// `auth_time` and `patient` these are the claims a decision can depend
+    /// on: the audit record keeps them so `phigate policy replay` can decide
+    /// the request again.
+    pub fn claim_paths(&self) -> &[Vec<String>] {
+        &self.claim_paths
+    }
+
     /// Hash of the loaded policy sources (file names and contents), recorded
     /// as `policy_version` in every audit record.
     pub fn version(&self) -> &str {

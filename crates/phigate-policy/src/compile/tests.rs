@@ -162,3 +162,14 @@ fn route_session_and_dpop_settings() {
         "{text:?}"
     );
 }
+
+#[test]
+fn claim_paths_lists_every_condition_claim_once() {
+    let p = one(
+        "version: 1\nroutes:\n  - methods: [GET]\n    path: /a/{t}\n    scopes: { any_of: [a] }\n    when:\n      claims:\n        - { claim: tenant, equals: { param: t } }\n        - { claim: realm_access.roles, contains: { value: doctor } }\n  - methods: [GET]\n    path: /b\n    scopes: { any_of: [b] }\n    when:\n      claims:\n        - { claim: tenant, equals: { value: north } }\n  - methods: [GET]\n    path: /c\n    public: true\n",
+    )
+    .unwrap();
+    let dotted: Vec<String> = p.claim_paths().iter().map(|c| c.join(".")).collect();
+    assert_eq!(dotted, ["realm_access.roles", "tenant"]);
+    assert!(one("version: 1\nroutes: []\n").unwrap().claim_paths().is_empty());
+}

@@ -163,6 +163,27 @@ fn search_maps_to_patient_query_with_base64_query() {
     );
 }
 
+/// The gateway records the canonical path and the query apart.
+#[test]
+fn the_recorded_query_is_part_of_the_balp_query() {
+    let record = access(
+        "GET",
+        "/fhir/Observation",
+        json!({"patient": "123", "query": "patient=123&category=laboratory"}),
+    );
+    let ev = to_audit_event(&record);
+    assert_eq!(ev["subtype"][0]["code"], "search-type");
+    let q = entity_with_role(&ev, "24").unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(q["query"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(decoded, b"/fhir/Observation?patient=123&category=laboratory");
+    assert_eq!(
+        q["description"],
+        "/fhir/Observation?patient=123&category=laboratory"
+    );
+}
+
 #[test]
 fn create_maps_to_create_profile_and_action_c() {
     let ev = to_audit_event(&access("POST", "/fhir/Observation", json!({"status": 201})));
