@@ -25,7 +25,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$W"' EXIT
 NP=$(free_port); DP=$(free_port); DA=$(free_port)
 "$NATS" -a 127.0.0.1 -p "$NP" -js -sd "$W/nats" >"$W/nats.log" 2>&1 &
-( cd "$W" && "$PHIGATE" dev --listen 127.0.0.1:$DP --admin-listen 127.0.0.1:$DA --audit-durability none >"$W/dev.log" 2>&1 ) &
+( cd "$W" && exec "$PHIGATE" dev --listen 127.0.0.1:$DP --admin-listen 127.0.0.1:$DA --audit-durability none >"$W/dev.log" 2>&1 ) &
 for _ in $(seq 100); do grep -q "upstream   http://" "$W/dev.log" 2>/dev/null && curl -sf "http://127.0.0.1:$DA/readyz" >/dev/null && break; sleep 0.1; done
 UP=$(grep -o 'upstream   http://[0-9.:]*' "$W/dev.log" | head -1 | sed 's|upstream   http://||')
 declare -A PORT ADMIN
@@ -52,7 +52,7 @@ audit: { dir: spool, durability: interval }
 threads: 1
 $S
 C
-  ( cd "$W/$v" && RUST_LOG=warn "$PHIGATE" run --config gateway.yaml >"$W/$v/gw.log" 2>&1 ) &
+  ( cd "$W/$v" && RUST_LOG=warn exec "$PHIGATE" run --config gateway.yaml >"$W/$v/gw.log" 2>&1 ) &
 done
 for v in none memory nats; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:${ADMIN[$v]}/readyz" >/dev/null && break; sleep 0.1; done

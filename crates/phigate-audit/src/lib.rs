@@ -23,10 +23,13 @@ pub mod canonical;
 pub mod chain;
 pub mod checkpoint;
 mod error;
+pub mod html;
 mod record;
 pub mod report;
+pub mod review;
 pub mod segment;
 mod spool;
+pub mod suggest;
 pub mod verify;
 
 #[cfg(test)]
@@ -36,14 +39,17 @@ mod tests;
 
 pub use checkpoint::{SigningKey, VerifyKey};
 pub use error::AuditError;
+pub use html::{render_html, BreakGlassRow, FindingRow, HtmlReport, LeastPrivilegeRow, TimelinePoint};
 pub use record::{
-    now_rfc3339, record_schema, AccessRecord, AuditRecord, CheckpointRecord, ClientCert, LogoutDecision,
-    LogoutRecord, LogoutSource, Outcome, Phase, RecordBody, RecoveryRecord, SpoolRecord, Truncation, Tunnel,
-    TunnelPhase, SCHEMA_VERSION,
+    now_rfc3339, record_schema, without_access_token, AccessRecord, AuditRecord, CheckpointRecord,
+    ClientCert, LogoutDecision, LogoutRecord, LogoutSource, Outcome, Phase, RecordBody, RecoveryRecord,
+    SpoolRecord, Truncation, Tunnel, TunnelPhase, MAX_CLAIMS_BYTES, MAX_QUERY_BYTES, SCHEMA_VERSION,
 };
+pub use review::{review, Finding, ReviewConfig, ReviewError, ReviewOptions, ReviewReport, Rule, Severity};
 #[doc(hidden)]
 pub use spool::FreeSpaceProbe;
 pub use spool::{
     CheckpointOptions, Commit, CommitInfo, Durability, Slot, Spool, SpoolOptions, SpoolStats, SpoolWorker,
     DEFAULT_MAX_BYTES, DEFAULT_MIN_FREE_BYTES, DEFAULT_QUEUE, DEFAULT_SEGMENT_MAX_BYTES,
 };
+pub use suggest::{ClientSuggestion, RoleProposal, Suggestions, UsageAccumulator};

@@ -40,6 +40,11 @@ pub enum AuditCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also write the report as one self-contained HTML file (inline
+        /// SVG charts, no scripts or network): requests over time, denials,
+        /// top clients and subjects, break-glass, least privilege.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
     },
     /// Print the JSON Schema of spool records, or write `audit-record.schema.json` into a directory.
     Schema {
@@ -62,6 +67,12 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Anomalies with evidence: breadth of patients, off-hours access,
+    /// probing denials, break-glass use, restricted patients, dormant
+    /// credentials, one subject from many addresses. Verifies the chain
+    /// first (refused when broken unless `--allow-broken`). Exit 0 reviewed;
+    /// 1 the chain is broken; 2 the review could not run.
+    Review(crate::review_cmd::ReviewArgs),
     /// Export records: `--format fhir` prints a FHIR Bundle (type
     /// collection) of IHE BALP AuditEvents; `--format jsonl` the raw lines.
     Export {
@@ -89,11 +100,23 @@ pub fn run(command: AuditCommand) -> ExitCode {
             checkpoint_keys,
             json,
         } => verify_cmd(&paths, &checkpoint_keys, json),
-        AuditCommand::Report { paths, since, json } => report_cmd(&paths, since.as_deref(), json),
+        AuditCommand::Report {
+            paths,
+            since,
+            json,
+            html,
+        } => match html {
+            Some(out) => match html_cmd(&paths, since.as_deref(), &out) {
+                0 => report_cmd(&paths, since.as_deref(), json),
+                failed => failed,
+            },
+            None => report_cmd(&paths, since.as_deref(), json),
+        },
         AuditCommand::Schema { write } => schema_cmd(write.as_deref()),
         AuditCommand::Keygen { out } => keygen_cmd(&out),
         AuditCommand::Segments { dir, json } => segments_cmd(&dir, json),
         AuditCommand::Export { paths, format, since } => export_cmd(&paths, format, since.as_deref()),
+        AuditCommand::Review(args) => crate::review_cmd::run(&args),
     })
 }
 
@@ -199,6 +222,30 @@ fn report_cmd(paths: &[PathBuf], since: Option<&str>, json: bool) -> u8 {
         Ok(r) => print!("{}", r.to_text()),
         Err(e) => return cannot("report", e),
     }
+    0
+}
+
+/// `report --html OUT`: the self-contained HTML report (the chain is
+/// verified for its banner; a broken chain is shown, not refused).
+fn html_cmd(paths: &[PathBuf], since: Option<&str>, out: &Path) -> u8 {
+    let since = match since.map(report::parse_since) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return cannot("report", format!("--since: {e}")),
+        None => None,
+    };
+    let r = match phigate_audit::html::build_report(paths, since, "phigate audit report") {
+        Ok(r) => r,
+        Err(e) => return cannot("report", e),
+    };
+    if let Err(e) = std::fs::write(out, phigate_audit::render_html(&r)) {
+        return cannot("report", format!("{}: {e}", out.display()));
+    }
+    eprintln!(
+        "wrote {} ({} record(s), chain {})",
+        out.display(),
+        r.records,
+        if r.chain_verified { "verified" } else { "BROKEN" }
+    );
     0
 }
 
@@ -383,6 +430,12 @@ mod tests {
         spool(dir.path());
         assert_eq!(report_cmd(&[dir.path().to_path_buf()], Some("24h"), true), 0);
         assert_eq!(report_cmd(&[dir.path().to_path_buf()], Some("soon"), false), 2);
+        let html = dir.path().join("r.html");
+        assert_eq!(html_cmd(&[dir.path().to_path_buf()], Some("24h"), &html), 0);
+        assert!(std::fs::read_to_string(&html)
+            .unwrap()
+            .contains("Hash chain verified"));
+        assert_eq!(html_cmd(&[dir.path().to_path_buf()], Some("soon"), &html), 2);
         assert_eq!(segments_cmd(dir.path(), false), 0);
     }
 

@@ -15,7 +15,10 @@ use phigate_gateway::DevOptions;
 pub mod alloc;
 mod audit_cmd;
 mod policy_cmd;
+mod replay_cmd;
+mod review_cmd;
 mod sessions_cmd;
+mod suggest_cmd;
 
 pub use audit_cmd::AuditCommand;
 
@@ -181,11 +184,57 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What a policy change would do to real traffic: decide every recorded
+    /// request of an audit spool again with the policy in `--policies` (the
+    /// gateway's own decision core) and list the decisions that would
+    /// change, allow→deny and deny→allow, by route, client and new reason,
+    /// with example `event_id`s; and which records cannot be replayed
+    /// exactly, and why. Verifies the chain first. Exit 1 when an allowed
+    /// request would be denied (for CI), 0 otherwise, 2 on errors.
+    Replay {
+        /// The new policy directory (or file).
+        #[arg(long)]
+        policies: PathBuf,
+        /// Spool directories or segment files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Only records at or after this time: RFC 3339, or a duration before now (`7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Replay even when the hash chain does not verify (the output says so).
+        #[arg(long)]
+        allow_broken: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the policy file JSON Schema, or write both schemas into a directory.
     Schema {
         /// Write `policy.schema.json` and `policy-test.schema.json` here.
         #[arg(long)]
         write: Option<PathBuf>,
+    },
+    /// Least privilege from observed use: per client, the minimal scope set
+    /// that would have allowed everything it did in the audit window, the
+    /// granted scopes it never used, and a ready-to-paste grant; with
+    /// `--roles`, role definitions grouping subjects with the same used
+    /// scopes. A short window under-counts rare legitimate use.
+    Suggest {
+        /// Spool directories or segment files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Only records at or after this time: RFC 3339, or a duration before now (`30d`).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Also propose role definitions (subjects grouped by used scopes).
+        #[arg(long)]
+        roles: bool,
+        /// Suggest even when the hash chain does not verify (the output says so).
+        #[arg(long)]
+        allow_broken: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -1,4 +1,4 @@
-//! `phigate policy …`: check, test, explain, schema.
+//! `phigate policy …`: check, test, explain, schema (suggest and replay in their own modules).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +52,20 @@ pub fn run(command: PolicyCommand) -> ExitCode {
             )
         }
         PolicyCommand::Schema { write } => schema(write.as_deref()),
+        PolicyCommand::Suggest {
+            paths,
+            since,
+            roles,
+            allow_broken,
+            json,
+        } => crate::suggest_cmd::run(&paths, &since, roles, allow_broken, json),
+        PolicyCommand::Replay {
+            policies,
+            paths,
+            since,
+            allow_broken,
+            json,
+        } => crate::replay_cmd::run(&policies, &paths, since.as_deref(), allow_broken, json),
     }
 }
 
