@@ -390,45 +390,14 @@ impl Sessions {
     /// Written to the store before it returns; `Err` means the logout was not
     /// recorded (answer 503 so the IdP retries).
     pub async fn revoke_sub(&self, iss: &str, sub: &str, now_ms: i64) -> Result<(), SessionError> {
-        let inner = &*self.inner;
         let key = SessionKey::subject(iss, sub);
         let delta = SubjectRecord { revoked_at: now_ms };
-        match &inner.store {
-            None => inner
-                .subjects
-                .with_or_insert(
-                    &key,
-                    true,
-                    Pressure::RetentionOnly,
-                    inner.record_ttl,
-                    &inner.evictions,
-                    |slot| {
-                        slot.last_access = Instant::now();
-                        slot.rec = crate::rules::merge_opt(slot.rec, Some(delta));
-                    },
-                )
-                .map_err(SessionError::Capacity),
-            Some(store) => {
-                self.require_connected(store)?;
-                let (merged, rev) = store
-                    .cas_write(&key, None, delta)
-                    .await
-                    .inspect_err(|e| self.store_failed(e))?;
-                self.store_ok();
-                inner.subjects.with(&key, |slot| {
-                    if let Some(slot) = slot {
-                        slot.merge_stored(Some(merged), rev);
-                    }
-                });
-                Ok(())
-            }
-        }
+        self.write_through(&self.inner.subjects, &key, delta).await
     }
 
     /// End one session as revoked at `now_ms` (logout). Written to the store
     /// before it returns; `Err` means the logout was not recorded.
     pub async fn revoke_session(&self, key: &SessionKey, now_ms: i64) -> Result<(), SessionError> {
-        let inner = &*self.inner;
         // `seen: 0` joins as "no activity": the end is the only news.
         let delta = SessionRecord {
             seen: 0,
@@ -437,11 +406,23 @@ impl Sessions {
                 reason: EndReason::Revoked,
             }),
         };
+        self.write_through(&self.inner.sessions, key.as_str(), delta)
+            .await
+    }
+
+    /// Join `delta` into the record under `key`, in the store before this
+    /// returns (compare-and-set), or in the map when the map is the store.
+    async fn write_through<R: crate::rules::Mergeable>(
+        &self,
+        cache: &Cache<R>,
+        key: &str,
+        delta: R,
+    ) -> Result<(), SessionError> {
+        let inner = &*self.inner;
         match &inner.store {
-            None => inner
-                .sessions
+            None => cache
                 .with_or_insert(
-                    key.as_str(),
+                    key,
                     true,
                     Pressure::RetentionOnly,
                     inner.record_ttl,
@@ -455,11 +436,11 @@ impl Sessions {
             Some(store) => {
                 self.require_connected(store)?;
                 let (merged, rev) = store
-                    .cas_write(key.as_str(), None, delta)
+                    .cas_write(key, None, delta)
                     .await
                     .inspect_err(|e| self.store_failed(e))?;
                 self.store_ok();
-                inner.sessions.with(key.as_str(), |slot| {
+                cache.with(key, |slot| {
                     if let Some(slot) = slot {
                         slot.merge_stored(Some(merged), rev);
                     }
