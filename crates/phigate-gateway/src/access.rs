@@ -30,7 +30,7 @@ use base64::Engine;
 use phigate_policy::Reason;
 use phigate_sessions::{SessionError, SessionKey, SessionVerdict, Sessions};
 use phigate_token::dpop::{DpopError, DpopPolicy, NonceCheck, ProofRequest};
-use phigate_token::{Algorithm, VerifiedToken};
+use phigate_token::VerifiedToken;
 use serde_json::Value;
 
 use crate::config::{
@@ -162,7 +162,8 @@ impl AccessControl {
         let algs_text = dpop
             .algorithms
             .iter()
-            .map(|a| alg_name(*a))
+            // jsonwebtoken's variant names are the JOSE names (`ES256`, `EdDSA`).
+            .map(|a| format!("{a:?}"))
             .collect::<Vec<_>>()
             .join(" ");
         Ok(AccessControl {
@@ -378,7 +379,7 @@ impl AccessControl {
         if let (Some(store), Some(key)) = (&self.sessions, self.session_key(t)) {
             let iat = t.claims.get("iat").and_then(Value::as_f64).map(|f| f as i64);
             let idle = self.idle_timeout(&t.issuer, route_idle);
-            let now_ms = unix_now_ms();
+            let now_ms = crate::proxy::unix_now_ms();
             match store.check(&key, iat, idle, now_ms).await {
                 Ok(SessionVerdict::Active) => {}
                 Ok(SessionVerdict::Idle) => {
@@ -474,25 +475,4 @@ pub fn dpop_reason(e: DpopError) -> Reason {
         DpopError::AthMismatch => Reason::DpopProofAthMismatch,
         DpopError::NonceRequired => Reason::DpopNonceRequired,
     }
-}
-
-fn alg_name(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::ES256 => "ES256",
-        Algorithm::ES384 => "ES384",
-        Algorithm::RS256 => "RS256",
-        Algorithm::RS384 => "RS384",
-        Algorithm::RS512 => "RS512",
-        Algorithm::PS256 => "PS256",
-        Algorithm::PS384 => "PS384",
-        Algorithm::PS512 => "PS512",
-        Algorithm::EdDSA => "EdDSA",
-        _ => "",
-    }
-}
-
-fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

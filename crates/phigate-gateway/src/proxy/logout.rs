@@ -22,7 +22,7 @@ use phigate_policy::Reason;
 use phigate_token::{LogoutError, LogoutRules};
 
 use super::inspect::read_inspected_body;
-use super::{unix_now, Gateway, RequestCtx, Shared};
+use super::{unix_now, unix_now_ms, Gateway, RequestCtx, Shared};
 
 /// What a logout or revocation did.
 #[derive(Debug, Default)]
@@ -120,12 +120,6 @@ fn status_of(r: Reason) -> u16 {
         Reason::UnsupportedMediaType => 415,
         _ => 400,
     }
-}
-
-fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Shared {

@@ -187,6 +187,13 @@ fn caller(c: &Claims) -> crate::paging::Caller {
     }
 }
 
+/// Milliseconds since the Unix epoch (session records).
+pub(crate) fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
