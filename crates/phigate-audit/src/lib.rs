@@ -27,6 +27,7 @@ pub mod html;
 mod record;
 pub mod report;
 pub mod review;
+pub mod scan;
 pub mod segment;
 mod spool;
 pub mod suggest;

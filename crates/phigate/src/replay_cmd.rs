@@ -18,12 +18,11 @@
 //! (policy errors, unreadable spool, broken chain without `--allow-broken`).
 
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use phigate_audit::{segment, verify, AuditRecord, Phase, RecordBody, SpoolRecord};
+use phigate_audit::{verify, AuditRecord, Phase};
 use phigate_policy::{Authn, Claims, HeaderList, HttpVersion, PolicySet, PolicySource, RawRequest, Reason};
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -472,35 +471,13 @@ pub fn replay(
             r.chain_problem.as_deref().unwrap_or("?")
         ));
     }
-    for path in verify::segment_files(paths).map_err(|e| e.to_string())? {
-        let reader = segment::open_segment(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for line in reader.split(b'\n') {
-            let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
-            if line.is_empty() {
-                continue;
-            }
-            let Ok(record) = serde_json::from_slice::<SpoolRecord>(&line) else {
-                r.unreadable_lines += 1;
-                continue;
-            };
-            let RecordBody::Access(access) = &record.body else {
-                continue;
-            };
-            let a = &access.record;
-            if let Some(since) = since {
-                match OffsetDateTime::parse(&a.ts, &Rfc3339) {
-                    Ok(ts) if ts >= since => {}
-                    Ok(_) => continue,
-                    Err(_) => {
-                        r.unreadable_lines += 1;
-                        continue;
-                    }
-                }
-            }
-            r.records += 1;
-            r.add(policy, a, &record.event_id);
-        }
-    }
+    // Every access record at or after `since`, one at a time.
+    let stats = phigate_audit::scan::scan(paths, since, |_, event_id, a| {
+        r.records += 1;
+        r.add(policy, a, event_id);
+    })
+    .map_err(|e| e.to_string())?;
+    r.unreadable_lines += stats.unreadable_lines;
     Ok(r)
 }
 
@@ -1093,7 +1070,9 @@ routes:
     fn a_broken_chain_is_refused_unless_allowed() {
         let dir = tempfile::tempdir().unwrap();
         write_spool(dir.path(), traffic());
-        let seg = segment::list_segments(dir.path()).unwrap()[0].1.clone();
+        let seg = phigate_audit::segment::list_segments(dir.path()).unwrap()[0]
+            .1
+            .clone();
         let text = std::fs::read_to_string(&seg).unwrap();
         std::fs::write(&seg, text.replacen("\"/admin\"", "\"/admim\"", 1)).unwrap();
         let paths = [dir.path().to_path_buf()];
