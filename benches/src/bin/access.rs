@@ -26,7 +26,6 @@ use phigate_gateway::access::{AccessControl, Presented, Scheme};
 use phigate_gateway::config::{DpopSettings, SessionSettings, StoreSettings};
 use phigate_token::{IssuerConfig, KeySource, Validator, VerifiedToken};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const ISSUER: &str = "https://idp.bench";
 const AUDIENCE: &str = "phigate-bench";
@@ -38,47 +37,30 @@ struct Key {
 }
 
 impl Key {
-    fn es256(kid: Option<&str>) -> Key {
+    /// The issuer's ES256 key with `kid`.
+    fn es256(kid: &str) -> Key {
         use aws_lc_rs::rand::SystemRandom;
         use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
         let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .expect("P-256 key generation");
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).expect("PKCS#8");
         let point = pair.public_key().as_ref();
-        let mut jwk = json!({
-            "kty": "EC", "crv": "P-256",
-            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-        });
-        if let Some(k) = kid {
-            jwk["kid"] = json!(k);
-            jwk["alg"] = json!("ES256");
-            jwk["use"] = json!("sig");
-        }
         Key {
             encoding: jsonwebtoken::EncodingKey::from_ec_der(doc.as_ref()),
-            jwk,
+            jwk: json!({
+                "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+            }),
         }
     }
 
-    fn sign(&self, typ: &str, kid: Option<&str>, jwk: bool, claims: &Value) -> String {
+    /// An access token (`typ: at+jwt`).
+    fn token(&self, claims: &Value) -> String {
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        h.kid = kid.map(str::to_string);
-        h.typ = Some(typ.into());
-        if jwk {
-            h.jwk = Some(serde_json::from_value(self.jwk.clone()).expect("jwk"));
-        }
+        h.kid = self.jwk["kid"].as_str().map(str::to_string);
+        h.typ = Some("at+jwt".into());
         jsonwebtoken::encode(&h, claims, &self.encoding).expect("ES256 signing")
-    }
-
-    fn jkt(&self) -> String {
-        let j = &self.jwk;
-        let canonical = format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            j["x"].as_str().unwrap_or(""),
-            j["y"].as_str().unwrap_or("")
-        );
-        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
     }
 }
 
@@ -167,7 +149,7 @@ fn main() {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let issuer_key = Key::es256(Some("k1"));
+    let issuer_key = Key::es256("k1");
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, json!({ "keys": [issuer_key.jwk] }).to_string()).expect("jwks");
     let mut ic = IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], KeySource::JwksFile(jwks_file));
@@ -175,28 +157,20 @@ fn main() {
     let validator = Validator::new(vec![ic], Arc::new(phigate_token::NoopObserver)).expect("validator");
     assert!(rt.block_on(validator.refresh_all()), "keys");
 
-    let client_key = Key::es256(None);
+    let client_key = phigate_benches::dpop::ClientKey::generate();
+    // Every proof of the run gets its own `jti` (variants share the NATS store).
+    let proof_no = std::cell::Cell::new(0usize);
     let t = now();
-    let plain = issuer_key.sign(
-        "at+jwt",
-        Some("k1"),
-        false,
+    let plain = issuer_key.token(
         &json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "u1", "client_id": "app", "sid": "sid-1",
                  "scope": "user/Patient.rs", "iat": t, "exp": t + 3600 }),
     );
-    let bound = issuer_key.sign(
-        "at+jwt",
-        Some("k1"),
-        false,
+    let bound = issuer_key.token(
         &json!({ "iss": ISSUER, "aud": AUDIENCE, "sub": "u2", "client_id": "app", "sid": "sid-2",
                  "scope": "user/Patient.rs", "iat": t, "exp": t + 3600, "cnf": { "jkt": client_key.jkt() } }),
     );
 
-    let bound_machine = issuer_key.sign(
-        "at+jwt",
-        Some("k1"),
-        false,
-        &json!({ "iss": ISSUER, "aud": AUDIENCE, "client_id": "machine",
+    let bound_machine = issuer_key.token(&json!({ "iss": ISSUER, "aud": AUDIENCE, "client_id": "machine",
                  "scope": "system/Patient.rs", "iat": t, "exp": t + 3600, "cnf": { "jkt": client_key.jkt() } }),
     );
     let dpop = DpopSettings {
@@ -285,16 +259,10 @@ fn main() {
             (true, false) => bound_machine.as_str(),
         };
         let proofs: Vec<String> = if v.dpop {
-            let t = now();
-            let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
             (0..iterations)
-                .map(|i| {
-                    client_key.sign(
-                        "dpop+jwt",
-                        None,
-                        true,
-                        &json!({ "jti": format!("{}-{i}-{}", v.name, t), "htm": "GET", "htu": HTU, "iat": t, "ath": ath }),
-                    )
+                .map(|_| {
+                    proof_no.set(proof_no.get() + 1);
+                    client_key.proof("GET", HTU, token, proof_no.get())
                 })
                 .collect()
         } else {
